@@ -1,0 +1,14 @@
+//! Shared pieces of the kindling examples (never published): the bundled UCI handwritten digits
+//! as seeded burn tensors, a small MLP classifier for them, and an SVG line-chart helper.
+//!
+//! ```
+//! use kindling_examples_common::digits::Digits;
+//!
+//! let device = burn::tensor::Device::flex();
+//! let split = Digits::load().unwrap().split(0.25, 7, &device);
+//! assert_eq!(split.train.len() + split.test.len(), 1797);
+//! ```
+
+pub mod digits;
+pub mod mlp;
+pub mod plot;
