@@ -29,7 +29,9 @@ struct Workload {
 
 impl Workload {
     fn new(optim: ModuleOptimizer) -> Self {
-        let device = Device::flex();
+        // Parameters live on an autodiff device (as in training); gradients on its inner device.
+        let device = Device::flex().autodiff();
+        let inner = device.clone().inner();
         let normal = Distribution::Normal(0.0, 1.0);
         let model = Stack {
             weights: (0..LAYERS)
@@ -42,10 +44,10 @@ impl Workload {
         let mut w = Self {
             model: Some(model),
             grads: (0..LAYERS)
-                .map(|_| Tensor::random([WIDTH, WIDTH], normal, &device))
+                .map(|_| Tensor::random([WIDTH, WIDTH], normal, &inner))
                 .collect(),
             bias_grads: (0..LAYERS)
-                .map(|_| Tensor::random([WIDTH], normal, &device))
+                .map(|_| Tensor::random([WIDTH], normal, &inner))
                 .collect(),
             optim,
         };

@@ -5,7 +5,6 @@ use burn::tensor::{Bytes, Device, Tensor};
 
 use crate::error::Check;
 use crate::grads::{GradientMap, MeanVariance, map};
-use crate::svag::ratio;
 use crate::transform::{Decay, ema};
 use crate::{OptimError, SvagConfig};
 
@@ -186,12 +185,12 @@ impl Optimizer for MinibatchSvagStep {
         };
         let update = if self.momentum {
             let a = m.clone().square();
-            let gamma = ratio(a.clone(), a + q.clone());
+            let gamma = a.clone().div(a + q.clone().add_scalar(f32::MIN_POSITIVE));
             let correction = 1.0 - (b as f64).powi(step.min(i32::MAX as usize) as i32);
             gamma * m.clone().mul_scalar(lr / correction)
         } else {
             let a = grad.clone().square();
-            let gamma = ratio(a.clone(), a + variance);
+            let gamma = a.clone().div(a + variance.add_scalar(f32::MIN_POSITIVE));
             gamma * grad.mul_scalar(lr)
         };
         let tensor = self.decay.shrink(tensor, lr);

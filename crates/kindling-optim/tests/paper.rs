@@ -234,7 +234,10 @@ fn paper_m_svag_gamma_is_smaller_on_noisier_coordinates() {
     let mut state = None;
     let mut mean_gamma = vec![0.0_f32; d];
     for step in 0..250 {
-        let g: Vec<f32> = sigma.iter().map(|&s| 1.0 + s * normal.sample(&mut rng)).collect();
+        let g: Vec<f32> = sigma
+            .iter()
+            .map(|&s| 1.0 + s * normal.sample(&mut rng))
+            .collect();
         let g = Tensor::<1>::from_data(TensorData::new(g, [d]), &device);
         let (next, s) = optim.step(1e-3, x, g, state);
         (x, state) = (next, s);

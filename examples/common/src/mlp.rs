@@ -37,6 +37,16 @@ impl Mlp {
         self.output.forward(x)
     }
 
+    /// The hidden layer (`64 → hidden`).
+    pub fn hidden(&self) -> &Linear {
+        &self.hidden
+    }
+
+    /// The output layer (`hidden → 10`).
+    pub fn output(&self) -> &Linear {
+        &self.output
+    }
+
     /// Mean cross-entropy over a set.
     pub fn loss(&self, set: &DigitsSet) -> Tensor<1> {
         let logits = self.forward(set.images.clone());

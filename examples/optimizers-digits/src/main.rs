@@ -31,7 +31,7 @@ struct Args {
     #[arg(long, default_value_t = 20)]
     epochs: usize,
     /// Learning rate of SGD with momentum 0.9.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = 0.3)]
     lr_sgd: f64,
     /// Learning rate of Adam.
     #[arg(long, default_value_t = 3e-3)]
@@ -81,7 +81,7 @@ fn optimizer(name: &str) -> ModuleOptimizer {
 const NAMES: [&str; 4] = ["SGD-momentum", "Adam", "Signum", "M-SVAG"];
 /// The learning rates `--tune` tries, per optimizer (same order as `NAMES`).
 const GRID: [[f64; 4]; 4] = [
-    [0.01, 0.03, 0.1, 0.3],
+    [0.03, 0.1, 0.3, 1.0],
     [3e-4, 1e-3, 3e-3, 1e-2],
     [1e-4, 3e-4, 1e-3, 3e-3],
     [0.03, 0.1, 0.3, 1.0],

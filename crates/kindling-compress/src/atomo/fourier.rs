@@ -1,0 +1,140 @@
+use burn::tensor::{Device, Tensor};
+use rand::Rng;
+
+use super::{Atomo, norms, sample};
+use crate::codec::{flatten, l1_norm_checked, unflatten};
+use crate::payload::Writer;
+use crate::sparse::{SparseVec, sparse_body_bytes};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+
+/// Fourier atoms: the orthonormal real DFT basis of the flattened gradient.
+///
+/// The gradient (`n` entries) is zero-padded to `N = 2^⌈log₂ n⌉` (burn's FFT takes powers of
+/// two); the padded tail of the decoded vector is dropped, so the estimator stays unbiased. The
+/// `N` atoms, indexed `0 ≤ a < N`, are
+///
+/// ```text
+/// a = 0:            1/√N                         (DC)
+/// a = N/2:          (−1)^j/√N                    (Nyquist)
+/// 1 ≤ a < N/2:      √(2/N)·cos(2πaj/N)
+/// N/2 < a < N:      √(2/N)·sin(2πkj/N), k = a − N/2
+/// ```
+///
+/// with coefficients read off one real FFT `X = rfft(g)`: `λ_0 = X_0/√N`,
+/// `λ_{N/2} = X_{N/2}/√N`, `λ_a = √(2/N)·Re X_a`, `λ_{N/2+k} = −√(2/N)·Im X_k`. Decoding
+/// rebuilds the spectrum and runs burn's inverse real FFT.
+///
+/// Wire: header (5 + 4·rank), then the sparse format over the `N` atoms: `k` (u32), the sent
+/// atom indices (a bitmap of `⌈N/8⌉` bytes or `4k` bytes of u32, whichever is smaller) and the
+/// `k` real coefficients `λ_a/p_a` (f32). (One real coefficient per sent atom carries the same
+/// information as a complex coefficient per frequency, in fewer bytes.)
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Fourier;
+
+/// The padded length `N` for `n` entries.
+pub(crate) fn padded_len(n: usize) -> usize {
+    n.max(1).next_power_of_two()
+}
+
+/// The `N` real-DFT coefficients of a flat vector.
+fn coefficients(x: Tensor<1>) -> Tensor<1> {
+    let n = x.dims()[0];
+    let big = padded_len(n);
+    let (re, im) = burn::signal::rfft(x, 0, Some(big));
+    let half = big / 2;
+    if big == 1 {
+        return re;
+    }
+    let edge = (1.0 / big as f64).sqrt();
+    let mid = (2.0 / big as f64).sqrt();
+    let dc = re.clone().slice(0..1).mul_scalar(edge);
+    let nyquist = re.clone().slice(half..half + 1).mul_scalar(edge);
+    let cos = re.slice(1..half).mul_scalar(mid);
+    let sin = im.slice(1..half).mul_scalar(-mid);
+    cat_nonempty(vec![dc, cos, nyquist, sin])
+}
+
+/// `Tensor::cat` of the parts that have entries (N = 2 has no cosine or sine atoms).
+fn cat_nonempty(parts: Vec<Tensor<1>>) -> Tensor<1> {
+    Tensor::cat(parts.into_iter().filter(|t| t.dims()[0] > 0).collect(), 0)
+}
+
+/// Inverse of [`coefficients`]: the first `n` entries of the signal.
+fn signal(lambda: Tensor<1>, n: usize) -> Tensor<1> {
+    let big = lambda.dims()[0];
+    if big == 1 {
+        return lambda;
+    }
+    let half = big / 2;
+    let device = lambda.device();
+    let edge = (big as f64).sqrt();
+    let mid = (big as f64 / 2.0).sqrt();
+    let re = cat_nonempty(vec![
+        lambda.clone().slice(0..1).mul_scalar(edge),
+        lambda.clone().slice(1..half).mul_scalar(mid),
+        lambda.clone().slice(half..half + 1).mul_scalar(edge),
+    ]);
+    let im = cat_nonempty(vec![
+        Tensor::zeros([1], &device),
+        lambda.slice(half + 1..big).mul_scalar(-mid),
+        Tensor::zeros([1], &device),
+    ]);
+    burn::signal::irfft(re, im, 0, Some(big)).slice(0..n)
+}
+
+impl Compressor for Atomo<Fourier> {
+    fn codec(&self) -> CodecId {
+        CodecId::AtomoFourier
+    }
+
+    fn is_unbiased(&self) -> bool {
+        true
+    }
+
+    fn compress<const D: usize>(
+        &mut self,
+        grad: Tensor<D>,
+        rng: &mut dyn Rng,
+    ) -> Result<Payload, CompressError> {
+        let shape = grad.dims();
+        let n = grad.dims().iter().product::<usize>();
+        l1_norm_checked(&grad)?;
+        let big = padded_len(n);
+        let sparse = if n == 0 {
+            SparseVec {
+                positions: Vec::new(),
+                values: Vec::new(),
+            }
+        } else {
+            let lambda = coefficients(flatten(grad));
+            let (l1, l2, linf) = norms(&lambda);
+            sample(lambda, self.budget.resolve(big, l1, l2, linf), rng)
+        };
+        let k = sparse.positions.len();
+        let mut w = Writer::new(
+            CodecId::AtomoFourier,
+            sparse.flags(big),
+            &shape,
+            sparse_body_bytes(big, k),
+        )?;
+        sparse.write(&mut w, big);
+        Ok(w.finish())
+    }
+
+    fn decompress<const D: usize>(
+        &self,
+        payload: &Payload,
+        device: &Device,
+    ) -> Result<Tensor<D>, DecodeError> {
+        let (header, mut r) = payload.open::<D>(CodecId::AtomoFourier)?;
+        let n = header.numel();
+        let big = padded_len(n);
+        let sparse = SparseVec::read(&mut r, header.flags, big)?;
+        r.finish()?;
+        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
+        if n == 0 {
+            return Ok(Tensor::zeros(shape, device));
+        }
+        Ok(unflatten(signal(sparse.to_dense(big, device), n), shape))
+    }
+}

@@ -1,0 +1,213 @@
+use burn::tensor::{Device, Tensor};
+use rand::Rng;
+
+use crate::{CompressError, DecodeError, Payload};
+
+/// The codec that wrote a payload (the first header byte).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum CodecId {
+    /// [`Identity`](crate::Identity): f32 as is.
+    Identity = 1,
+    /// [`Half`](crate::Half): f16 or bf16.
+    Half = 2,
+    /// [`Sign`](crate::Sign): one bit per entry.
+    Sign = 3,
+    /// [`ScaledSign`](crate::ScaledSign): one bit per entry and an ℓ₁ scale.
+    ScaledSign = 4,
+    /// [`Qsgd`](crate::Qsgd).
+    Qsgd = 5,
+    /// [`TernGrad`](crate::TernGrad).
+    TernGrad = 6,
+    /// [`TopK`](crate::TopK).
+    TopK = 7,
+    /// [`RandomK`](crate::RandomK).
+    RandomK = 8,
+    /// [`Atomo`](crate::Atomo) over [`EntryWise`](crate::EntryWise) atoms.
+    AtomoEntryWise = 9,
+    /// [`Atomo`](crate::Atomo) over [`Spectral`](crate::Spectral) atoms.
+    AtomoSpectral = 10,
+    /// [`Atomo`](crate::Atomo) over [`Fourier`](crate::Fourier) atoms.
+    AtomoFourier = 11,
+}
+
+impl CodecId {
+    /// The codec for a header byte, if any.
+    pub fn from_u8(v: u8) -> Option<Self> {
+        use CodecId::*;
+        [
+            Identity,
+            Half,
+            Sign,
+            ScaledSign,
+            Qsgd,
+            TernGrad,
+            TopK,
+            RandomK,
+            AtomoEntryWise,
+            AtomoSpectral,
+            AtomoFourier,
+        ]
+        .into_iter()
+        .find(|c| *c as u8 == v)
+    }
+}
+
+/// A gradient codec: a tensor becomes a self-describing [`Payload`] and back.
+///
+/// Encoding runs on the gradient's device and moves only packed bytes to the host; decoding
+/// unpacks on the requested device. Randomised codecs draw from the caller's RNG (one per worker,
+/// seeded), so runs are reproducible. A codec with state (error feedback) keeps it per tensor:
+/// use one instance per parameter.
+pub trait Compressor {
+    /// The codec id written in headers.
+    fn codec(&self) -> CodecId;
+
+    /// Whether `E[decode(encode(g))] = g` for every `g`.
+    fn is_unbiased(&self) -> bool;
+
+    /// Encodes `grad`. NaN or ±Inf entries are an error ([`CompressError::NonFinite`]).
+    fn compress<const D: usize>(
+        &mut self,
+        grad: Tensor<D>,
+        rng: &mut dyn Rng,
+    ) -> Result<Payload, CompressError>;
+
+    /// Decodes a payload of this codec into a rank-`D` tensor on `device`.
+    fn decompress<const D: usize>(
+        &self,
+        payload: &Payload,
+        device: &Device,
+    ) -> Result<Tensor<D>, DecodeError>;
+}
+
+/// Sizes of one or more encoded gradients.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CompressionStats {
+    /// Number of gradient entries.
+    pub entries: usize,
+    /// What dense f32 would take: `4 · entries`.
+    pub raw_bytes: usize,
+    /// Exact bytes on the wire (headers included).
+    pub wire_bytes: usize,
+}
+
+impl CompressionStats {
+    /// The stats of one payload.
+    pub fn of(payload: &Payload) -> Self {
+        let entries = payload.header().numel();
+        Self {
+            entries,
+            raw_bytes: 4 * entries,
+            wire_bytes: payload.wire_bytes(),
+        }
+    }
+
+    /// Adds another gradient's sizes.
+    pub fn add(&mut self, other: CompressionStats) {
+        self.entries += other.entries;
+        self.raw_bytes += other.raw_bytes;
+        self.wire_bytes += other.wire_bytes;
+    }
+
+    /// Compression ratio `raw / wire` (above 1 when the codec saves bytes).
+    pub fn ratio(&self) -> f64 {
+        self.raw_bytes as f64 / self.wire_bytes.max(1) as f64
+    }
+
+    /// Wire bits per gradient entry.
+    pub fn bits_per_entry(&self) -> f64 {
+        8.0 * self.wire_bytes as f64 / self.entries.max(1) as f64
+    }
+}
+
+/// The matrix view of a gradient of shape `dims`, as PowerSGD and spectral ATOMO use it:
+/// `[n] → [1, n]`, `[r, c]` as is, `[d0, d1, …] → [d0, d1·…]`.
+pub fn matrix_view(dims: &[usize]) -> (usize, usize) {
+    match dims {
+        [] => (1, 1),
+        [n] => (1, *n),
+        [rows, rest @ ..] => (*rows, rest.iter().product()),
+    }
+}
+
+/// Reshapes a gradient to its [`matrix_view`] (a view: burn reshapes contiguous tensors without
+/// copying).
+pub fn as_matrix<const D: usize>(grad: Tensor<D>) -> Tensor<2> {
+    let (rows, cols) = matrix_view(&grad.dims());
+    grad.reshape([rows, cols])
+}
+
+/// The entries of `grad` as a flat vector. (burn's `reshape` reads a 0 in the target shape as
+/// "keep this dimension", so empty tensors are rebuilt rather than reshaped.)
+pub(crate) fn flatten<const D: usize>(grad: Tensor<D>) -> Tensor<1> {
+    let n = grad.dims().iter().product::<usize>();
+    if n == 0 {
+        Tensor::zeros([0], &grad.device())
+    } else {
+        grad.reshape([n])
+    }
+}
+
+/// The inverse of [`flatten`]: a flat vector back to `shape`.
+pub(crate) fn unflatten<const D: usize>(flat: Tensor<1>, shape: [usize; D]) -> Tensor<D> {
+    if shape.iter().product::<usize>() == 0 {
+        Tensor::zeros(shape, &flat.device())
+    } else {
+        flat.reshape(shape)
+    }
+}
+
+/// `‖g‖₁`, or [`CompressError::NonFinite`] with the count of bad entries. NaN and ±Inf make the
+/// sum non-finite, so the count (a second pass) runs only when something is wrong.
+pub(crate) fn l1_norm_checked<const D: usize>(grad: &Tensor<D>) -> Result<f64, CompressError> {
+    let l1 = grad.clone().abs().sum().into_scalar::<f64>();
+    if l1.is_finite() {
+        return Ok(l1);
+    }
+    let bad = grad
+        .clone()
+        .is_finite()
+        .bool_not()
+        .int()
+        .sum()
+        .into_scalar::<i64>() as usize;
+    let total = grad.dims().iter().product::<usize>();
+    if bad == 0 {
+        return Err(CompressError::Overflow);
+    }
+    Err(CompressError::NonFinite { bad, total })
+}
+
+/// A validated parameter check, with the codec's name in the error.
+pub(crate) fn invalid(
+    codec: &'static str,
+    field: &'static str,
+    value: impl ToString,
+    reason: &'static str,
+) -> CompressError {
+    CompressError::InvalidParameter {
+        codec,
+        field,
+        value: value.to_string(),
+        reason,
+    }
+}
+
+/// Checks an entry count read from a header against what a body of `available` bytes can hold
+/// at `min_bits_per_entry` bits each, before anything is allocated.
+pub(crate) fn check_count(
+    field: &'static str,
+    count: usize,
+    available: usize,
+    min_bits_per_entry: usize,
+) -> Result<(), DecodeError> {
+    if count.saturating_mul(min_bits_per_entry) > available.saturating_mul(8) {
+        return Err(DecodeError::Truncated {
+            what: field,
+            needed: (count.saturating_mul(min_bits_per_entry)).div_ceil(8),
+            available,
+        });
+    }
+    Ok(())
+}

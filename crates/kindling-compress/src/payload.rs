@@ -1,0 +1,369 @@
+//! The self-describing byte buffer every codec produces, and bounds-checked readers and writers
+//! for its fields.
+//!
+//! # Header (5 + 4·rank bytes)
+//!
+//! | offset | size | field |
+//! | --- | --- | --- |
+//! | 0 | 1 | codec id ([`CodecId`]) |
+//! | 1 | 1 | format version of that codec (1 for every codec in this release) |
+//! | 2 | 1 | codec flags (for example QSGD's level coding) |
+//! | 3 | 1 | element type of the original gradient (0 = f32) |
+//! | 4 | 1 | rank `r` (1 ..= 8) |
+//! | 5 | 4·r | dimensions, `u32` little-endian |
+//!
+//! The codec's body follows. All multi-byte numbers are little-endian; floats are IEEE-754.
+//! [`Payload::wire_bytes`] is the whole buffer's length, header included.
+
+use crate::{CodecId, CompressError, DecodeError};
+
+/// Current format version of every codec.
+pub const FORMAT_VERSION: u8 = 1;
+/// Largest rank the header describes.
+pub const MAX_RANK: usize = 8;
+/// Element-type byte for f32 gradients.
+pub const DTYPE_F32: u8 = 0;
+/// Largest number of entries a payload may describe by default (2²⁸, a 1 GiB f32 tensor).
+///
+/// Sparse formats (top-k, random-k, ATOMO) decode to dense tensors whose size the buffer cannot
+/// bound, so the header's shape is checked against a limit before anything is allocated. A
+/// receiver that knows what to expect should say so: [`Payload::from_bytes_with_limit`] lowers
+/// the limit, [`Payload::check_shape`] pins the exact shape.
+pub const MAX_ENTRIES: usize = 1 << 28;
+
+/// The parsed header of a payload.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Header {
+    /// Which codec wrote the payload.
+    pub codec: CodecId,
+    /// Its format version.
+    pub version: u8,
+    /// Codec-specific flags.
+    pub flags: u8,
+    /// Element type of the original gradient ([`DTYPE_F32`]).
+    pub dtype: u8,
+    /// Shape of the original gradient.
+    pub shape: Vec<usize>,
+}
+
+impl Header {
+    /// Size in bytes of a header for a tensor of rank `rank`: `5 + 4·rank`.
+    pub const fn len_for_rank(rank: usize) -> usize {
+        5 + 4 * rank
+    }
+
+    /// Number of entries of the gradient (product of the dimensions).
+    pub fn numel(&self) -> usize {
+        self.shape.iter().product()
+    }
+}
+
+/// An encoded gradient: header and body in one byte buffer, ready to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Payload {
+    header: Header,
+    header_len: usize,
+    bytes: Vec<u8>,
+}
+
+impl Payload {
+    /// Parses and checks the header of `bytes` (the body is checked by the codec's decoder),
+    /// accepting up to [`MAX_ENTRIES`] entries.
+    pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, DecodeError> {
+        Self::from_bytes_with_limit(bytes, MAX_ENTRIES)
+    }
+
+    /// As [`from_bytes`](Self::from_bytes), refusing shapes of more than `max_entries` entries.
+    pub fn from_bytes_with_limit(bytes: Vec<u8>, max_entries: usize) -> Result<Self, DecodeError> {
+        let mut r = Reader::new(&bytes);
+        let id = r.u8("codec id")?;
+        let codec = CodecId::from_u8(id).ok_or(DecodeError::UnknownCodec(id))?;
+        let version = r.u8("version")?;
+        if version != FORMAT_VERSION {
+            return Err(DecodeError::UnsupportedVersion {
+                codec,
+                version,
+                supported: FORMAT_VERSION,
+            });
+        }
+        let flags = r.u8("flags")?;
+        let dtype = r.u8("dtype")?;
+        if dtype != DTYPE_F32 {
+            return Err(DecodeError::FieldOutOfRange {
+                field: "dtype",
+                value: dtype as u64,
+                reason: "only f32 (0) gradients are encoded by this release",
+            });
+        }
+        let rank = r.u8("rank")? as usize;
+        if rank == 0 || rank > MAX_RANK {
+            return Err(DecodeError::FieldOutOfRange {
+                field: "rank",
+                value: rank as u64,
+                reason: "must be in 1..=8",
+            });
+        }
+        let mut shape = Vec::with_capacity(rank);
+        for _ in 0..rank {
+            shape.push(r.u32("dimension")? as usize);
+        }
+        let numel = shape
+            .iter()
+            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+            .unwrap_or(usize::MAX);
+        if numel > max_entries.min(MAX_ENTRIES) {
+            return Err(DecodeError::FieldOutOfRange {
+                field: "shape",
+                value: numel as u64,
+                reason: "more entries than the receiver's limit",
+            });
+        }
+        let header_len = r.position();
+        Ok(Self {
+            header: Header {
+                codec,
+                version,
+                flags,
+                dtype,
+                shape,
+            },
+            header_len,
+            bytes,
+        })
+    }
+
+    /// Fails unless the payload describes a tensor of exactly `shape` (what a receiver that knows
+    /// the parameter should check before decoding).
+    pub fn check_shape(&self, shape: &[usize]) -> Result<(), DecodeError> {
+        if self.header.shape == shape {
+            Ok(())
+        } else {
+            Err(DecodeError::ShapeMismatch {
+                expected_rank: shape.len(),
+                found: self.header.shape.clone(),
+            })
+        }
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The codec's body (everything after the header).
+    pub fn body(&self) -> &[u8] {
+        &self.bytes[self.header_len..]
+    }
+
+    /// The whole buffer, as sent.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The whole buffer, as sent.
+    pub fn into_bytes(self) -> Vec<u8> {
+        self.bytes
+    }
+
+    /// Exact number of bytes on the wire: header plus body.
+    pub fn wire_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Checks the payload belongs to `codec` and describes a rank-`D` tensor; returns the
+    /// header and a reader over the body.
+    pub(crate) fn open<const D: usize>(
+        &self,
+        codec: CodecId,
+    ) -> Result<(&Header, Reader<'_>), DecodeError> {
+        if self.header.codec != codec {
+            return Err(DecodeError::WrongCodec {
+                expected: codec,
+                found: self.header.codec,
+            });
+        }
+        if self.header.shape.len() != D {
+            return Err(DecodeError::ShapeMismatch {
+                expected_rank: D,
+                found: self.header.shape.clone(),
+            });
+        }
+        Ok((&self.header, Reader::new(self.body())))
+    }
+}
+
+/// Builds a payload: header first, then body fields.
+pub(crate) struct Writer {
+    bytes: Vec<u8>,
+}
+
+impl Writer {
+    /// Starts a payload for a gradient of `shape`, reserving `body_hint` body bytes.
+    pub(crate) fn new(
+        codec: CodecId,
+        flags: u8,
+        shape: &[usize],
+        body_hint: usize,
+    ) -> Result<Self, CompressError> {
+        if shape.is_empty() || shape.len() > MAX_RANK {
+            return Err(CompressError::Shape {
+                shape: shape.to_vec(),
+                reason: "the rank must be in 1..=8",
+            });
+        }
+        if shape.iter().any(|&d| d > u32::MAX as usize) {
+            return Err(CompressError::Shape {
+                shape: shape.to_vec(),
+                reason: "a dimension exceeds u32::MAX",
+            });
+        }
+        if shape.iter().product::<usize>() > MAX_ENTRIES {
+            return Err(CompressError::Shape {
+                shape: shape.to_vec(),
+                reason: "more entries than MAX_ENTRIES (2^28)",
+            });
+        }
+        let mut bytes = Vec::with_capacity(Header::len_for_rank(shape.len()) + body_hint);
+        bytes.extend_from_slice(&[
+            codec as u8,
+            FORMAT_VERSION,
+            flags,
+            DTYPE_F32,
+            shape.len() as u8,
+        ]);
+        for &d in shape {
+            bytes.extend_from_slice(&(d as u32).to_le_bytes());
+        }
+        Ok(Self { bytes })
+    }
+
+    pub(crate) fn u32(&mut self, v: u32) {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub(crate) fn u64(&mut self, v: u64) {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub(crate) fn f32(&mut self, v: f32) {
+        self.bytes.extend_from_slice(&v.to_le_bytes());
+    }
+
+    pub(crate) fn f32s(&mut self, vs: &[f32]) {
+        self.bytes.reserve(4 * vs.len());
+        for v in vs {
+            self.bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    pub(crate) fn u32s(&mut self, vs: &[u32]) {
+        self.bytes.reserve(4 * vs.len());
+        for v in vs {
+            self.bytes.extend_from_slice(&v.to_le_bytes());
+        }
+    }
+
+    pub(crate) fn bytes(&mut self, vs: &[u8]) {
+        self.bytes.extend_from_slice(vs);
+    }
+
+    pub(crate) fn finish(self) -> Payload {
+        Payload::from_bytes(self.bytes).expect("a payload this crate wrote parses")
+    }
+}
+
+/// Bounds-checked reader over a byte slice: every read says what it needed on failure.
+pub(crate) struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Self { buf, pos: 0 }
+    }
+
+    pub(crate) fn position(&self) -> usize {
+        self.pos
+    }
+
+    pub(crate) fn remaining(&self) -> usize {
+        self.buf.len() - self.pos
+    }
+
+    /// Takes the next `n` bytes.
+    pub(crate) fn take(&mut self, what: &'static str, n: usize) -> Result<&'a [u8], DecodeError> {
+        if n > self.remaining() {
+            return Err(DecodeError::Truncated {
+                what,
+                needed: n,
+                available: self.remaining(),
+            });
+        }
+        let out = &self.buf[self.pos..self.pos + n];
+        self.pos += n;
+        Ok(out)
+    }
+
+    pub(crate) fn u8(&mut self, what: &'static str) -> Result<u8, DecodeError> {
+        Ok(self.take(what, 1)?[0])
+    }
+
+    pub(crate) fn u32(&mut self, what: &'static str) -> Result<u32, DecodeError> {
+        Ok(u32::from_le_bytes(
+            self.take(what, 4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    pub(crate) fn u64(&mut self, what: &'static str) -> Result<u64, DecodeError> {
+        Ok(u64::from_le_bytes(
+            self.take(what, 8)?.try_into().expect("8 bytes"),
+        ))
+    }
+
+    pub(crate) fn f32(&mut self, what: &'static str) -> Result<f32, DecodeError> {
+        Ok(f32::from_le_bytes(
+            self.take(what, 4)?.try_into().expect("4 bytes"),
+        ))
+    }
+
+    /// `n` little-endian f32 values; the length is checked before allocating.
+    pub(crate) fn f32s(&mut self, what: &'static str, n: usize) -> Result<Vec<f32>, DecodeError> {
+        let bytes = self.take(
+            what,
+            n.checked_mul(4).ok_or(DecodeError::FieldOutOfRange {
+                field: what,
+                value: n as u64,
+                reason: "count overflows",
+            })?,
+        )?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// `n` little-endian u32 values; the length is checked before allocating.
+    pub(crate) fn u32s(&mut self, what: &'static str, n: usize) -> Result<Vec<u32>, DecodeError> {
+        let bytes = self.take(
+            what,
+            n.checked_mul(4).ok_or(DecodeError::FieldOutOfRange {
+                field: what,
+                value: n as u64,
+                reason: "count overflows",
+            })?,
+        )?;
+        Ok(bytes
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            .collect())
+    }
+
+    /// Fails unless every byte was consumed.
+    pub(crate) fn finish(self) -> Result<(), DecodeError> {
+        match self.remaining() {
+            0 => Ok(()),
+            extra => Err(DecodeError::TrailingBytes { extra }),
+        }
+    }
+}

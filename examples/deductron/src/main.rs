@@ -1,0 +1,168 @@
+//! Decodes a W-language string with the Deductron's hand-built weights, printing the image as
+//! text art with the memory cells over time, or trains a Deductron from scratch (by gradients or
+//! by annealing) and reports its errors. Writes an SVG of the memory trace.
+//!
+//! ```text
+//! cargo run --release -p deductron -- --text XOOXXOOXO --stretch 2
+//! cargo run --release -p deductron -- --train sgd --seeds 8
+//! cargo run --release -p deductron -- --train anneal --seeds 8
+//! ```
+
+use std::ops::ControlFlow;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use burn::optim::AdamConfig;
+use burn::tensor::Device;
+use clap::{Parser, ValueEnum};
+use kindling_deductron::wlang::{self, Drawing};
+use kindling_deductron::{Annealer, Deductron, DeductronConfig, GradientTraining, train_gradient};
+use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Training {
+    /// Gradient training with Adam (the reference recipe: lr 0.01, m = 3, until SSE < 0.1).
+    Sgd,
+    /// Simulated annealing over quantised weights (m = 3).
+    Anneal,
+}
+
+#[derive(Clone, Copy, Debug, ValueEnum)]
+enum Data {
+    /// The reference sample "XOOXXO".
+    Small,
+    /// `small` followed by the hand-drawn `large` as one sequence.
+    Combined,
+}
+
+/// The Deductron on the W-language.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// A string over {X, O} to draw and decode with the exact weights.
+    #[arg(long, default_value = "XOOXXOOXO")]
+    text: String,
+    /// Largest stroke stretching (each column repeated 1..=stretch times).
+    #[arg(long, default_value_t = 1)]
+    stretch: usize,
+    /// Train from scratch instead of decoding.
+    #[arg(long)]
+    train: Option<Training>,
+    /// What to train on.
+    #[arg(long, value_enum, default_value_t = Data::Small)]
+    data: Data,
+    /// Number of seeds to train (the success rate is reported over them).
+    #[arg(long, default_value_t = 4)]
+    seeds: u64,
+    /// Seed of the drawing.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Where to write the SVG of the memory trace.
+    #[arg(long, default_value = "deductron-memory.svg")]
+    out: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    match args.train {
+        None => decode(&args),
+        Some(training) => train(&args, training),
+    }
+}
+
+// ANCHOR: decode
+fn decode(args: &Args) {
+    let device = Device::flex();
+    let drawing = Drawing {
+        max_stretch: args.stretch.max(1),
+        blank_jumps: false,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
+    let sample = match wlang::generate(&args.text, drawing, &mut rng) {
+        Ok(sample) => sample,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
+    let net = Deductron::exact(&device);
+    let out = net.forward(sample.inputs(&device));
+    println!("{}", sample.render());
+    let z: Vec<f32> = out.z.clone().try_into_vec_as().expect("memory trace");
+    let m = net.n_memory();
+    for cell in 0..m {
+        let row: String = (0..sample.len())
+            .map(|t| if z[t * m + cell] > 0.5 { '█' } else { '·' })
+            .collect();
+        println!("{row}  z{}", cell + 1);
+    }
+    let decided: String = wlang::decode(&out.y).concat();
+    println!("written: {}\ndecoded: {decided}", args.text);
+    println!("errors against the targets: {}", wlang::errors(&out.y, &sample.targets(&device)));
+    // ANCHOR_END: decode
+    let series = (0..m)
+        .map(|cell| {
+            let pts = (0..sample.len()).map(|t| (t as f64, z[t * m + cell] as f64 + 1.2 * cell as f64));
+            Series::new(format!("z{} (offset {:.1})", cell + 1, 1.2 * cell as f64), pts.collect())
+        })
+        .collect::<Vec<_>>();
+    let spec = ChartSpec {
+        title: format!("Deductron memory cells decoding {}", args.text),
+        x_label: "frame t".into(),
+        y_label: "z_t (cells offset)".into(),
+        ..Default::default()
+    };
+    match line_chart(&args.out, &spec, &series) {
+        Ok(()) => println!("memory trace written to {}", args.out.display()),
+        Err(e) => eprintln!("could not write {}: {e}", args.out.display()),
+    }
+}
+
+fn train(args: &Args, training: Training) {
+    let sample = match args.data {
+        Data::Small => wlang::small(),
+        Data::Combined => wlang::combined(),
+    };
+    println!("training on {:?} ({} frames) with {training:?}, m = 3, {} seeds", args.data, sample.len(), args.seeds);
+    let mut solved = 0;
+    let start = Instant::now();
+    for seed in 0..args.seeds {
+        let t = Instant::now();
+        let (steps, sse, errors) = match training {
+            Training::Sgd => {
+                // ANCHOR: sgd
+                let device = Device::flex().autodiff();
+                let model = DeductronConfig::new().with_n_memory(3).init(seed, &device);
+                let mut optim = AdamConfig::new().init();
+                let recipe = GradientTraining::default();
+                let (_, last) = train_gradient(model, &mut optim, &sample, recipe, |_| {
+                    ControlFlow::Continue(())
+                });
+                // ANCHOR_END: sgd
+                (last.step, last.sse, last.errors)
+            }
+            Training::Anneal => {
+                // ANCHOR: anneal
+                let annealer = Annealer { seed, ..Annealer::default() };
+                let result = annealer
+                    .run(&sample, &Device::flex(), |_| ControlFlow::Continue(()))
+                    .expect("valid annealer settings");
+                // ANCHOR_END: anneal
+                (result.iterations, result.sse, result.errors)
+            }
+        };
+        solved += (errors == 0) as usize;
+        println!(
+            "seed {seed}: {steps:>6} steps, SSE {sse:.4}, {errors} errors, {:.1}s",
+            t.elapsed().as_secs_f64()
+        );
+    }
+    println!(
+        "{solved} of {} seeds reached zero errors ({:.0}%), {:.1}s in all",
+        args.seeds,
+        100.0 * solved as f64 / args.seeds as f64,
+        start.elapsed().as_secs_f64()
+    );
+}
