@@ -100,12 +100,19 @@ fn decode(args: &Args) {
     }
     let decided: String = wlang::decode(&out.y).concat();
     println!("written: {}\ndecoded: {decided}", args.text);
-    println!("errors against the targets: {}", wlang::errors(&out.y, &sample.targets(&device)));
+    println!(
+        "errors against the targets: {}",
+        wlang::errors(&out.y, &sample.targets(&device))
+    );
     // ANCHOR_END: decode
     let series = (0..m)
         .map(|cell| {
-            let pts = (0..sample.len()).map(|t| (t as f64, z[t * m + cell] as f64 + 1.2 * cell as f64));
-            Series::new(format!("z{} (offset {:.1})", cell + 1, 1.2 * cell as f64), pts.collect())
+            let pts =
+                (0..sample.len()).map(|t| (t as f64, z[t * m + cell] as f64 + 1.2 * cell as f64));
+            Series::new(
+                format!("z{} (offset {:.1})", cell + 1, 1.2 * cell as f64),
+                pts.collect(),
+            )
         })
         .collect::<Vec<_>>();
     let spec = ChartSpec {
@@ -125,7 +132,12 @@ fn train(args: &Args, training: Training) {
         Data::Small => wlang::small(),
         Data::Combined => wlang::combined(),
     };
-    println!("training on {:?} ({} frames) with {training:?}, m = 3, {} seeds", args.data, sample.len(), args.seeds);
+    println!(
+        "training on {:?} ({} frames) with {training:?}, m = 3, {} seeds",
+        args.data,
+        sample.len(),
+        args.seeds
+    );
     let mut solved = 0;
     let start = Instant::now();
     for seed in 0..args.seeds {
@@ -145,7 +157,10 @@ fn train(args: &Args, training: Training) {
             }
             Training::Anneal => {
                 // ANCHOR: anneal
-                let annealer = Annealer { seed, ..Annealer::default() };
+                let annealer = Annealer {
+                    seed,
+                    ..Annealer::default()
+                };
                 let result = annealer
                     .run(&sample, &Device::flex(), |_| ControlFlow::Continue(()))
                     .expect("valid annealer settings");
