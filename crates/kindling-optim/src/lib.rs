@@ -7,6 +7,7 @@
 //! | signSGD, Signum (= SSD, M-SSD) | Bernstein et al., ICML 2018 | [`SignumConfig`] → [`Signum`] |
 //! | SVAG, M-SVAG | Balles & Hennig, ICML 2018 | [`SvagConfig`] → [`Svag`] |
 //! | M-SVAG with batch variances | (extension) | [`MinibatchSvag`] |
+//! | SNVRG, SVRG / SCSG | Zhou, Xu & Gu, NeurIPS 2018 | [`SnvrgConfig`] → [`Snvrg`], [`SvrgConfig`] |
 //!
 //! Every `XConfig` has `init()` (a burn `ModuleOptimizer`, with gradient clipping when
 //! configured), `build()` (the bare per-tensor optimizer, for parameter groups), `validate()`
@@ -42,11 +43,13 @@ pub use burn::optim::{RecordState, StateSink, StateSource, join_index, join_path
 mod error;
 pub mod grads;
 mod signum;
+mod snvrg;
 mod svag;
 mod svag_mb;
 mod transform;
 
 pub use error::OptimError;
 pub use signum::*;
+pub use snvrg::*;
 pub use svag::*;
 pub use svag_mb::*;
