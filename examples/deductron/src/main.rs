@@ -53,6 +53,9 @@ struct Args {
     /// What to train on.
     #[arg(long, value_enum, default_value_t = Data::Small)]
     data: Data,
+    /// Memory cells m of the trained network (the paper uses 3 on `small`).
+    #[arg(long, default_value_t = 3)]
+    memory: usize,
     /// Number of seeds to train (the success rate is reported over them).
     #[arg(long, default_value_t = 4)]
     seeds: u64,
@@ -133,9 +136,10 @@ fn train(args: &Args, training: Training) {
         Data::Combined => wlang::combined(),
     };
     println!(
-        "training on {:?} ({} frames) with {training:?}, m = 3, {} seeds",
+        "training on {:?} ({} frames) with {training:?}, m = {}, {} seeds",
         args.data,
         sample.len(),
+        args.memory,
         args.seeds
     );
     let mut solved = 0;
@@ -146,7 +150,9 @@ fn train(args: &Args, training: Training) {
             Training::Sgd => {
                 // ANCHOR: sgd
                 let device = Device::flex().autodiff();
-                let model = DeductronConfig::new().with_n_memory(3).init(seed, &device);
+                let model = DeductronConfig::new()
+                    .with_n_memory(args.memory)
+                    .init(seed, &device);
                 let mut optim = AdamConfig::new().init();
                 let recipe = GradientTraining::default();
                 let (_, last) = train_gradient(model, &mut optim, &sample, recipe, |_| {
@@ -159,6 +165,7 @@ fn train(args: &Args, training: Training) {
                 // ANCHOR: anneal
                 let annealer = Annealer {
                     seed,
+                    n_memory: args.memory,
                     ..Annealer::default()
                 };
                 let result = annealer
