@@ -9,8 +9,8 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 
 /// Fourier atoms: the orthonormal real DFT basis of the flattened gradient.
 ///
-/// The gradient (`n` entries) is zero-padded to `N = 2^⌈log₂ n⌉` (burn's FFT takes powers of
-/// two); the padded tail of the decoded vector is dropped, so the estimator stays unbiased. The
+/// The gradient (`n` entries) is zero-padded to `N = max(2, 2^⌈log₂ n⌉)` (burn's FFT takes powers
+/// of two); the padded tail of the decoded vector is dropped, so the estimator stays unbiased. The
 /// `N` atoms, indexed `0 ≤ a < N`, are
 ///
 /// ```text
@@ -31,9 +31,9 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fourier;
 
-/// The padded length `N` for `n` entries.
+/// The padded length `N` for `n` entries (at least 2: a real FFT needs a DC and a Nyquist bin).
 pub(crate) fn padded_len(n: usize) -> usize {
-    n.max(1).next_power_of_two()
+    n.max(2).next_power_of_two()
 }
 
 /// The `N` real-DFT coefficients of a flat vector.
@@ -42,9 +42,6 @@ fn coefficients(x: Tensor<1>) -> Tensor<1> {
     let big = padded_len(n);
     let (re, im) = burn::signal::rfft(x, 0, Some(big));
     let half = big / 2;
-    if big == 1 {
-        return re;
-    }
     let edge = (1.0 / big as f64).sqrt();
     let mid = (2.0 / big as f64).sqrt();
     let dc = re.clone().slice(0..1).mul_scalar(edge);
@@ -62,9 +59,6 @@ fn cat_nonempty(parts: Vec<Tensor<1>>) -> Tensor<1> {
 /// Inverse of [`coefficients`]: the first `n` entries of the signal.
 fn signal(lambda: Tensor<1>, n: usize) -> Tensor<1> {
     let big = lambda.dims()[0];
-    if big == 1 {
-        return lambda;
-    }
     let half = big / 2;
     let device = lambda.device();
     let edge = (big as f64).sqrt();

@@ -1,0 +1,313 @@
+//! Transports: how workers exchange bytes and floats. A [`Communicator`] is one rank's handle on
+//! a group; every collective is called by every rank, in the same order.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use crate::DistError;
+
+/// Exact byte counts of one rank's traffic.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Traffic {
+    /// Bytes this rank sent.
+    pub sent: u64,
+    /// Bytes this rank received.
+    pub received: u64,
+}
+
+/// Collectives over a group of workers (in-process threads, MPI processes, …).
+///
+/// Byte counts follow the transport's real traffic model: all-gather sends this rank's payload to
+/// every other rank and receives theirs; the float all-reduce is counted as a ring all-reduce,
+/// `2·(W−1)/W` of the buffer sent and received per rank.
+pub trait Communicator: Send {
+    /// This worker's rank, `0..world_size`.
+    fn rank(&self) -> usize;
+    /// Number of workers.
+    fn world_size(&self) -> usize;
+    /// Element-wise sum of `values` over all ranks, in place.
+    fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError>;
+    /// Every rank's payload, indexed by rank (payloads may differ in length).
+    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError>;
+    /// Rank `root`'s bytes on every rank.
+    fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError>;
+    /// Waits for every rank.
+    fn barrier(&mut self) -> Result<(), DistError>;
+    /// Bytes sent and received so far.
+    fn traffic(&self) -> Traffic;
+
+    /// Element-wise mean over all ranks, in place.
+    fn all_reduce_mean(&mut self, values: &mut [f32]) -> Result<(), DistError> {
+        self.all_reduce_sum(values)?;
+        let w = self.world_size() as f32;
+        values.iter_mut().for_each(|v| *v /= w);
+        Ok(())
+    }
+
+    /// The maximum of one scalar over all ranks.
+    fn all_reduce_max(&mut self, value: f32) -> Result<f32, DistError> {
+        let all = self.all_gather(value.to_le_bytes().to_vec())?;
+        all.iter()
+            .map(|b| {
+                b.as_slice()
+                    .try_into()
+                    .map(f32::from_le_bytes)
+                    .map_err(|_| DistError::Protocol("a scalar of the wrong size".into()))
+            })
+            .try_fold(f32::MIN, |m, v| v.map(|v| m.max(v)))
+    }
+}
+
+/// Every rank's byte and float contributions to one round, in rank order.
+type Contributions = (Vec<Option<Vec<u8>>>, Vec<Option<Vec<f32>>>);
+
+/// One collective round of a [`LocalGroup`]: every rank deposits, then every rank reads.
+struct Round {
+    generation: u64,
+    deposited: usize,
+    read: usize,
+    slots: Vec<Option<Vec<u8>>>,
+    floats: Vec<Option<Vec<f32>>>,
+    failed: Option<String>,
+}
+
+struct Shared {
+    round: Mutex<Round>,
+    changed: Condvar,
+    timeout: Duration,
+    world: usize,
+}
+
+/// W workers as threads of one process, each with its own handle (and its own burn `Device`).
+/// Collectives meet at a shared rendezvous; a rank that does not arrive within the timeout, or
+/// that [`abort`](LocalGroup::abort)s, turns the collective into an error on every rank — a dead
+/// worker never hangs the group.
+pub struct LocalGroup {
+    rank: usize,
+    shared: Arc<Shared>,
+    sent: AtomicU64,
+    received: AtomicU64,
+}
+
+impl LocalGroup {
+    /// Handles for `world` ranks (hand one to each worker thread). `timeout` bounds how long a
+    /// collective waits for the slowest rank.
+    pub fn new(world: usize, timeout: Duration) -> Result<Vec<LocalGroup>, DistError> {
+        if world == 0 {
+            return Err(DistError::InvalidConfig(
+                "a group needs at least one worker".into(),
+            ));
+        }
+        let shared = Arc::new(Shared {
+            round: Mutex::new(Round {
+                generation: 0,
+                deposited: 0,
+                read: 0,
+                slots: vec![None; world],
+                floats: vec![None; world],
+                failed: None,
+            }),
+            changed: Condvar::new(),
+            timeout,
+            world,
+        });
+        Ok((0..world)
+            .map(|rank| LocalGroup {
+                rank,
+                shared: shared.clone(),
+                sent: AtomicU64::new(0),
+                received: AtomicU64::new(0),
+            })
+            .collect())
+    }
+
+    /// A handle that can [`abort`](Aborter::abort) the group after this one has been moved.
+    pub fn aborter(&self) -> Aborter {
+        Aborter {
+            rank: self.rank,
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Marks the group failed (this worker cannot go on): every rank's next or pending
+    /// collective returns an error naming this rank.
+    pub fn abort(&self, reason: &str) {
+        self.aborter().abort(reason);
+    }
+}
+
+/// Aborts a [`LocalGroup`] from outside a worker (for example after it panicked).
+pub struct Aborter {
+    rank: usize,
+    shared: Arc<Shared>,
+}
+
+impl Aborter {
+    /// See [`LocalGroup::abort`].
+    pub fn abort(&self, reason: &str) {
+        let mut round = self.shared.round.lock().unwrap_or_else(|p| p.into_inner());
+        if round.failed.is_none() {
+            round.failed = Some(format!("rank {} aborted: {reason}", self.rank));
+        }
+        self.shared.changed.notify_all();
+    }
+}
+
+impl LocalGroup {
+    /// Deposits this rank's contribution, waits for all, and returns every rank's, in rank order.
+    fn exchange(
+        &self,
+        bytes: Option<Vec<u8>>,
+        floats: Option<Vec<f32>>,
+    ) -> Result<Contributions, DistError> {
+        let shared = &self.shared;
+        let deadline = Instant::now() + shared.timeout;
+        let mut round = shared.round.lock().unwrap_or_else(|p| p.into_inner());
+        // Wait until the previous round has been read by everyone.
+        while round.read != 0 && round.failed.is_none() {
+            round = wait(shared, round, deadline, self.rank)?;
+        }
+        if let Some(reason) = &round.failed {
+            return Err(DistError::PeerFailed(reason.clone()));
+        }
+        let generation = round.generation;
+        round.slots[self.rank] = bytes;
+        round.floats[self.rank] = floats;
+        round.deposited += 1;
+        if round.deposited == shared.world {
+            round.generation += 1;
+            shared.changed.notify_all();
+        }
+        while round.generation == generation && round.failed.is_none() {
+            round = wait(shared, round, deadline, self.rank)?;
+        }
+        if let Some(reason) = &round.failed {
+            return Err(DistError::PeerFailed(reason.clone()));
+        }
+        let out = (round.slots.clone(), round.floats.clone());
+        round.read += 1;
+        if round.read == shared.world {
+            round.read = 0;
+            round.deposited = 0;
+            round.slots.iter_mut().for_each(|s| *s = None);
+            round.floats.iter_mut().for_each(|s| *s = None);
+            shared.changed.notify_all();
+        }
+        Ok(out)
+    }
+}
+
+fn wait<'a>(
+    shared: &Shared,
+    guard: std::sync::MutexGuard<'a, Round>,
+    deadline: Instant,
+    rank: usize,
+) -> Result<std::sync::MutexGuard<'a, Round>, DistError> {
+    let now = Instant::now();
+    if now >= deadline {
+        let mut guard = guard;
+        let reason = format!(
+            "rank {rank} timed out after {:?} waiting for the group",
+            shared.timeout
+        );
+        guard.failed.get_or_insert(reason.clone());
+        shared.changed.notify_all();
+        return Err(DistError::Timeout(reason));
+    }
+    let (guard, _) = shared
+        .changed
+        .wait_timeout(guard, deadline - now)
+        .unwrap_or_else(|p| p.into_inner());
+    Ok(guard)
+}
+
+impl Drop for LocalGroup {
+    fn drop(&mut self) {
+        // A worker that exits (or unwinds from a panic) while others may still wait for it.
+        if std::thread::panicking() {
+            self.abort("the worker panicked");
+        }
+    }
+}
+
+impl Communicator for LocalGroup {
+    fn rank(&self) -> usize {
+        self.rank
+    }
+
+    fn world_size(&self) -> usize {
+        self.shared.world
+    }
+
+    fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
+        let (_, all) = self.exchange(None, Some(values.to_vec()))?;
+        let mut sum = vec![0.0f32; values.len()];
+        // Rank order, so every rank computes bit-identical sums.
+        for contribution in all.iter().flatten() {
+            if contribution.len() != values.len() {
+                return Err(DistError::Protocol(format!(
+                    "all-reduce of {} floats met a contribution of {}",
+                    values.len(),
+                    contribution.len()
+                )));
+            }
+            for (s, v) in sum.iter_mut().zip(contribution) {
+                *s += v;
+            }
+        }
+        values.copy_from_slice(&sum);
+        let w = self.shared.world as u64;
+        let ring = 4 * values.len() as u64 * 2 * (w - 1) / w.max(1);
+        self.sent.fetch_add(ring, Ordering::Relaxed);
+        self.received.fetch_add(ring, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
+        let own = payload.len() as u64;
+        let (all, _) = self.exchange(Some(payload), None)?;
+        let all: Vec<Vec<u8>> = all.into_iter().map(|p| p.unwrap_or_default()).collect();
+        let others: u64 = all
+            .iter()
+            .enumerate()
+            .filter(|(r, _)| *r != self.rank)
+            .map(|(_, p)| p.len() as u64)
+            .sum();
+        self.sent
+            .fetch_add(own * (self.shared.world as u64 - 1), Ordering::Relaxed);
+        self.received.fetch_add(others, Ordering::Relaxed);
+        Ok(all)
+    }
+
+    fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+        if root >= self.shared.world {
+            return Err(DistError::InvalidConfig(format!(
+                "broadcast root {root} outside the group"
+            )));
+        }
+        let mine = (self.rank == root).then_some(bytes);
+        let (all, _) = self.exchange(mine, None)?;
+        let out = all[root].clone().unwrap_or_default();
+        if self.rank == root {
+            self.sent.fetch_add(
+                out.len() as u64 * (self.shared.world as u64 - 1),
+                Ordering::Relaxed,
+            );
+        } else {
+            self.received.fetch_add(out.len() as u64, Ordering::Relaxed);
+        }
+        Ok(out)
+    }
+
+    fn barrier(&mut self) -> Result<(), DistError> {
+        self.exchange(None, None).map(|_| ())
+    }
+
+    fn traffic(&self) -> Traffic {
+        Traffic {
+            sent: self.sent.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+        }
+    }
+}

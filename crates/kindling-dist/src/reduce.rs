@@ -1,0 +1,573 @@
+//! Exchange protocols: what a group of workers does with one step's gradients so that every rank
+//! ends with the same aggregated gradient.
+
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+use burn::module::{Module, ParamId};
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig};
+use kindling_compress::{Compressor, Payload, Sign, TernGrad, majority_vote, matrix_view};
+use rand::rngs::ChaCha8Rng;
+
+use crate::walk::{GradOp, walk};
+use crate::{Communicator, DistError};
+
+/// Sizes and times of one exchange (or, accumulated, of many).
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct StepStats {
+    /// What dense f32 gradients would take: 4 bytes per entry.
+    pub raw_bytes: u64,
+    /// What this rank put on the wire: its payloads (or dense floats) for the step.
+    pub wire_bytes: u64,
+    /// Time spent encoding.
+    pub encode: Duration,
+    /// Time spent decoding and averaging.
+    pub decode: Duration,
+    /// Time spent in collectives (waiting for the others included).
+    pub exchange: Duration,
+}
+
+impl StepStats {
+    /// `raw / wire`.
+    pub fn ratio(&self) -> f64 {
+        self.raw_bytes as f64 / self.wire_bytes.max(1) as f64
+    }
+
+    /// Adds another step.
+    pub fn add(&mut self, other: &StepStats) {
+        self.raw_bytes += other.raw_bytes;
+        self.wire_bytes += other.wire_bytes;
+        self.encode += other.encode;
+        self.decode += other.decode;
+        self.exchange += other.exchange;
+    }
+}
+
+/// An exchange protocol. `reduce` is called by every rank with its local gradients and returns
+/// the aggregated gradients, bit-identical on every rank.
+pub trait Reducer: Send {
+    /// A short name for reports.
+    fn name(&self) -> String;
+
+    /// Agrees on the gradients of every float parameter of `module` (in module order).
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError>;
+
+    /// The protocol's state (error-feedback residuals, warm-start matrices) as named f32
+    /// buffers, for checkpoints.
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        Vec::new()
+    }
+
+    /// Restores a state saved with [`state`](Self::state).
+    fn load_state(
+        &mut self,
+        _state: Vec<(String, Vec<f32>)>,
+        _device: &Device,
+    ) -> Result<(), DistError> {
+        Ok(())
+    }
+}
+
+fn host<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec()
+        .expect("gradient values")
+}
+
+fn tensor<const D: usize>(values: Vec<f32>, dims: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, dims), device)
+}
+
+fn timed<T>(clock: &mut Duration, f: impl FnOnce() -> T) -> T {
+    let start = Instant::now();
+    let out = f();
+    *clock += start.elapsed();
+    out
+}
+
+/// The baseline: all-reduce mean of the dense f32 gradients.
+#[derive(Debug, Clone, Default)]
+pub struct Dense;
+
+struct DenseOp<'a> {
+    comm: &'a mut dyn Communicator,
+    stats: StepStats,
+}
+
+impl GradOp for DenseOp<'_> {
+    fn apply<const D: usize>(
+        &mut self,
+        _: usize,
+        _: ParamId,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>, DistError> {
+        let dims = grad.dims();
+        let device = grad.device();
+        let mut values = host(grad);
+        let bytes = 4 * values.len() as u64;
+        self.stats.raw_bytes += bytes;
+        self.stats.wire_bytes += bytes;
+        timed(&mut self.stats.exchange, || {
+            self.comm.all_reduce_mean(&mut values)
+        })?;
+        Ok(tensor(values, dims, &device))
+    }
+}
+
+impl Reducer for Dense {
+    fn name(&self) -> String {
+        "dense".into()
+    }
+
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let (out, op) = walk(
+            module,
+            grads,
+            DenseOp {
+                comm,
+                stats: StepStats::default(),
+            },
+        )?;
+        Ok((out, op.stats))
+    }
+}
+
+/// Decodes every rank's payload for one parameter and averages them (rank order, so every rank
+/// gets the same bits).
+fn decode_mean<const D: usize, C: Compressor>(
+    codec: &C,
+    payloads: Vec<Vec<u8>>,
+    index: usize,
+    dims: [usize; D],
+    device: &Device,
+) -> Result<Tensor<D>, DistError> {
+    let world = payloads.len();
+    let mut sum: Option<Tensor<D>> = None;
+    for (rank, bytes) in payloads.into_iter().enumerate() {
+        let fail = |reason: String| DistError::Decode {
+            rank,
+            param: index,
+            reason,
+        };
+        let payload = Payload::from_bytes_with_limit(bytes, dims.iter().product())
+            .map_err(|e| fail(e.to_string()))?;
+        payload
+            .check_shape(&dims)
+            .map_err(|e| fail(e.to_string()))?;
+        let t: Tensor<D> = codec
+            .decompress(&payload, device)
+            .map_err(|e| fail(e.to_string()))?;
+        sum = Some(match sum {
+            Some(s) => s + t,
+            None => t,
+        });
+    }
+    Ok(sum
+        .expect("a group has at least one rank")
+        .div_scalar(world as f64))
+}
+
+/// Any codec: each rank encodes its gradient, the payloads are all-gathered, and every rank
+/// decodes all of them and averages (unbiased codecs give an unbiased mean). The codec is cloned
+/// per parameter, so stateful codecs ([`ErrorFeedback`](kindling_compress::ErrorFeedback)) keep
+/// one residual per parameter.
+#[derive(Debug, Clone)]
+pub struct Gathered<C> {
+    prototype: C,
+    codecs: HashMap<usize, C>,
+    name: String,
+}
+
+impl<C: Compressor + Clone + Send> Gathered<C> {
+    /// The protocol for `codec`, named `name` in reports.
+    pub fn new(codec: C, name: impl Into<String>) -> Self {
+        Self {
+            prototype: codec,
+            codecs: HashMap::new(),
+            name: name.into(),
+        }
+    }
+}
+
+struct GatherOp<'a, C> {
+    codecs: &'a mut HashMap<usize, C>,
+    prototype: &'a C,
+    comm: &'a mut dyn Communicator,
+    rng: &'a mut ChaCha8Rng,
+    stats: StepStats,
+}
+
+impl<C: Compressor + Clone> GradOp for GatherOp<'_, C> {
+    fn apply<const D: usize>(
+        &mut self,
+        index: usize,
+        _: ParamId,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>, DistError> {
+        let dims = grad.dims();
+        let device = grad.device();
+        let rank = self.comm.rank();
+        let codec = self
+            .codecs
+            .entry(index)
+            .or_insert_with(|| self.prototype.clone());
+        let payload =
+            timed(&mut self.stats.encode, || codec.compress(grad, self.rng)).map_err(|e| {
+                DistError::Encode {
+                    rank,
+                    param: index,
+                    reason: e.to_string(),
+                }
+            })?;
+        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
+        self.stats.wire_bytes += payload.wire_bytes() as u64;
+        let all = timed(&mut self.stats.exchange, || {
+            self.comm.all_gather(payload.into_bytes())
+        })?;
+        let codec = &self.codecs[&index];
+        timed(&mut self.stats.decode, || {
+            decode_mean(codec, all, index, dims, &device)
+        })
+    }
+}
+
+impl<C: Compressor + Clone + Send> Reducer for Gathered<C> {
+    fn name(&self) -> String {
+        self.name.clone()
+    }
+
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let op = GatherOp {
+            codecs: &mut self.codecs,
+            prototype: &self.prototype,
+            comm,
+            rng,
+            stats: StepStats::default(),
+        };
+        let (out, op) = walk(module, grads, op)?;
+        Ok((out, op.stats))
+    }
+}
+
+/// signSGD with majority vote: 1-bit sign payloads are all-gathered and every rank takes
+/// `sign(Σ_m sign(g_m))`, ties → +1. The optimizer's learning rate is the step length.
+#[derive(Debug, Clone, Default)]
+pub struct MajorityVote;
+
+struct VoteOp<'a> {
+    comm: &'a mut dyn Communicator,
+    rng: &'a mut ChaCha8Rng,
+    stats: StepStats,
+}
+
+impl GradOp for VoteOp<'_> {
+    fn apply<const D: usize>(
+        &mut self,
+        index: usize,
+        _: ParamId,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>, DistError> {
+        let dims = grad.dims();
+        let device = grad.device();
+        let rank = self.comm.rank();
+        let payload =
+            timed(&mut self.stats.encode, || Sign.compress(grad, self.rng)).map_err(|e| {
+                DistError::Encode {
+                    rank,
+                    param: index,
+                    reason: e.to_string(),
+                }
+            })?;
+        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
+        self.stats.wire_bytes += payload.wire_bytes() as u64;
+        let all = timed(&mut self.stats.exchange, || {
+            self.comm.all_gather(payload.into_bytes())
+        })?;
+        timed(&mut self.stats.decode, || {
+            let payloads = all
+                .into_iter()
+                .enumerate()
+                .map(|(rank, bytes)| {
+                    let fail = |reason: String| DistError::Decode {
+                        rank,
+                        param: index,
+                        reason,
+                    };
+                    let p = Payload::from_bytes_with_limit(bytes, dims.iter().product())
+                        .map_err(|e| fail(e.to_string()))?;
+                    p.check_shape(&dims).map_err(|e| fail(e.to_string()))?;
+                    Ok(p)
+                })
+                .collect::<Result<Vec<_>, DistError>>()?;
+            majority_vote(&payloads, &device).map_err(|e| DistError::Decode {
+                rank: usize::MAX,
+                param: index,
+                reason: e.to_string(),
+            })
+        })
+    }
+}
+
+impl Reducer for MajorityVote {
+    fn name(&self) -> String {
+        "sign + majority vote".into()
+    }
+
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let (out, op) = walk(
+            module,
+            grads,
+            VoteOp {
+                comm,
+                rng,
+                stats: StepStats::default(),
+            },
+        )?;
+        Ok((out, op.stats))
+    }
+}
+
+/// TernGrad with scalar sharing: the ranks first agree on the largest per-tensor scale (an
+/// all-reduce max of one float), then each encodes with that shared scale; the ternaries are
+/// all-gathered, decoded and averaged.
+#[derive(Debug, Clone, Default)]
+pub struct TernGradShared {
+    codec: TernGrad,
+}
+
+impl TernGradShared {
+    /// With a TernGrad codec (clipping and packing as configured).
+    pub fn new(codec: TernGrad) -> Self {
+        Self { codec }
+    }
+}
+
+struct TernOp<'a> {
+    codec: &'a TernGrad,
+    comm: &'a mut dyn Communicator,
+    rng: &'a mut ChaCha8Rng,
+    stats: StepStats,
+}
+
+impl GradOp for TernOp<'_> {
+    fn apply<const D: usize>(
+        &mut self,
+        index: usize,
+        _: ParamId,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>, DistError> {
+        let dims = grad.dims();
+        let device = grad.device();
+        let rank = self.comm.rank();
+        let encode_error = |e: kindling_compress::CompressError| DistError::Encode {
+            rank,
+            param: index,
+            reason: e.to_string(),
+        };
+        let local = timed(&mut self.stats.encode, || {
+            self.codec.local_scale(grad.clone())
+        })
+        .map_err(encode_error)?;
+        let shared = timed(&mut self.stats.exchange, || self.comm.all_reduce_max(local))?;
+        let payload = timed(&mut self.stats.encode, || {
+            self.codec.compress_with_scale(grad, shared, self.rng)
+        })
+        .map_err(encode_error)?;
+        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
+        self.stats.wire_bytes += payload.wire_bytes() as u64 + 4;
+        let all = timed(&mut self.stats.exchange, || {
+            self.comm.all_gather(payload.into_bytes())
+        })?;
+        timed(&mut self.stats.decode, || {
+            decode_mean(self.codec, all, index, dims, &device)
+        })
+    }
+}
+
+impl Reducer for TernGradShared {
+    fn name(&self) -> String {
+        "TernGrad (shared scale)".into()
+    }
+
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let op = TernOp {
+            codec: &self.codec,
+            comm,
+            rng,
+            stats: StepStats::default(),
+        };
+        let (out, op) = walk(module, grads, op)?;
+        Ok((out, op.stats))
+    }
+}
+
+/// PowerSGD: per matrix, two all-reduce rounds (`P = ΔQ` summed, orthonormalised; `Q = ΔᵀP`
+/// averaged), error feedback on the aggregate (`e ← Δ − PQᵀ`), `Q` warm-started across steps and
+/// initialised from a seed shared by every rank. Tensors the compression-rate rule skips (and
+/// rank-1 tensors) are all-reduced dense.
+#[derive(Debug, Clone)]
+pub struct PowerSgd {
+    config: PowerSgdConfig,
+    states: HashMap<usize, PowerSgdState>,
+}
+
+impl PowerSgd {
+    /// PowerSGD with `config` (rank, minimum compression rate, shared seed).
+    pub fn new(config: PowerSgdConfig) -> Self {
+        Self {
+            config,
+            states: HashMap::new(),
+        }
+    }
+}
+
+struct PowerOp<'a> {
+    config: &'a PowerSgdConfig,
+    states: &'a mut HashMap<usize, PowerSgdState>,
+    comm: &'a mut dyn Communicator,
+    stats: StepStats,
+}
+
+impl GradOp for PowerOp<'_> {
+    fn apply<const D: usize>(
+        &mut self,
+        index: usize,
+        _: ParamId,
+        grad: Tensor<D>,
+    ) -> Result<Tensor<D>, DistError> {
+        let dims = grad.dims();
+        let device = grad.device();
+        let n: usize = dims.iter().product();
+        self.stats.raw_bytes += 4 * n as u64;
+        if !self.config.compresses(&dims) {
+            let mut values = host(grad);
+            self.stats.wire_bytes += 4 * n as u64;
+            timed(&mut self.stats.exchange, || {
+                self.comm.all_reduce_mean(&mut values)
+            })?;
+            return Ok(tensor(values, dims, &device));
+        }
+        let (rows, cols) = matrix_view(&dims);
+        let config = self.config;
+        let state = self
+            .states
+            .entry(index)
+            .or_insert_with(|| PowerSgdState::new(config, rows, cols, index as u64, &device));
+        let m: Tensor<2> = grad.reshape([rows, cols]);
+        let (delta, p) = timed(&mut self.stats.encode, || state.start(m));
+        let mut p_host = host(p);
+        timed(&mut self.stats.exchange, || {
+            self.comm.all_reduce_sum(&mut p_host)
+        })?;
+        let (p, q) = timed(&mut self.stats.encode, || {
+            state.project(&delta, tensor(p_host.clone(), [rows, config.rank], &device))
+        });
+        let mut q_host = host(q);
+        timed(&mut self.stats.exchange, || {
+            self.comm.all_reduce_mean(&mut q_host)
+        })?;
+        self.stats.wire_bytes += 4 * (p_host.len() + q_host.len()) as u64;
+        let out = timed(&mut self.stats.decode, || {
+            state.finish(delta, p, tensor(q_host, [cols, config.rank], &device))
+        });
+        Ok(out.reshape(dims))
+    }
+}
+
+impl Reducer for PowerSgd {
+    fn name(&self) -> String {
+        format!("PowerSGD rank {}", self.config.rank)
+    }
+
+    fn reduce<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+        comm: &mut dyn Communicator,
+        _rng: &mut ChaCha8Rng,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let op = PowerOp {
+            config: &self.config,
+            states: &mut self.states,
+            comm,
+            stats: StepStats::default(),
+        };
+        let (out, op) = walk(module, grads, op)?;
+        Ok((out, op.stats))
+    }
+
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        let mut keys: Vec<&usize> = self.states.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .flat_map(|k| {
+                let s = &self.states[k];
+                [
+                    (format!("{k}.q"), host(s.q.clone())),
+                    (format!("{k}.error"), host(s.error.clone())),
+                ]
+            })
+            .collect()
+    }
+
+    fn load_state(
+        &mut self,
+        state: Vec<(String, Vec<f32>)>,
+        device: &Device,
+    ) -> Result<(), DistError> {
+        let map: HashMap<String, Vec<f32>> = state.into_iter().collect();
+        let bad = |what: String| DistError::Protocol(format!("PowerSGD state: {what}"));
+        self.states.clear();
+        for key in map.keys().filter_map(|k| k.strip_suffix(".q")) {
+            let index: usize = key.parse().map_err(|_| bad(format!("key {key:?}")))?;
+            let q = &map[&format!("{key}.q")];
+            let e = map
+                .get(&format!("{key}.error"))
+                .ok_or_else(|| bad(format!("no error for parameter {key}")))?;
+            let r = self.config.rank;
+            if q.is_empty() || !q.len().is_multiple_of(r) || !e.len().is_multiple_of(q.len() / r) {
+                return Err(bad(format!("sizes of parameter {key} do not fit rank {r}")));
+            }
+            let cols = q.len() / r;
+            let rows = e.len() / cols;
+            let mut s = PowerSgdState::new(&self.config, rows, cols, index as u64, device);
+            s.q = tensor(q.clone(), [cols, r], device);
+            s.error = tensor(e.clone(), [rows, cols], device);
+            self.states.insert(index, s);
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,339 @@
+//! Transports, protocols and faults: collectives and their byte counts, bit-identical replicas
+//! for every protocol, failures that surface on every rank, Byzantine-robust majority vote, and
+//! checkpoint resume.
+
+use std::time::{Duration, Instant};
+
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+use kindling_compress::powersgd::PowerSgdConfig;
+use kindling_compress::{
+    Atomo, Budget, Count, ErrorFeedback, Qsgd, ScaledSign, Spectral, TernGrad, TopK,
+};
+use kindling_dist::*;
+use kindling_examples_common::digits::{Digits, DigitsSet};
+use kindling_examples_common::mlp::Mlp;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+#[test]
+fn collectives_and_exact_byte_counts() {
+    let results = run_workers(3, TIMEOUT, |mut g| {
+        let rank = g.rank();
+        let mut v = vec![rank as f32, 1.0];
+        g.all_reduce_sum(&mut v)?;
+        assert_eq!(v, vec![3.0, 3.0]);
+        g.all_reduce_mean(&mut v)?;
+        assert_eq!(v, vec![3.0, 3.0], "the mean of equal values");
+        let all = g.all_gather(vec![rank as u8; rank + 1])?;
+        assert_eq!(all, vec![vec![0u8], vec![1, 1], vec![2, 2, 2]]);
+        let b = g.broadcast(if rank == 2 { vec![9, 9] } else { vec![] }, 2)?;
+        assert_eq!(b, vec![9, 9]);
+        assert_eq!(g.all_reduce_max(rank as f32 * 2.0)?, 4.0);
+        g.barrier()?;
+        Ok((rank, g.traffic()))
+    })
+    .unwrap();
+    // Rank 1: two ring all-reduces of 8 bytes (2·2/3·8 = 10 each), an all-gather of 2 bytes to 2
+    // peers (4 sent, 1 + 3 received), a broadcast (2 received), the max (4 bytes to 2 peers, 8
+    // received).
+    let (_, t1) = results[1];
+    assert_eq!(t1.sent, 10 + 10 + 4 + 8);
+    assert_eq!(t1.received, 10 + 10 + 4 + 2 + 8);
+}
+
+#[test]
+fn a_silent_worker_times_out_everywhere() {
+    let start = Instant::now();
+    let err = run_workers(3, Duration::from_millis(300), |mut g| {
+        if g.rank() == 2 {
+            std::thread::sleep(Duration::from_millis(1500));
+            return Ok(());
+        }
+        g.barrier()
+    })
+    .unwrap_err();
+    assert!(
+        matches!(err, DistError::Timeout(_) | DistError::PeerFailed(_)),
+        "{err}"
+    );
+    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn a_panicking_worker_fails_every_rank_within_the_timeout() {
+    let start = Instant::now();
+    let err = run_workers(4, TIMEOUT, |mut g| {
+        if g.rank() == 1 {
+            panic!("out of memory on rank 1");
+        }
+        for _ in 0..3 {
+            g.barrier()?;
+        }
+        Ok(())
+    })
+    .unwrap_err();
+    assert!(
+        matches!(&err, DistError::Panicked { rank: 1, message } if message.contains("out of memory")),
+        "{err}"
+    );
+    assert!(
+        start.elapsed() < Duration::from_secs(5),
+        "others did not wait for the full timeout"
+    );
+}
+
+fn shards(world: usize) -> (Vec<DigitsSet>, DigitsSet) {
+    let device = Device::flex().autodiff();
+    let split = Digits::load().unwrap().split(0.25, 0, &device);
+    let n = split.train.len() / world;
+    (
+        (0..world)
+            .map(|r| split.train.slice(r * n..(r + 1) * n))
+            .collect(),
+        split.test,
+    )
+}
+
+/// Trains the digits MLP for `steps` full-shard steps with `reducer` and returns every rank's
+/// fingerprint after each step and the final test accuracy.
+fn train_with<R: Reducer>(
+    world: usize,
+    steps: usize,
+    lr: f64,
+    make: impl Fn() -> R + Sync,
+    optim: impl Fn() -> ModuleOptimizer + Sync,
+    tamper: impl Fn(usize, GradientsParams, &Mlp) -> GradientsParams + Sync,
+) -> Result<Vec<(Vec<u64>, f32)>, DistError> {
+    let (data, test) = shards(world);
+    run_workers(world, TIMEOUT, |g| {
+        let device = Device::flex().autodiff();
+        let rank = g.rank();
+        let mut trainer = DataParallel::new(g, make(), 3);
+        // Different local initialisations: the broadcast makes them identical.
+        let mut model = broadcast_module(Mlp::new(32, rank as u64, &device), &mut trainer.comm, 0)?;
+        let mut optim = optim();
+        let mut prints = Vec::new();
+        for _ in 0..steps {
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            let grads = tamper(rank, grads, &model);
+            model = trainer.step(model, grads, &mut optim, lr)?.0;
+            prints.push(fingerprint(&model));
+        }
+        Ok((prints, model.accuracy(&test)))
+    })
+}
+
+fn no_tamper(_: usize, g: GradientsParams, _: &Mlp) -> GradientsParams {
+    g
+}
+
+fn sgd() -> ModuleOptimizer {
+    SgdConfig::new().init()
+}
+
+/// After every step every replica holds bit-identical parameters, for every protocol.
+#[test]
+fn every_protocol_keeps_replicas_bit_identical() {
+    fn check<R: Reducer>(name: &str, make: impl Fn() -> R + Sync) {
+        let results = train_with(4, 4, 0.1, make, sgd, no_tamper).unwrap();
+        for step in 0..4 {
+            let first = results[0].0[step];
+            assert!(
+                results.iter().all(|r| r.0[step] == first),
+                "{name}: replicas differ after step {step}"
+            );
+        }
+    }
+    check("dense", || Dense);
+    check("qsgd", || Gathered::new(Qsgd::new(4).unwrap(), "qsgd"));
+    check("ef top-k", || {
+        Gathered::new(
+            ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()),
+            "ef top-k",
+        )
+    });
+    check("spectral atomo", || {
+        Gathered::new(
+            Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
+            "atomo",
+        )
+    });
+    check("majority vote", || MajorityVote);
+    check("terngrad shared", || TernGradShared::new(TernGrad::new()));
+    check("powersgd", || {
+        PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+    });
+}
+
+/// A payload that fails to decode is an error naming the sender and the parameter, on every rank.
+#[test]
+fn a_corrupt_payload_names_rank_and_parameter() {
+    struct Corrupting(LocalGroup);
+    impl Communicator for Corrupting {
+        fn rank(&self) -> usize {
+            self.0.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.0.world_size()
+        }
+        fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
+            self.0.all_reduce_sum(v)
+        }
+        fn all_gather(&mut self, mut payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
+            if self.rank() == 2 {
+                payload.truncate(payload.len() - 3);
+            }
+            self.0.all_gather(payload)
+        }
+        fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+            self.0.broadcast(b, root)
+        }
+        fn barrier(&mut self) -> Result<(), DistError> {
+            self.0.barrier()
+        }
+        fn traffic(&self) -> Traffic {
+            self.0.traffic()
+        }
+    }
+    let (data, _) = shards(3);
+    let errors: Vec<DistError> = {
+        let groups = LocalGroup::new(3, TIMEOUT).unwrap();
+        std::thread::scope(|s| {
+            let handles: Vec<_> = groups
+                .into_iter()
+                .map(|g| {
+                    let data = &data;
+                    s.spawn(move || {
+                        let device = Device::flex().autodiff();
+                        let rank = g.rank();
+                        let mut trainer = DataParallel::new(
+                            Corrupting(g),
+                            Gathered::new(Qsgd::new(2).unwrap(), "qsgd"),
+                            1,
+                        );
+                        let model = Mlp::new(8, 0, &device);
+                        let grads =
+                            GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                        trainer
+                            .step(model, grads, &mut sgd(), 0.1)
+                            .map(|_| ())
+                            .unwrap_err()
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        })
+    };
+    for e in errors {
+        assert!(
+            matches!(
+                e,
+                DistError::Decode {
+                    rank: 2,
+                    param: 0,
+                    ..
+                }
+            ),
+            "{e}"
+        );
+    }
+}
+
+/// Majority vote with 3 of 7 workers sending flipped signs still trains the digits MLP; dense
+/// SGD, or the mean of scaled signs, with one worker sending 10⁶× gradients does not.
+#[test]
+fn majority_vote_is_robust_where_averaging_is_not() {
+    let flip = |rank: usize, g: GradientsParams, m: &Mlp| {
+        if rank < 3 {
+            kindling_optim_scale(g, m, -1.0)
+        } else {
+            g
+        }
+    };
+    let huge = |rank: usize, g: GradientsParams, m: &Mlp| {
+        if rank == 0 {
+            kindling_optim_scale(g, m, 1e6)
+        } else {
+            g
+        }
+    };
+    let signum = || kindling_optim::SignumConfig::sign_sgd().init();
+    let vote = train_with(7, 60, 0.01, || MajorityVote, signum, flip).unwrap();
+    let dense = train_with(7, 60, 0.1, || Dense, sgd, huge).unwrap();
+    let scaled = train_with(
+        7,
+        60,
+        0.1,
+        || Gathered::new(ScaledSign, "mean of scaled signs"),
+        sgd,
+        huge,
+    )
+    .unwrap();
+    let (acc_vote, acc_dense, acc_scaled) = (vote[0].1, dense[0].1, scaled[0].1);
+    eprintln!(
+        "majority vote, 3/7 flipped: {acc_vote:.3}; dense, one 1e6× worker: {acc_dense:.3}; mean of scaled signs, one 1e6× worker: {acc_scaled:.3}"
+    );
+    assert!(acc_vote > 0.8, "{acc_vote}");
+    assert!(acc_dense.is_nan() || acc_dense < 0.3, "{acc_dense}");
+    assert!(acc_scaled.is_nan() || acc_scaled < 0.3, "{acc_scaled}");
+}
+
+fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams {
+    kindling_optim::grads::scale(m, &g, c)
+}
+
+/// Saving the reducer state (PowerSGD's Q and residuals), the optimizer state and the RNG
+/// position after 3 steps and restoring them into fresh trainers reproduces the uninterrupted
+/// run bit for bit.
+#[test]
+fn resume_reproduces_the_uninterrupted_run() {
+    let (data, _) = shards(2);
+    let run = |resume_at: Option<usize>| {
+        run_workers(2, TIMEOUT, |g| {
+            let device = Device::flex().autodiff();
+            let rank = g.rank();
+            let mut trainer = DataParallel::new(
+                g,
+                PowerSgd::new(
+                    PowerSgdConfig::new(2)
+                        .unwrap()
+                        .with_min_compression_rate(1.0)
+                        .unwrap(),
+                ),
+                5,
+            );
+            let mut model = Mlp::new(16, 0, &device);
+            let mut optim = burn::optim::AdamConfig::new().init();
+            for step in 0..5 {
+                if resume_at == Some(step) {
+                    let state = trainer.reducer.state();
+                    let position = trainer.rng_position();
+                    let bytes = optim.into_bytes().unwrap();
+                    let comm = trainer.comm;
+                    trainer = DataParallel::new(
+                        comm,
+                        PowerSgd::new(
+                            PowerSgdConfig::new(2)
+                                .unwrap()
+                                .with_min_compression_rate(1.0)
+                                .unwrap(),
+                        ),
+                        5,
+                    );
+                    trainer.reducer.load_state(state, &device.clone().inner())?;
+                    trainer.set_rng_position(position);
+                    optim = burn::optim::AdamConfig::new()
+                        .init()
+                        .from_bytes(bytes)
+                        .unwrap();
+                }
+                let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                model = trainer.step(model, grads, &mut optim, 1e-3)?.0;
+            }
+            Ok(fingerprint(&model))
+        })
+        .unwrap()
+    };
+    assert_eq!(run(None), run(Some(3)));
+}

@@ -1,0 +1,242 @@
+//! Empirical moments of `(x, y)` with Gaussian `x` and the tensor initialisation built on them
+//! (method of moments after Zhong et al. 2017, as used by Zhang, Yu, Wang & Gu 2019).
+
+use burn::tensor::{Tensor, TensorData};
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+use rand_distr::{Distribution, Normal};
+
+use crate::ReluError;
+use crate::linalg::symmetric_eigen;
+
+/// Random contraction directions tried by [`tensor_init`].
+pub const ALPHA_TRIALS: usize = 16;
+
+/// `M1 = E[y·x] = ½ Σ_j w_j*`, estimated as `(1/n) Xᵀy`.
+pub fn m1(x: &Tensor<2>, y: &Tensor<1>) -> Vec<f64> {
+    let n = x.dims()[0] as f64;
+    x.clone()
+        .transpose()
+        .matmul(y.clone().unsqueeze_dim(1))
+        .div_scalar(n)
+        .try_into_vec_as::<f64>()
+        .expect("M1")
+}
+
+/// `M2 = E[y·(x xᵀ − I)] = Σ_j (‖w_j*‖/√(2π))·w̄_j w̄_jᵀ`, estimated as
+/// `(1/n) Xᵀ diag(y) X − mean(y)·I` (row-major `d × d`).
+pub fn m2(x: &Tensor<2>, y: &Tensor<1>) -> Vec<f64> {
+    let [n, d] = x.dims();
+    let weighted = x.clone() * y.clone().unsqueeze_dim(1);
+    let mut m: Vec<f64> = weighted
+        .transpose()
+        .matmul(x.clone())
+        .div_scalar(n as f64)
+        .try_into_vec_as::<f64>()
+        .expect("M2");
+    let mean = y.clone().mean().into_scalar::<f64>();
+    for i in 0..d {
+        m[i * d + i] -= mean;
+    }
+    m
+}
+
+/// The fourth-order moment `M4 = E[y·He4(x)] = −Σ_j (‖w_j*‖/√(2π))·w̄_j^{⊗4}` contracted as
+/// `M4(V_i, V_j, β, β)` for the orthonormal columns `V_i` of `v` (`d × k`, row-major) and the unit
+/// vector `β = V α`: a `k × k` matrix. With `z = Vᵀx` and `s = αᵀz`, `He4` contracted this way is
+/// `z_i z_j s² − δ_ij s² − 2α_i z_j s − 2α_j z_i s − z_i z_j + δ_ij + 2α_i α_j`, so
+///
+/// ```text
+/// R = E[y s² z zᵀ] − E[y s²]·I − 2(α gᵀ + g αᵀ) − E[y z zᵀ] + E[y]·I + 2E[y]·α αᵀ,  g = E[y s z]
+/// ```
+pub fn m4_contraction(
+    x: &Tensor<2>,
+    y: &Tensor<1>,
+    v: &[f64],
+    k: usize,
+    alpha: &[f64],
+) -> Vec<f64> {
+    let [n, d] = x.dims();
+    let device = x.device();
+    let vt = Tensor::<2>::from_data(
+        TensorData::new(v.iter().map(|&a| a as f32).collect::<Vec<_>>(), [d, k]),
+        &device,
+    );
+    let at = Tensor::<2>::from_data(
+        TensorData::new(alpha.iter().map(|&a| a as f32).collect::<Vec<_>>(), [k, 1]),
+        &device,
+    );
+    let z = x.clone().matmul(vt); // [n, k]
+    let s = z.clone().matmul(at); // [n, 1]
+    let y2 = y.clone().unsqueeze_dim::<2>(1); // [n, 1]
+    let nf = n as f64;
+    let gram = |w: Tensor<2>| -> Vec<f64> {
+        (z.clone() * w)
+            .transpose()
+            .matmul(z.clone())
+            .div_scalar(nf)
+            .try_into_vec_as::<f64>()
+            .expect("moment")
+    };
+    let ys2 = y2.clone() * s.clone().square();
+    let a = gram(ys2.clone());
+    let b = gram(y2.clone());
+    let c1 = ys2.mean().into_scalar::<f64>();
+    let c0 = y.clone().mean().into_scalar::<f64>();
+    let g: Vec<f64> = (z.clone() * (y2 * s))
+        .sum_dim(0)
+        .div_scalar(nf)
+        .try_into_vec_as::<f64>()
+        .expect("g");
+    let mut r = vec![0.0; k * k];
+    for i in 0..k {
+        for j in 0..k {
+            let delta = (i == j) as u8 as f64;
+            r[i * k + j] = a[i * k + j]
+                - delta * c1
+                - 2.0 * (alpha[i] * g[j] + alpha[j] * g[i])
+                - b[i * k + j]
+                + delta * c0
+                + 2.0 * alpha[i] * alpha[j] * c0;
+        }
+    }
+    r
+}
+
+/// What the tensor initialisation computed along the way.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Diagnostics {
+    /// Eigenvalues of the empirical `M2` (all `d`, descending): a gap after the k-th means the
+    /// subspace is well estimated.
+    pub m2_eigenvalues: Vec<f64>,
+    /// Eigenvalues of the whitened `M4` contraction (one per hidden unit; distinct values make
+    /// the directions identifiable).
+    pub m4_eigenvalues: Vec<f64>,
+    /// The random unit vector `α` of the contraction.
+    pub alpha: Vec<f64>,
+    /// The magnitudes `‖w_j‖` recovered from `M1`.
+    pub norms: Vec<f64>,
+}
+
+/// The tensor initialisation: `W0` (`k × d`, row-major) and [`Diagnostics`].
+///
+/// 1. `V` = the top-k eigenvectors of the empirical `M2` (the span of the `w_j*`);
+/// 2. `P2 = Vᵀ M2 V = Σ_j c_j u_j u_jᵀ` with `u_j = Vᵀ w̄_j`, `c_j = ‖w_j‖/√(2π)`; whitening by
+///    `P2^{−½}` makes the `√c_j P2^{−½} u_j` orthonormal;
+/// 3. the contraction `R = M4(V, V, Vα, Vα) = −Σ_j c_j (αᵀu_j)² u_j u_jᵀ` for a random unit `α`
+///    (the best separated of [`ALPHA_TRIALS`] draws),
+///    whitened, is diagonal in that orthonormal basis: its eigenvectors give the `u_j`
+///    (`u_j ∝ P2^{½} v_j`), and `w̄_j = V u_j / ‖V u_j‖`. This is simultaneous diagonalisation of
+///    `P2` and `R` (whitening + one symmetric eigendecomposition): exact for exact moments, and
+///    with `k × k` matrices far cheaper than a tensor power method on the `k⁴` tensor;
+/// 4. signs and magnitudes from `M1 = Σ_j (‖w_j‖/2) w̄_j` by least squares: `w_j = 2 a_j w̄_j`
+///    (a negative `a_j` flips a direction whose eigenvector came out with the wrong sign).
+pub fn tensor_init(
+    x: &Tensor<2>,
+    y: &Tensor<1>,
+    k: usize,
+    seed: u64,
+) -> Result<(Vec<f64>, Diagnostics), ReluError> {
+    let [n, d] = x.dims();
+    if k == 0 || k > d {
+        return Err(ReluError::InvalidField {
+            config: "tensor_init",
+            field: "k",
+            value: k.to_string(),
+            reason: "must be in 1..=d",
+        });
+    }
+    if n < d + 1 {
+        return Err(ReluError::InvalidField {
+            config: "tensor_init",
+            field: "n",
+            value: n.to_string(),
+            reason: "needs more samples than dimensions",
+        });
+    }
+    let (m2_values, m2_vectors) = symmetric_eigen(&m2(x, y), d);
+    let v: Vec<f64> = (0..d)
+        .flat_map(|r| (0..k).map(move |c| (r, c)))
+        .map(|(r, c)| m2_vectors[r * d + c])
+        .collect();
+    let p2 = &m2_values[..k];
+    if p2.iter().any(|&l| l <= 0.0) {
+        return Err(ReluError::Degenerate(format!(
+            "the top {k} eigenvalues of M2 must be positive, got {:?}",
+            &m2_values[..k]
+        )));
+    }
+    let normal = Normal::new(0.0, 1.0).expect("standard normal");
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    // The eigenvalues of the whitened contraction are −(αᵀu_j)²: a random α can make two of them
+    // nearly equal (or one nearly 0) and mix their eigenvectors under sampling noise, so the best
+    // of `ALPHA_TRIALS` random α — the largest smallest gap, to each other and to 0 — is kept.
+    // (smallest gap, α, eigenvalues, eigenvectors) of the best α so far
+    type Candidate = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut best: Option<Candidate> = None;
+    for _ in 0..ALPHA_TRIALS {
+        let mut alpha: Vec<f64> = (0..k).map(|_| normal.sample(&mut rng)).collect();
+        let norm = alpha.iter().map(|a| a * a).sum::<f64>().sqrt();
+        alpha.iter_mut().for_each(|a| *a /= norm);
+        let r = m4_contraction(x, y, &v, k, &alpha);
+        // P2 = diag(p2) in the eigenbasis V: whitening is a diagonal scaling.
+        let mut rw = vec![0.0; k * k];
+        for i in 0..k {
+            for j in 0..k {
+                rw[i * k + j] = r[i * k + j] / (p2[i] * p2[j]).sqrt();
+            }
+        }
+        let (values, vectors) = symmetric_eigen(&rw, k);
+        let mut gap = values.iter().map(|l| l.abs()).fold(f64::MAX, f64::min);
+        for w in values.windows(2) {
+            gap = gap.min(w[0] - w[1]);
+        }
+        if best.as_ref().is_none_or(|b| gap > b.0) {
+            best = Some((gap, alpha, values, vectors));
+        }
+    }
+    let (_, alpha, m4_values, vs) = best.expect("at least one trial");
+    // u_j = P2^{½} v_j, w̄_j = V u_j / ‖V u_j‖ (columns of a d × k matrix).
+    let mut directions = vec![0.0; d * k];
+    for j in 0..k {
+        let u: Vec<f64> = (0..k).map(|i| p2[i].sqrt() * vs[i * k + j]).collect();
+        let col: Vec<f64> = (0..d)
+            .map(|r| (0..k).map(|i| v[r * k + i] * u[i]).sum())
+            .collect();
+        let cn = col.iter().map(|c| c * c).sum::<f64>().sqrt();
+        for r in 0..d {
+            directions[r * k + j] = col[r] / cn;
+        }
+    }
+    // Least squares M1 ≈ Σ_j a_j w̄_j: normal equations (k × k).
+    let m1 = m1(x, y);
+    let mut gram = vec![0.0; k * k];
+    let mut rhs = vec![0.0; k];
+    for i in 0..k {
+        rhs[i] = (0..d).map(|r| directions[r * k + i] * m1[r]).sum();
+        for j in 0..k {
+            gram[i * k + j] = (0..d)
+                .map(|r| directions[r * k + i] * directions[r * k + j])
+                .sum();
+        }
+    }
+    let inverse = crate::linalg::symmetric_power(&gram, k, -1.0);
+    let a: Vec<f64> = (0..k)
+        .map(|i| (0..k).map(|j| inverse[i * k + j] * rhs[j]).sum())
+        .collect();
+    let mut w = vec![0.0; k * d];
+    for j in 0..k {
+        for c in 0..d {
+            w[j * d + c] = 2.0 * a[j] * directions[c * k + j];
+        }
+    }
+    Ok((
+        w,
+        Diagnostics {
+            m2_eigenvalues: m2_values,
+            m4_eigenvalues: m4_values,
+            alpha,
+            norms: a.iter().map(|x| 2.0 * x.abs()).collect(),
+        },
+    ))
+}

@@ -1,0 +1,309 @@
+//! W workers (threads, each with its own model replica) train an MLP on the bundled UCI digits,
+//! agreeing on each step's gradient through a chosen exchange protocol. Prints per epoch the
+//! held-out accuracy, the bytes each worker put on the wire, the compression ratio and the
+//! modelled communication time at a chosen bandwidth; `--compare` runs every protocol and writes
+//! SVG plots of accuracy against wire bytes and against modelled time on 16 workers at 1 Gb/s and
+//! 10 Gb/s.
+//!
+//! ```text
+//! cargo run --release -p data-parallel                         # dense, 4 workers
+//! cargo run --release -p data-parallel -- --protocol powersgd
+//! cargo run --release -p data-parallel -- --compare --out-dir .
+//! ```
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use burn::optim::momentum::MomentumConfig;
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+use clap::{Parser, ValueEnum};
+use kindling_compress::powersgd::PowerSgdConfig;
+use kindling_compress::{Atomo, Budget, Qsgd, Spectral, TernGrad};
+use kindling_dist::*;
+use kindling_examples_common::digits::Digits;
+use kindling_examples_common::mlp::Mlp;
+use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
+use kindling_optim::SignumConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum Protocol {
+    /// All-reduce mean of f32 gradients.
+    Dense,
+    /// QSGD, 16 levels, buckets of 512, all-gathered.
+    Qsgd,
+    /// TernGrad with a shared scale.
+    Terngrad,
+    /// 1-bit signs with majority vote (signSGD optimizer).
+    Sign,
+    /// Spectral ATOMO, 2 singular atoms per layer in expectation.
+    Atomo,
+    /// PowerSGD, rank 2.
+    Powersgd,
+}
+
+const ALL: [Protocol; 6] = [
+    Protocol::Dense,
+    Protocol::Qsgd,
+    Protocol::Terngrad,
+    Protocol::Sign,
+    Protocol::Atomo,
+    Protocol::Powersgd,
+];
+
+/// Compressed data-parallel training on the digits.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Args {
+    /// Workers (threads).
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// The exchange protocol.
+    #[arg(long, value_enum, default_value_t = Protocol::Dense)]
+    protocol: Protocol,
+    /// Run every protocol and write the comparison plots.
+    #[arg(long)]
+    compare: bool,
+    /// Epochs.
+    #[arg(long, default_value_t = 8)]
+    epochs: usize,
+    /// Per-worker batch size.
+    #[arg(long, default_value_t = 16)]
+    batch: usize,
+    /// Link bandwidth for the modelled time, in Gb/s.
+    #[arg(long, default_value_t = 1.0)]
+    bandwidth: f64,
+    /// Hidden units of the MLP.
+    #[arg(long, default_value_t = 128)]
+    hidden: usize,
+    /// Seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Folder for the SVG plots of --compare.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
+}
+
+/// One epoch's record: accuracy, cumulative wire bytes per worker, raw bytes per worker.
+#[derive(Debug, Clone, Copy)]
+struct Epoch {
+    accuracy: f32,
+    wire: u64,
+    raw: u64,
+}
+
+fn optimizer(protocol: Protocol) -> (ModuleOptimizer, f64) {
+    match protocol {
+        Protocol::Sign => (SignumConfig::sign_sgd().init(), 1e-3),
+        _ => (
+            SgdConfig::new()
+                .with_momentum(Some(MomentumConfig {
+                    momentum: 0.9,
+                    dampening: 0.0,
+                    nesterov: false,
+                }))
+                .init(),
+            0.05,
+        ),
+    }
+}
+
+// ANCHOR: worker
+/// Trains on every rank of a [`LocalGroup`] with `reducer`; returns rank 0's epochs.
+fn train<R: Reducer>(
+    args: &Args,
+    protocol: Protocol,
+    make: impl Fn() -> R + Sync,
+) -> Result<Vec<Epoch>, DistError> {
+    let device = Device::flex().autodiff();
+    let split = Digits::load()
+        .expect("bundled digits")
+        .split(0.25, args.seed, &device);
+    let per_worker = split.train.len() / args.workers;
+    let epochs = run_workers(args.workers, Duration::from_secs(600), |group| {
+        let rank = group.rank();
+        let shard = split
+            .train
+            .slice(rank * per_worker..(rank + 1) * per_worker);
+        let mut trainer = DataParallel::new(group, make(), args.seed);
+        // Replicas start from rank 0's weights.
+        let model = Mlp::new(args.hidden, args.seed + rank as u64, &device);
+        let mut model = broadcast_module(model, &mut trainer.comm, 0)?;
+        let (mut optim, lr) = optimizer(protocol);
+        let mut epochs = Vec::new();
+        for _ in 0..args.epochs {
+            for start in (0..per_worker).step_by(args.batch) {
+                let batch = shard.slice(start..(start + args.batch).min(per_worker));
+                let grads = GradientsParams::from_grads(model.loss(&batch).backward(), &model);
+                model = trainer.step(model, grads, &mut optim, lr)?.0;
+            }
+            epochs.push(Epoch {
+                accuracy: model.accuracy(&split.test),
+                wire: trainer.total.wire_bytes,
+                raw: trainer.total.raw_bytes,
+            });
+        }
+        Ok(epochs)
+    })?;
+    Ok(epochs.into_iter().next().expect("rank 0"))
+}
+// ANCHOR_END: worker
+
+fn run(args: &Args, protocol: Protocol) -> Result<(String, Vec<Epoch>), DistError> {
+    let start = Instant::now();
+    let (name, epochs) = match protocol {
+        Protocol::Dense => ("dense".to_string(), train(args, protocol, || Dense)?),
+        Protocol::Qsgd => (
+            "QSGD (s = 16, b = 512)".into(),
+            train(args, protocol, || {
+                Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd")
+            })?,
+        ),
+        Protocol::Terngrad => (
+            "TernGrad (shared scale)".into(),
+            train(args, protocol, || TernGradShared::new(TernGrad::new()))?,
+        ),
+        Protocol::Sign => (
+            "sign + majority vote".into(),
+            train(args, protocol, || MajorityVote)?,
+        ),
+        Protocol::Atomo => (
+            "spectral ATOMO (s = 2)".into(),
+            train(args, protocol, || {
+                Gathered::new(
+                    Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
+                    "atomo",
+                )
+            })?,
+        ),
+        Protocol::Powersgd => (
+            "PowerSGD (rank 2)".into(),
+            train(args, protocol, || {
+                PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+            })?,
+        ),
+    };
+    let network = NetworkModel::new(
+        args.workers,
+        args.bandwidth * 1e9,
+        50e-6,
+        topology(protocol),
+    )
+    .expect("valid model");
+    println!(
+        "\n{name} — {} workers, {:.1}s",
+        args.workers,
+        start.elapsed().as_secs_f64()
+    );
+    println!(
+        "{:>5} {:>9} {:>14} {:>8} {:>16}",
+        "epoch", "test acc", "wire MB/worker", "ratio", "modelled comm s"
+    );
+    let steps_per_epoch = (1797 * 3 / 4 / args.workers).div_ceil(args.batch) as f64;
+    for (e, ep) in epochs.iter().enumerate() {
+        let per_step = ep.wire as f64 / ((e + 1) as f64 * steps_per_epoch);
+        let comm = network.seconds(
+            per_step as u64,
+            (ep.raw as f64 / ((e + 1) as f64 * steps_per_epoch)) as u64,
+        ) * (e + 1) as f64
+            * steps_per_epoch;
+        println!(
+            "{:>5} {:>8.1}% {:>14.3} {:>7.1}× {:>16.3}",
+            e + 1,
+            100.0 * ep.accuracy,
+            ep.wire as f64 / 1e6,
+            ep.raw as f64 / ep.wire.max(1) as f64,
+            comm
+        );
+    }
+    Ok((name, epochs))
+}
+
+fn topology(protocol: Protocol) -> Topology {
+    match protocol {
+        Protocol::Dense | Protocol::Powersgd => Topology::RingAllReduce,
+        _ => Topology::AllGather,
+    }
+}
+
+fn main() {
+    let args = Args::parse();
+    if !args.compare {
+        if let Err(e) = run(&args, args.protocol) {
+            eprintln!("training failed: {e}");
+            std::process::exit(1);
+        }
+        return;
+    }
+    let mut results = Vec::new();
+    for protocol in ALL {
+        match run(&args, protocol) {
+            Ok((name, epochs)) => results.push((protocol, name, epochs)),
+            Err(e) => eprintln!("{protocol:?} failed: {e}"),
+        }
+    }
+    let steps_per_epoch = (1797 * 3 / 4 / args.workers).div_ceil(args.batch) as f64;
+    let bytes: Vec<Series> = results
+        .iter()
+        .map(|(_, name, ep)| {
+            Series::new(
+                name.clone(),
+                ep.iter()
+                    .map(|e| (e.wire as f64 / 1e6, e.accuracy as f64))
+                    .collect(),
+            )
+        })
+        .collect();
+    let spec = ChartSpec {
+        title: format!(
+            "Digits MLP, {} workers: accuracy against bytes sent per worker",
+            args.workers
+        ),
+        x_label: "MB sent per worker".into(),
+        y_label: "held-out accuracy".into(),
+        log_x: true,
+        ..Default::default()
+    };
+    let path = args.out_dir.join("data-parallel-bytes.svg");
+    if let Err(e) = line_chart(&path, &spec, &bytes) {
+        eprintln!("{e}");
+    }
+    for gbps in [1.0, 10.0] {
+        let series: Vec<Series> = results
+            .iter()
+            .map(|(protocol, name, ep)| {
+                let network =
+                    NetworkModel::new(16, gbps * 1e9, 50e-6, topology(*protocol)).expect("valid");
+                let points = ep
+                    .iter()
+                    .enumerate()
+                    .map(|(e, x)| {
+                        let steps = (e + 1) as f64 * steps_per_epoch;
+                        let t = network.seconds(
+                            (x.wire as f64 / steps) as u64,
+                            (x.raw as f64 / steps) as u64,
+                        ) * steps;
+                        (t, x.accuracy as f64)
+                    })
+                    .collect();
+                Series::new(name.clone(), points)
+            })
+            .collect();
+        let spec = ChartSpec {
+            title: format!(
+                "Accuracy against modelled communication time, 16 workers at {gbps} Gb/s"
+            ),
+            x_label: "modelled communication seconds".into(),
+            y_label: "held-out accuracy".into(),
+            log_x: true,
+            ..Default::default()
+        };
+        let path = args
+            .out_dir
+            .join(format!("data-parallel-time-{gbps}gbps.svg"));
+        if let Err(e) = line_chart(&path, &spec, &series) {
+            eprintln!("{e}");
+        }
+    }
+    println!("\nplots written to {}", args.out_dir.display());
+}
