@@ -912,3 +912,30 @@ fn malformed_payloads_are_decode_errors() {
         Err(DecodeError::FieldOutOfRange { field: "shape", .. })
     ));
 }
+
+/// Gradients of networks with dead units are rank deficient (zero rows): spectral ATOMO still
+/// decomposes them (no SVD failure) and, sending every non-zero atom, reproduces them.
+#[test]
+fn spectral_atomo_handles_rank_deficient_gradients() {
+    let device = device();
+    let mut g = gaussian(16 * 12, 40);
+    for r in [1usize, 4, 5, 9, 13] {
+        for c in 0..12 {
+            g[r * 12 + c] = 0.0;
+        }
+    }
+    // Two equal rows make it rank deficient beyond the zero rows.
+    let (a, b) = g.split_at_mut(3 * 12);
+    b[..12].copy_from_slice(&a[..12]);
+    let mut codec = Atomo::new(Spectral::full(), Budget::Fraction(1.0)).unwrap();
+    let (out, _) = run_shape(codec.clone(), &g, &[16, 12], &mut rng(1));
+    assert_slices_close(&out, &g, 1e-4);
+    let payload = codec
+        .compress(tensor(g, [16, 12], &device), &mut rng(2))
+        .unwrap();
+    let rows = (payload.wire_bytes() - Header::len_for_rank(2) - 4) / (4 * (16 + 12 + 1));
+    assert!(
+        rows <= 10,
+        "at most rank 10 atoms carry weight, {rows} sent"
+    );
+}

@@ -48,7 +48,7 @@ pub enum ReluError {
     Degenerate(String),
 }
 
-pub use linalg::{solve_upper, symmetric_eigen};
+pub use linalg::{cholesky_solve, symmetric_eigen};
 pub use moments::{Diagnostics, m1, m2, m4_contraction, tensor_init};
 pub use solvers::{
     AltMin, GradientDescent, LeastSquares, TracePoint, least_squares, single_unit_init,

@@ -1,5 +1,33 @@
 //! Small dense linear algebra on the host in f64: the symmetric eigendecomposition (cyclic
-//! Jacobi) the tensor method needs on `d × d` and `k × k` matrices, and triangular solves.
+//! Jacobi) the tensor method needs on `d × d` and `k × k` matrices, a Cholesky solve, and the
+//! blocked `Aᵀ B` products over many samples that feed them.
+
+use burn::tensor::Tensor;
+
+/// Rows per block of [`outer_sum`].
+const BLOCK_ROWS: usize = 16_384;
+
+/// `Aᵀ B` for `A [n, p]` and `B [n, q]` (row-major `p × q`), summed block by block of
+/// [`BLOCK_ROWS`] rows with the blocks' products added in `f64` on the host: one matmul with an
+/// inner dimension of a million rows loses digits in `f32` and is not reliable on every backend
+/// (wgpu on lavapipe returned wrong sums at n = 400 000).
+pub(crate) fn outer_sum(a: &Tensor<2>, b: &Tensor<2>) -> Vec<f64> {
+    let [n, p] = a.dims();
+    let q = b.dims()[1];
+    let mut total = vec![0.0f64; p * q];
+    for start in (0..n).step_by(BLOCK_ROWS) {
+        let end = (start + BLOCK_ROWS).min(n);
+        let block: Vec<f64> = a
+            .clone()
+            .slice(start..end)
+            .transpose()
+            .matmul(b.clone().slice(start..end))
+            .try_into_vec_as::<f64>()
+            .expect("moment block");
+        total.iter_mut().zip(block).for_each(|(t, v)| *t += v);
+    }
+    total
+}
 
 /// Eigenvalues (descending) and eigenvectors (columns of a row-major `n × n` matrix) of the
 /// symmetric row-major matrix `a`, by cyclic Jacobi rotations to `1e-12` off-diagonal mass.
@@ -66,14 +94,39 @@ pub fn symmetric_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     (values, vectors)
 }
 
-/// Solves `R x = b` for upper-triangular row-major `R` (`n × n`).
-pub fn solve_upper(r: &[f64], b: &[f64], n: usize) -> Vec<f64> {
+/// Solves the symmetric positive definite system `G x = b` (row-major `n × n`) by Cholesky
+/// factorisation `G = L Lᵀ`; `None` when `G` is not positive definite (to working precision).
+pub fn cholesky_solve(g: &[f64], b: &[f64], n: usize) -> Option<Vec<f64>> {
+    let mut l = vec![0.0; n * n];
+    let scale = (0..n)
+        .map(|i| g[i * n + i].abs())
+        .fold(0.0, f64::max)
+        .max(f64::MIN_POSITIVE);
+    for i in 0..n {
+        for j in 0..=i {
+            let s: f64 = (0..j).map(|k| l[i * n + k] * l[j * n + k]).sum();
+            if i == j {
+                let d = g[i * n + i] - s;
+                if d <= 1e-12 * scale {
+                    return None;
+                }
+                l[i * n + i] = d.sqrt();
+            } else {
+                l[i * n + j] = (g[i * n + j] - s) / l[j * n + j];
+            }
+        }
+    }
+    let mut z = vec![0.0; n];
+    for i in 0..n {
+        let s: f64 = (0..i).map(|k| l[i * n + k] * z[k]).sum();
+        z[i] = (b[i] - s) / l[i * n + i];
+    }
     let mut x = vec![0.0; n];
     for i in (0..n).rev() {
-        let s: f64 = (i + 1..n).map(|j| r[i * n + j] * x[j]).sum();
-        x[i] = (b[i] - s) / r[i * n + i];
+        let s: f64 = (i + 1..n).map(|k| l[k * n + i] * x[k]).sum();
+        x[i] = (z[i] - s) / l[i * n + i];
     }
-    x
+    Some(x)
 }
 
 /// `Σ_k λ_k^{±½} v_k v_kᵀ`: the symmetric square root (`power = 0.5`) or inverse square root
@@ -116,7 +169,11 @@ mod tests {
                 assert!((sq - a[i * 3 + j]).abs() < 1e-9);
             }
         }
-        let x = solve_upper(&[2.0, 1.0, 0.0, 4.0], &[4.0, 8.0], 2);
-        assert_eq!(x, vec![1.0, 2.0]);
+        let x = cholesky_solve(&a, &[7.0, 4.5, 7.5], 3).unwrap();
+        for (i, expected) in [7.0, 4.5, 7.5].iter().enumerate() {
+            let ax: f64 = (0..3).map(|j| a[i * 3 + j] * x[j]).sum();
+            assert!((ax - expected).abs() < 1e-10);
+        }
+        assert!(cholesky_solve(&[1.0, 2.0, 2.0, 4.0], &[1.0, 1.0], 2).is_none());
     }
 }

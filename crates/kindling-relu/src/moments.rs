@@ -7,34 +7,37 @@ use rand::rngs::ChaCha8Rng;
 use rand_distr::{Distribution, Normal};
 
 use crate::ReluError;
-use crate::linalg::symmetric_eigen;
+use crate::linalg::{outer_sum, symmetric_eigen};
 
 /// Random contraction directions tried by [`tensor_init`].
 pub const ALPHA_TRIALS: usize = 16;
 
+/// The mean of a column `[n, 1]`, accumulated like [`outer_sum`].
+fn mean_of(column: &Tensor<2>) -> f64 {
+    let ones = Tensor::<2>::ones([column.dims()[0], 1], &column.device());
+    mean_outer(column, &ones)[0]
+}
+
+/// `(1/n) Aᵀ B` for `A [n, p]` and `B [n, q]`.
+fn mean_outer(a: &Tensor<2>, b: &Tensor<2>) -> Vec<f64> {
+    let n = a.dims()[0] as f64;
+    let mut total = outer_sum(a, b);
+    total.iter_mut().for_each(|t| *t /= n);
+    total
+}
+
 /// `M1 = E[y·x] = ½ Σ_j w_j*`, estimated as `(1/n) Xᵀy`.
 pub fn m1(x: &Tensor<2>, y: &Tensor<1>) -> Vec<f64> {
-    let n = x.dims()[0] as f64;
-    x.clone()
-        .transpose()
-        .matmul(y.clone().unsqueeze_dim(1))
-        .div_scalar(n)
-        .try_into_vec_as::<f64>()
-        .expect("M1")
+    mean_outer(x, &y.clone().unsqueeze_dim(1))
 }
 
 /// `M2 = E[y·(x xᵀ − I)] = Σ_j (‖w_j*‖/√(2π))·w̄_j w̄_jᵀ`, estimated as
 /// `(1/n) Xᵀ diag(y) X − mean(y)·I` (row-major `d × d`).
 pub fn m2(x: &Tensor<2>, y: &Tensor<1>) -> Vec<f64> {
-    let [n, d] = x.dims();
-    let weighted = x.clone() * y.clone().unsqueeze_dim(1);
-    let mut m: Vec<f64> = weighted
-        .transpose()
-        .matmul(x.clone())
-        .div_scalar(n as f64)
-        .try_into_vec_as::<f64>()
-        .expect("M2");
-    let mean = y.clone().mean().into_scalar::<f64>();
+    let d = x.dims()[1];
+    let y2 = y.clone().unsqueeze_dim::<2>(1);
+    let mut m = mean_outer(&(x.clone() * y2.clone()), x);
+    let mean = mean_of(&y2);
     for i in 0..d {
         m[i * d + i] -= mean;
     }
@@ -56,51 +59,71 @@ pub fn m4_contraction(
     k: usize,
     alpha: &[f64],
 ) -> Vec<f64> {
-    let [n, d] = x.dims();
-    let device = x.device();
-    let vt = Tensor::<2>::from_data(
-        TensorData::new(v.iter().map(|&a| a as f32).collect::<Vec<_>>(), [d, k]),
-        &device,
-    );
-    let at = Tensor::<2>::from_data(
-        TensorData::new(alpha.iter().map(|&a| a as f32).collect::<Vec<_>>(), [k, 1]),
-        &device,
-    );
-    let z = x.clone().matmul(vt); // [n, k]
-    let s = z.clone().matmul(at); // [n, 1]
-    let y2 = y.clone().unsqueeze_dim::<2>(1); // [n, 1]
-    let nf = n as f64;
-    let gram = |w: Tensor<2>| -> Vec<f64> {
-        (z.clone() * w)
-            .transpose()
-            .matmul(z.clone())
-            .div_scalar(nf)
-            .try_into_vec_as::<f64>()
-            .expect("moment")
-    };
-    let ys2 = y2.clone() * s.clone().square();
-    let a = gram(ys2.clone());
-    let b = gram(y2.clone());
-    let c1 = ys2.mean().into_scalar::<f64>();
-    let c0 = y.clone().mean().into_scalar::<f64>();
-    let g: Vec<f64> = (z.clone() * (y2 * s))
-        .sum_dim(0)
-        .div_scalar(nf)
-        .try_into_vec_as::<f64>()
-        .expect("g");
-    let mut r = vec![0.0; k * k];
-    for i in 0..k {
-        for j in 0..k {
-            let delta = (i == j) as u8 as f64;
-            r[i * k + j] = a[i * k + j]
-                - delta * c1
-                - 2.0 * (alpha[i] * g[j] + alpha[j] * g[i])
-                - b[i * k + j]
-                + delta * c0
-                + 2.0 * alpha[i] * alpha[j] * c0;
+    ProjectedMoments::new(x, y, v, k).m4_contraction(alpha)
+}
+
+/// The `y`-weighted moments of the projected samples `z = Vᵀx` up to order four, from one pass
+/// over the data: every [`m4_contraction`](Self::m4_contraction) after that is `O(k⁴)` on the
+/// host, so trying many directions `α` costs nothing extra.
+struct ProjectedMoments {
+    k: usize,
+    /// `E[y]`.
+    e_y: f64,
+    /// `E[y z zᵀ]` (`k × k`).
+    e_yzz: Vec<f64>,
+    /// `E[y z_i z_j z_a z_b]` (`k² × k²`, rows `(i, j)`, columns `(a, b)`).
+    e_yz4: Vec<f64>,
+}
+
+impl ProjectedMoments {
+    fn new(x: &Tensor<2>, y: &Tensor<1>, v: &[f64], k: usize) -> Self {
+        let [n, d] = x.dims();
+        let vt = Tensor::<2>::from_data(
+            TensorData::new(v.iter().map(|&a| a as f32).collect::<Vec<_>>(), [d, k]),
+            &x.device(),
+        );
+        let z = x.clone().matmul(vt); // [n, k]
+        let y2 = y.clone().unsqueeze_dim::<2>(1); // [n, 1]
+        // z ⊗ z per sample: [n, k²]
+        let zz =
+            (z.clone().unsqueeze_dim::<3>(2) * z.clone().unsqueeze_dim::<3>(1)).reshape([n, k * k]);
+        Self {
+            k,
+            e_y: mean_of(&y2),
+            e_yzz: mean_outer(&(z.clone() * y2.clone()), &z),
+            e_yz4: mean_outer(&(zz.clone() * y2), &zz),
         }
     }
-    r
+
+    /// `R = M4(V, V, Vα, Vα)` (`k × k`), see [`m4_contraction`].
+    fn m4_contraction(&self, alpha: &[f64]) -> Vec<f64> {
+        let k = self.k;
+        let kk = k * k;
+        let b = &self.e_yzz;
+        // g = E[y s z] = E[y z zᵀ] α, c1 = E[y s²] = αᵀ g
+        let g: Vec<f64> = (0..k)
+            .map(|i| (0..k).map(|a| b[i * k + a] * alpha[a]).sum())
+            .collect();
+        let c1: f64 = g.iter().zip(alpha).map(|(g, a)| g * a).sum();
+        let c0 = self.e_y;
+        let mut r = vec![0.0; kk];
+        for i in 0..k {
+            for j in 0..k {
+                // E[y s² z_i z_j] = Σ_ab α_a α_b E[y z_i z_j z_a z_b]
+                let row = &self.e_yz4[(i * k + j) * kk..(i * k + j + 1) * kk];
+                let a: f64 = (0..k)
+                    .flat_map(|p| (0..k).map(move |q| (p, q)))
+                    .map(|(p, q)| alpha[p] * alpha[q] * row[p * k + q])
+                    .sum();
+                let delta = (i == j) as u8 as f64;
+                r[i * k + j] =
+                    a - delta * c1 - 2.0 * (alpha[i] * g[j] + alpha[j] * g[i]) - b[i * k + j]
+                        + delta * c0
+                        + 2.0 * alpha[i] * alpha[j] * c0;
+            }
+        }
+        r
+    }
 }
 
 /// What the tensor initialisation computed along the way.
@@ -174,11 +197,12 @@ pub fn tensor_init(
     // (smallest gap, α, eigenvalues, eigenvectors) of the best α so far
     type Candidate = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
     let mut best: Option<Candidate> = None;
+    let projected = ProjectedMoments::new(x, y, &v, k);
     for _ in 0..ALPHA_TRIALS {
         let mut alpha: Vec<f64> = (0..k).map(|_| normal.sample(&mut rng)).collect();
         let norm = alpha.iter().map(|a| a * a).sum::<f64>().sqrt();
         alpha.iter_mut().for_each(|a| *a /= norm);
-        let r = m4_contraction(x, y, &v, k, &alpha);
+        let r = projected.m4_contraction(&alpha);
         // P2 = diag(p2) in the eigenbasis V: whitening is a diagonal scaling.
         let mut rw = vec![0.0; k * k];
         for i in 0..k {

@@ -161,7 +161,8 @@ fn altmin_recovers_a_single_relu_from_4d_samples() {
     }
 }
 
-/// AltMin's QR least squares against a direct solve of the normal equations, with its residuals.
+/// AltMin's least squares against a hand-computed solve of the normal equations, with its
+/// residuals; a rank-deficient system is an error.
 #[test]
 fn least_squares_matches_a_direct_solve() {
     let device = device();

@@ -51,6 +51,9 @@ struct Args {
     /// Code length D.
     #[arg(long, default_value_t = 16)]
     d: usize,
+    /// Full-batch steps of distillation.
+    #[arg(long, default_value_t = 1000)]
+    distill_steps: usize,
     /// Training epochs of each language model.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
@@ -180,19 +183,20 @@ fn code_distances(codes: &[Vec<u32>], clusters: &[usize]) -> (f64, f64) {
 /// Distils `table` (`[V, d]`) into KD codes: `λ‖e − e_pre‖²` with Adam on the code logits and SGD
 /// elsewhere (the reference's recipe).
 fn distill(table: Tensor<2>, k: usize, d: usize, steps: usize, seed: u64) -> KdEmbedding {
-    let device = table.device();
+    let device = table.device().autodiff();
     let [v, dim] = table.dims();
     let config = KdEmbeddingConfig::new(v, dim)
         .with_choices(k)
         .with_code_length(d)
         .with_d_code(dim);
     let mut embedding = config.init(seed, &device);
-    let mut optim = mixed_optimizer(0.1);
+    // SGD at 1.0 on the tables and the composition, Adam at 0.01 on the code logits.
+    let mut optim = mixed_optimizer(0.01);
     let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
     for _ in 0..steps {
         let loss = distillation_loss(&embedding, ids.clone(), &table, 1.0);
         let grads = GradientsParams::from_grads(loss.backward(), &embedding);
-        embedding = optim.step(0.1, embedding, grads);
+        embedding = optim.step(1.0, embedding, grads);
     }
     embedding
 }
@@ -202,7 +206,13 @@ fn report_distillation(original: Tensor<2>, args: &Args, label: &str) {
     let device = original.device();
     let [v, dim] = original.dims();
     let start = Instant::now();
-    let embedding = distill(original.clone(), args.k, args.d, 300, args.seed);
+    let embedding = distill(
+        original.clone(),
+        args.k,
+        args.d,
+        args.distill_steps,
+        args.seed,
+    );
     let compact = CompactKdEmbedding::from_trained(&embedding);
     let ids =
         Tensor::<2, Int>::from_data(TensorData::new((0..v as i64).collect(), [1, v]), &device);

@@ -9,8 +9,9 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 /// Spectral atoms: the singular vectors of the gradient's [matrix view](crate::matrix_view),
 /// `G = Σ_i σ_i u_i v_iᵀ`, atoms `u_i v_iᵀ`, `λ = σ`.
 ///
-/// The SVD is burn's `linalg::svd` (a host computation; the gradient is detached). For large
-/// matrices, [`Spectral::truncated`] uses a randomized rank-r SVD (Halko, Martinsson & Tropp
+/// The SVD is one-sided Jacobi in f64 on the host when the smaller side is at most 256 (robust on
+/// the rank-deficient gradients of networks with dead units), burn's `linalg::svd` beyond (the
+/// gradient is detached). For large matrices, [`Spectral::truncated`] uses a randomized rank-r SVD (Halko, Martinsson & Tropp
 /// 2011: a random test matrix, power iterations with QR re-orthonormalisation, an SVD of the
 /// small projected matrix): faster, but the discarded tail makes the estimator biased.
 ///
@@ -56,7 +57,7 @@ impl Spectral {
     fn decompose(&self, g: Tensor<2>, rng: &mut dyn Rng) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
         let [rows, cols] = g.dims();
         let m = rows.min(cols);
-        let (u, s, vt) = match self.rank {
+        match self.rank {
             Some(r) if r + 5 < m => {
                 let l = r + 5;
                 let device = g.device();
@@ -67,19 +68,127 @@ impl Spectral {
                     let z = orthonormal_basis(g.clone().transpose().matmul(q));
                     q = orthonormal_basis(g.clone().matmul(z));
                 }
-                let b = q.clone().transpose().matmul(g);
-                let (ub, s, vt) = burn::linalg::svd::<2, 1>(b, self.sweeps);
+                // The projected matrix is small (l × cols): Jacobi on the host.
+                let (ub, sigma, vt) = host_svd(q.clone().transpose().matmul(g));
                 let u = q.matmul(ub);
                 (
                     u.slice([0..rows, 0..r]),
-                    s.slice(0..r),
+                    sigma[..r].to_vec(),
                     vt.slice([0..r, 0..cols]),
                 )
             }
-            _ => burn::linalg::svd::<2, 1>(g, self.sweeps),
-        };
-        let sigma: Vec<f32> = s.try_into_vec_as().expect("singular values");
-        (u, sigma, vt)
+            _ if m <= JACOBI_MAX => host_svd(g),
+            _ => {
+                let (u, s, vt) = burn::linalg::svd::<2, 1>(g, self.sweeps);
+                (u, s.try_into_vec_as().expect("singular values"), vt)
+            }
+        }
+    }
+}
+
+/// Matrices whose smaller side is at most this are decomposed by one-sided Jacobi on the host;
+/// larger ones by burn's `linalg::svd`.
+const JACOBI_MAX: usize = 256;
+
+/// SVD by one-sided (Hestenes) Jacobi rotations in f64 on the host: `(U, σ, Vᵀ)` with σ
+/// descending. Robust on rank-deficient gradients (dead ReLU units give exact zero singular
+/// values, where QR-iteration SVDs can fail to converge); a zero singular value gets a zero
+/// singular vector, which ATOMO never sends (its probability is 0).
+fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
+    let [rows, cols] = g.dims();
+    let device = g.device();
+    let values: Vec<f64> = g.try_into_vec_as::<f64>().expect("gradient values");
+    // Work on the orientation with at least as many rows as columns: A = G or Gᵀ, m ≥ n.
+    let transposed = rows < cols;
+    let (m, n) = if transposed {
+        (cols, rows)
+    } else {
+        (rows, cols)
+    };
+    let at = |i: usize, j: usize| {
+        if transposed {
+            values[j * cols + i]
+        } else {
+            values[i * cols + j]
+        }
+    };
+    // Column-major A and V for cheap column rotations.
+    let mut a: Vec<Vec<f64>> = (0..n).map(|j| (0..m).map(|i| at(i, j)).collect()).collect();
+    let mut v: Vec<Vec<f64>> = (0..n)
+        .map(|j| (0..n).map(|i| (i == j) as u8 as f64).collect())
+        .collect();
+    for _sweep in 0..60 {
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let alpha: f64 = a[p].iter().map(|x| x * x).sum();
+                let beta: f64 = a[q].iter().map(|x| x * x).sum();
+                let gamma: f64 = a[p].iter().zip(&a[q]).map(|(x, y)| x * y).sum();
+                if gamma.abs() <= 1e-15 * (alpha * beta).sqrt() || gamma == 0.0 {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let t = if zeta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                rotate(&mut a, p, q, c, s);
+                rotate(&mut v, p, q, c, s);
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+    let sigma: Vec<f64> = a
+        .iter()
+        .map(|col| col.iter().map(|x| x * x).sum::<f64>().sqrt())
+        .collect();
+    let mut order: Vec<usize> = (0..n).collect();
+    order.sort_by(|&x, &y| sigma[y].total_cmp(&sigma[x]));
+    // A = Û Σ Vᵀ with Û's columns a_j/σ_j. For G itself: G = Û Σ Vᵀ; for Gᵀ: G = V Σ Ûᵀ.
+    let left = |j: usize| -> Vec<f64> {
+        let s = sigma[j];
+        a[j].iter()
+            .map(|x| if s > 0.0 { x / s } else { 0.0 })
+            .collect()
+    };
+    let (u_cols, v_cols): (Vec<Vec<f64>>, Vec<Vec<f64>>) = order
+        .iter()
+        .map(|&j| {
+            if transposed {
+                (v[j].clone(), left(j))
+            } else {
+                (left(j), v[j].clone())
+            }
+        })
+        .unzip();
+    let k = n;
+    let mut u = vec![0.0f32; rows * k];
+    for (c, col) in u_cols.iter().enumerate() {
+        for (r, x) in col.iter().enumerate() {
+            u[r * k + c] = *x as f32;
+        }
+    }
+    let vt: Vec<f32> = v_cols
+        .iter()
+        .flat_map(|col| col.iter().map(|&x| x as f32))
+        .collect();
+    (
+        Tensor::from_data(TensorData::new(u, [rows, k]), &device),
+        order.iter().map(|&j| sigma[j] as f32).collect(),
+        Tensor::from_data(TensorData::new(vt, [k, cols]), &device),
+    )
+}
+
+/// Applies the Jacobi rotation `(c, s)` to columns `p < q`: `(x, y) ← (c·x − s·y, s·x + c·y)`.
+fn rotate(cols: &mut [Vec<f64>], p: usize, q: usize, c: f64, s: f64) {
+    let (low, high) = cols.split_at_mut(q);
+    for (x, y) in low[p].iter_mut().zip(high[0].iter_mut()) {
+        let (a, b) = (*x, *y);
+        *x = c * a - s * b;
+        *y = s * a + c * b;
     }
 }
 
