@@ -59,6 +59,52 @@ pub trait Communicator: Send {
     }
 }
 
+/// A borrowed transport is a transport: lend one to a [`DataParallel`](crate::DataParallel)
+/// trainer and keep using it afterwards.
+impl<C: Communicator + ?Sized> Communicator for &mut C {
+    fn rank(&self) -> usize {
+        (**self).rank()
+    }
+    fn world_size(&self) -> usize {
+        (**self).world_size()
+    }
+    fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
+        (**self).all_reduce_sum(values)
+    }
+    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
+        (**self).all_gather(payload)
+    }
+    fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+        (**self).broadcast(bytes, root)
+    }
+    fn barrier(&mut self) -> Result<(), DistError> {
+        (**self).barrier()
+    }
+    fn traffic(&self) -> Traffic {
+        (**self).traffic()
+    }
+}
+
+/// Bytes one rank sends (and receives) in a ring all-reduce of `len` floats over `world` ranks:
+/// `2·(W−1)/W` of the buffer.
+pub(crate) fn ring_all_reduce_bytes(len: usize, world: usize) -> u64 {
+    let w = world as u64;
+    4 * len as u64 * 2 * (w - 1) / w.max(1)
+}
+
+/// `(sent, received)` bytes of rank `rank` in an all-gather of `all` (indexed by rank): its own
+/// payload to each of the `W − 1` peers, and every peer's payload.
+pub(crate) fn all_gather_traffic(all: &[Vec<u8>], rank: usize) -> (u64, u64) {
+    let own = all[rank].len() as u64;
+    let others: u64 = all
+        .iter()
+        .enumerate()
+        .filter(|(r, _)| *r != rank)
+        .map(|(_, p)| p.len() as u64)
+        .sum();
+    (own * (all.len() as u64 - 1), others)
+}
+
 /// Every rank's byte and float contributions to one round, in rank order.
 type Contributions = (Vec<Option<Vec<u8>>>, Vec<Option<Vec<f32>>>);
 
@@ -257,26 +303,18 @@ impl Communicator for LocalGroup {
             }
         }
         values.copy_from_slice(&sum);
-        let w = self.shared.world as u64;
-        let ring = 4 * values.len() as u64 * 2 * (w - 1) / w.max(1);
+        let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
         self.sent.fetch_add(ring, Ordering::Relaxed);
         self.received.fetch_add(ring, Ordering::Relaxed);
         Ok(())
     }
 
     fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
-        let own = payload.len() as u64;
         let (all, _) = self.exchange(Some(payload), None)?;
         let all: Vec<Vec<u8>> = all.into_iter().map(|p| p.unwrap_or_default()).collect();
-        let others: u64 = all
-            .iter()
-            .enumerate()
-            .filter(|(r, _)| *r != self.rank)
-            .map(|(_, p)| p.len() as u64)
-            .sum();
-        self.sent
-            .fetch_add(own * (self.shared.world as u64 - 1), Ordering::Relaxed);
-        self.received.fetch_add(others, Ordering::Relaxed);
+        let (sent, received) = all_gather_traffic(&all, self.rank);
+        self.sent.fetch_add(sent, Ordering::Relaxed);
+        self.received.fetch_add(received, Ordering::Relaxed);
         Ok(all)
     }
 

@@ -8,9 +8,9 @@
 //! * transports implement [`Communicator`] (rank, world size, all-reduce, all-gather of
 //!   variable-size byte payloads, broadcast, barrier, exact byte counters). [`LocalGroup`] runs W
 //!   workers as threads of one process with a timeout, so a dead worker is an error on every rank,
-//!   never a hang. (A CUDA user with burn's `cuda` feature can add a transport whose
-//!   `all_reduce_sum` calls `burn::tensor::distributed::all_reduce` on NCCL; MPI is the planned
-//!   multi-machine transport.)
+//!   never a hang; `Mpi` (feature `mpi`) runs one process per rank under `mpirun`, on one
+//!   machine or many. (A CUDA user with burn's `cuda` feature can add a transport whose
+//!   `all_reduce_sum` calls `burn::tensor::distributed::all_reduce` on NCCL.)
 //! * exchange protocols implement [`Reducer`]: [`Dense`] (all-reduce mean), [`Gathered`] (any
 //!   codec: all-gather, decode, mean), [`MajorityVote`] (1-bit signs), [`TernGradShared`] (shared
 //!   scale), [`PowerSgd`] (two all-reduce rounds, error feedback, warm start). After every step
@@ -46,6 +46,8 @@
 
 mod comm;
 mod error;
+#[cfg(feature = "mpi")]
+mod mpi_transport;
 mod network;
 mod parallel;
 mod reduce;
@@ -53,6 +55,8 @@ mod walk;
 
 pub use comm::{Aborter, Communicator, LocalGroup, Traffic};
 pub use error::DistError;
+#[cfg(feature = "mpi")]
+pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
 pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
 pub use reduce::{Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared};

@@ -4,17 +4,15 @@
 
 use std::time::{Duration, Instant};
 
-use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use kindling_compress::powersgd::PowerSgdConfig;
-use kindling_compress::{
-    Atomo, Budget, Count, ErrorFeedback, Qsgd, ScaledSign, Spectral, TernGrad, TopK,
-};
+use kindling_compress::{Qsgd, ScaledSign};
 use kindling_dist::*;
-use kindling_examples_common::digits::{Digits, DigitsSet};
 use kindling_examples_common::mlp::Mlp;
 
-const TIMEOUT: Duration = Duration::from_secs(60);
+mod common;
+use common::*;
 
 #[test]
 fn collectives_and_exact_byte_counts() {
@@ -83,20 +81,8 @@ fn a_panicking_worker_fails_every_rank_within_the_timeout() {
     );
 }
 
-fn shards(world: usize) -> (Vec<DigitsSet>, DigitsSet) {
-    let device = Device::flex().autodiff();
-    let split = Digits::load().unwrap().split(0.25, 0, &device);
-    let n = split.train.len() / world;
-    (
-        (0..world)
-            .map(|r| split.train.slice(r * n..(r + 1) * n))
-            .collect(),
-        split.test,
-    )
-}
-
-/// Trains the digits MLP for `steps` full-shard steps with `reducer` and returns every rank's
-/// fingerprint after each step and the final test accuracy.
+/// Trains the digits MLP for `steps` full-shard steps with `reducer` on a `LocalGroup` and
+/// returns every rank's fingerprint after each step and the final test accuracy.
 fn train_with<R: Reducer>(
     world: usize,
     steps: usize,
@@ -107,63 +93,27 @@ fn train_with<R: Reducer>(
 ) -> Result<Vec<(Vec<u64>, f32)>, DistError> {
     let (data, test) = shards(world);
     run_workers(world, TIMEOUT, |g| {
-        let device = Device::flex().autodiff();
-        let rank = g.rank();
-        let mut trainer = DataParallel::new(g, make(), 3);
-        // Different local initialisations: the broadcast makes them identical.
-        let mut model = broadcast_module(Mlp::new(32, rank as u64, &device), &mut trainer.comm, 0)?;
-        let mut optim = optim();
-        let mut prints = Vec::new();
-        for _ in 0..steps {
-            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
-            let grads = tamper(rank, grads, &model);
-            model = trainer.step(model, grads, &mut optim, lr)?.0;
-            prints.push(fingerprint(&model));
-        }
-        Ok((prints, model.accuracy(&test)))
+        train_rank(g, make(), &data, &test, steps, lr, optim(), &tamper)
     })
-}
-
-fn no_tamper(_: usize, g: GradientsParams, _: &Mlp) -> GradientsParams {
-    g
-}
-
-fn sgd() -> ModuleOptimizer {
-    SgdConfig::new().init()
 }
 
 /// After every step every replica holds bit-identical parameters, for every protocol.
 #[test]
 fn every_protocol_keeps_replicas_bit_identical() {
-    fn check<R: Reducer>(name: &str, make: impl Fn() -> R + Sync) {
-        let results = train_with(4, 4, 0.1, make, sgd, no_tamper).unwrap();
-        for step in 0..4 {
-            let first = results[0].0[step];
-            assert!(
-                results.iter().all(|r| r.0[step] == first),
-                "{name}: replicas differ after step {step}"
-            );
+    struct Check;
+    impl EachProtocol for Check {
+        fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync) {
+            let results = train_with(4, 4, 0.1, make, sgd, no_tamper).unwrap();
+            for step in 0..4 {
+                let first = results[0].0[step];
+                assert!(
+                    results.iter().all(|r| r.0[step] == first),
+                    "{name}: replicas differ after step {step}"
+                );
+            }
         }
     }
-    check("dense", || Dense);
-    check("qsgd", || Gathered::new(Qsgd::new(4).unwrap(), "qsgd"));
-    check("ef top-k", || {
-        Gathered::new(
-            ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()),
-            "ef top-k",
-        )
-    });
-    check("spectral atomo", || {
-        Gathered::new(
-            Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
-            "atomo",
-        )
-    });
-    check("majority vote", || MajorityVote);
-    check("terngrad shared", || TernGradShared::new(TernGrad::new()));
-    check("powersgd", || {
-        PowerSgd::new(PowerSgdConfig::new(2).unwrap())
-    });
+    each_protocol(&mut Check);
 }
 
 /// A payload that fails to decode is an error naming the sender and the parameter, on every rank.

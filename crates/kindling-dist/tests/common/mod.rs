@@ -1,0 +1,96 @@
+//! Shared by the transport tests (threads and MPI): digits shards, one rank's training loop and
+//! the list of protocols.
+
+use std::time::Duration;
+
+use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
+use burn::tensor::Device;
+use kindling_compress::powersgd::PowerSgdConfig;
+use kindling_compress::{Atomo, Budget, Count, ErrorFeedback, Qsgd, Spectral, TernGrad, TopK};
+use kindling_dist::*;
+use kindling_examples_common::digits::{Digits, DigitsSet};
+use kindling_examples_common::mlp::Mlp;
+
+/// How long a `LocalGroup` collective waits for the slowest rank.
+pub const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The digits training set cut into `world` equal shards, and the test set.
+pub fn shards(world: usize) -> (Vec<DigitsSet>, DigitsSet) {
+    let device = Device::flex().autodiff();
+    let split = Digits::load().unwrap().split(0.25, 0, &device);
+    let n = split.train.len() / world;
+    (
+        (0..world)
+            .map(|r| split.train.slice(r * n..(r + 1) * n))
+            .collect(),
+        split.test,
+    )
+}
+
+/// One rank of `steps` full-shard steps of the digits MLP over `comm` with `reducer`: the
+/// replicas start from different initialisations made identical by a broadcast. Returns the
+/// model's fingerprint after each step and the final test accuracy.
+#[allow(clippy::too_many_arguments)]
+pub fn train_rank<C: Communicator, R: Reducer>(
+    comm: C,
+    reducer: R,
+    data: &[DigitsSet],
+    test: &DigitsSet,
+    steps: usize,
+    lr: f64,
+    mut optim: ModuleOptimizer,
+    tamper: impl Fn(usize, GradientsParams, &Mlp) -> GradientsParams,
+) -> Result<(Vec<u64>, f32), DistError> {
+    let device = Device::flex().autodiff();
+    let rank = comm.rank();
+    let mut trainer = DataParallel::new(comm, reducer, 3);
+    let mut model = broadcast_module(Mlp::new(32, rank as u64, &device), &mut trainer.comm, 0)?;
+    let mut prints = Vec::new();
+    for _ in 0..steps {
+        let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+        let grads = tamper(rank, grads, &model);
+        model = trainer.step(model, grads, &mut optim, lr)?.0;
+        prints.push(fingerprint(&model));
+    }
+    Ok((prints, model.accuracy(test)))
+}
+
+/// Gradients as computed.
+pub fn no_tamper(_: usize, g: GradientsParams, _: &Mlp) -> GradientsParams {
+    g
+}
+
+/// Plain SGD.
+pub fn sgd() -> ModuleOptimizer {
+    SgdConfig::new().init()
+}
+
+/// Something to do with each protocol (a generic method, since reducers are generic).
+pub trait EachProtocol {
+    /// Called once per protocol with its name and a constructor.
+    fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync);
+}
+
+/// Every protocol: dense, gathered codecs (QSGD, error-feedback top-k, spectral ATOMO), majority
+/// vote, TernGrad with a shared scale, PowerSGD.
+pub fn each_protocol(v: &mut impl EachProtocol) {
+    v.visit("dense", || Dense);
+    v.visit("qsgd", || Gathered::new(Qsgd::new(4).unwrap(), "qsgd"));
+    v.visit("ef top-k", || {
+        Gathered::new(
+            ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()),
+            "ef top-k",
+        )
+    });
+    v.visit("spectral atomo", || {
+        Gathered::new(
+            Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
+            "atomo",
+        )
+    });
+    v.visit("majority vote", || MajorityVote);
+    v.visit("terngrad shared", || TernGradShared::new(TernGrad::new()));
+    v.visit("powersgd", || {
+        PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+    });
+}
