@@ -79,6 +79,31 @@ pub trait Compressor {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError>;
+
+    /// What the codec carries from one step to the next (the error-feedback residual) as
+    /// flattened f32 values and the shape they belong to, for checkpoints; `None` for stateless
+    /// codecs and before the first step.
+    fn state(&self) -> Option<(Vec<f32>, Vec<usize>)> {
+        None
+    }
+
+    /// Restores a state saved with [`state`](Self::state), on `device`. A stateless codec
+    /// rejects any state ([`CompressError::InvalidParameter`]), as does a stateful one whose
+    /// values do not fill the shape.
+    fn load_state(
+        &mut self,
+        values: Vec<f32>,
+        shape: Vec<usize>,
+        device: &Device,
+    ) -> Result<(), CompressError> {
+        let _ = (shape, device);
+        Err(CompressError::InvalidParameter {
+            codec: "stateless codec",
+            field: "state",
+            value: format!("{} values", values.len()),
+            reason: "this codec keeps no state between steps",
+        })
+    }
 }
 
 /// Sizes of one or more encoded gradients.

@@ -96,4 +96,30 @@ impl<C: Compressor> Compressor for ErrorFeedback<C> {
     ) -> Result<Tensor<D>, DecodeError> {
         self.inner.decompress(payload, device)
     }
+
+    fn state(&self) -> Option<(Vec<f32>, Vec<usize>)> {
+        let (residual, shape) = self.residual()?;
+        let values = residual.try_to_vec_as::<f32>().expect("residual values");
+        Some((values, shape.to_vec()))
+    }
+
+    fn load_state(
+        &mut self,
+        values: Vec<f32>,
+        shape: Vec<usize>,
+        device: &Device,
+    ) -> Result<(), CompressError> {
+        if values.len() != shape.iter().product::<usize>() || shape.is_empty() {
+            return Err(CompressError::InvalidParameter {
+                codec: "error feedback",
+                field: "state",
+                value: format!("{} values for shape {shape:?}", values.len()),
+                reason: "the residual must fill its (non-empty) shape",
+            });
+        }
+        let n = values.len();
+        let residual = Tensor::from_data(burn::tensor::TensorData::new(values, [n]), device);
+        self.set_residual(residual, shape);
+        Ok(())
+    }
 }

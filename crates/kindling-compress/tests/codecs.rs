@@ -604,6 +604,37 @@ fn error_feedback_keeps_its_residual_when_encoding_fails() {
     assert_eq!(to_vec(ef.residual().unwrap().0), before);
 }
 
+/// The error-feedback residual saved with `Compressor::state` and loaded into a fresh wrapper
+/// gives the same next payload; a stateless codec and a residual that does not fill its shape
+/// are rejected.
+#[test]
+fn error_feedback_state_round_trips() {
+    let device = device();
+    let mut ef = ErrorFeedback::new(TopK::new(Count::Entries(2)).unwrap());
+    ef.compress(tensor(gaussian(12, 40), [3, 4], &device), &mut rng(0))
+        .unwrap();
+    let (values, shape) = ef.state().unwrap();
+    assert_eq!(shape, vec![3, 4]);
+    let mut restored = ErrorFeedback::new(TopK::new(Count::Entries(2)).unwrap());
+    assert!(restored.state().is_none(), "no state before the first step");
+    restored.load_state(values.clone(), shape, &device).unwrap();
+    let next = tensor(gaussian(12, 41), [3, 4], &device);
+    let a = ef.compress(next.clone(), &mut rng(1)).unwrap();
+    let b = restored.compress(next, &mut rng(1)).unwrap();
+    assert_eq!(a.into_bytes(), b.into_bytes());
+    assert!(matches!(
+        restored.load_state(values.clone(), vec![5], &device),
+        Err(CompressError::InvalidParameter { field: "state", .. })
+    ));
+    assert!(Qsgd::new(4).unwrap().state().is_none());
+    assert!(
+        Qsgd::new(4)
+            .unwrap()
+            .load_state(values, vec![3, 4], &device)
+            .is_err()
+    );
+}
+
 /// Warm-started rank-2 PowerSGD iterations on a fixed matrix (no error feedback: the residual
 /// is reset each step) converge to the optimal rank-2 approximation: the Frobenius error reaches
 /// the SVD's tail √(σ₃² + …) within 30 steps.

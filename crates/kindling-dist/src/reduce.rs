@@ -268,6 +268,51 @@ impl<C: Compressor + Clone + Send> Reducer for Gathered<C> {
         let (out, op) = walk(module, grads, op)?;
         Ok((out, op.stats))
     }
+
+    /// Each parameter's codec state (error-feedback residuals) as `"{index}.state"` and its
+    /// shape as `"{index}.shape"` (exact in f32 below 2²⁴ per dimension).
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        let mut keys: Vec<&usize> = self.codecs.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .filter_map(|k| self.codecs[k].state().map(|s| (k, s)))
+            .flat_map(|(k, (values, shape))| {
+                [
+                    (format!("{k}.state"), values),
+                    (
+                        format!("{k}.shape"),
+                        shape.iter().map(|&d| d as f32).collect(),
+                    ),
+                ]
+            })
+            .collect()
+    }
+
+    fn load_state(
+        &mut self,
+        state: Vec<(String, Vec<f32>)>,
+        device: &Device,
+    ) -> Result<(), DistError> {
+        let map: HashMap<String, Vec<f32>> = state.into_iter().collect();
+        let bad = |what: String| DistError::Protocol(format!("{} state: {what}", self.name));
+        let mut codecs = HashMap::new();
+        for key in map.keys().filter_map(|k| k.strip_suffix(".state")) {
+            let index: usize = key.parse().map_err(|_| bad(format!("key {key:?}")))?;
+            let shape = map
+                .get(&format!("{key}.shape"))
+                .ok_or_else(|| bad(format!("no shape for parameter {key}")))?
+                .iter()
+                .map(|&d| d as usize)
+                .collect();
+            let mut codec = self.prototype.clone();
+            codec
+                .load_state(map[&format!("{key}.state")].clone(), shape, device)
+                .map_err(|e| bad(format!("parameter {key}: {e}")))?;
+            codecs.insert(index, codec);
+        }
+        self.codecs = codecs;
+        Ok(())
+    }
 }
 
 /// signSGD with majority vote: 1-bit sign payloads are all-gathered and every rank takes

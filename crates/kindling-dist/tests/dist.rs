@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use burn::tensor::Device;
 use kindling_compress::powersgd::PowerSgdConfig;
-use kindling_compress::{Qsgd, ScaledSign};
+use kindling_compress::{Count, ErrorFeedback, Qsgd, ScaledSign, TopK};
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
 
@@ -233,57 +233,77 @@ fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams 
     kindling_optim::grads::scale(m, &g, c)
 }
 
-/// Saving the reducer state (PowerSGD's Q and residuals), the optimizer state and the RNG
-/// position after 3 steps and restoring them into fresh trainers reproduces the uninterrupted
-/// run bit for bit.
+/// Saving the reducer state (PowerSGD's Q and residuals; error-feedback residuals of a gathered
+/// codec), the optimizer state and the RNG position after 3 steps and restoring them into fresh
+/// trainers reproduces the uninterrupted run bit for bit.
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    let (data, _) = shards(2);
-    let run = |resume_at: Option<usize>| {
-        run_workers(2, TIMEOUT, |g| {
-            let device = Device::flex().autodiff();
-            let rank = g.rank();
-            let mut trainer = DataParallel::new(
-                g,
-                PowerSgd::new(
-                    PowerSgdConfig::new(2)
-                        .unwrap()
-                        .with_min_compression_rate(1.0)
-                        .unwrap(),
-                ),
-                5,
-            );
-            let mut model = Mlp::new(16, 0, &device);
-            let mut optim = burn::optim::AdamConfig::new().init();
-            for step in 0..5 {
-                if resume_at == Some(step) {
-                    let state = trainer.reducer.state();
-                    let position = trainer.rng_position();
-                    let bytes = optim.into_bytes().unwrap();
-                    let comm = trainer.comm;
-                    trainer = DataParallel::new(
-                        comm,
-                        PowerSgd::new(
-                            PowerSgdConfig::new(2)
-                                .unwrap()
-                                .with_min_compression_rate(1.0)
-                                .unwrap(),
-                        ),
-                        5,
-                    );
-                    trainer.reducer.load_state(state, &device.clone().inner())?;
-                    trainer.set_rng_position(position);
-                    optim = burn::optim::AdamConfig::new()
-                        .init()
-                        .from_bytes(bytes)
-                        .unwrap();
+    fn check<R: Reducer>(name: &str, make: impl Fn() -> R + Sync) {
+        let (data, _) = shards(2);
+        let run = |resume_at: Option<usize>| {
+            run_workers(2, TIMEOUT, |g| {
+                let device = Device::flex().autodiff();
+                let rank = g.rank();
+                let mut trainer = DataParallel::new(g, make(), 5);
+                let mut model = Mlp::new(16, 0, &device);
+                let mut optim = burn::optim::AdamConfig::new().init();
+                for step in 0..5 {
+                    if resume_at == Some(step) {
+                        let state = trainer.reducer.state();
+                        assert!(!state.is_empty(), "{name} has state after {step} steps");
+                        let position = trainer.rng_position();
+                        let bytes = optim.into_bytes().unwrap();
+                        trainer = DataParallel::new(trainer.comm, make(), 5);
+                        trainer.reducer.load_state(state, &device.clone().inner())?;
+                        trainer.set_rng_position(position);
+                        optim = burn::optim::AdamConfig::new()
+                            .init()
+                            .from_bytes(bytes)
+                            .unwrap();
+                    }
+                    let grads =
+                        GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                    model = trainer.step(model, grads, &mut optim, 1e-3)?.0;
                 }
-                let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
-                model = trainer.step(model, grads, &mut optim, 1e-3)?.0;
-            }
-            Ok(fingerprint(&model))
-        })
-        .unwrap()
-    };
-    assert_eq!(run(None), run(Some(3)));
+                Ok(fingerprint(&model))
+            })
+            .unwrap()
+        };
+        assert_eq!(run(None), run(Some(3)), "{name}");
+    }
+    check("powersgd", || {
+        PowerSgd::new(
+            PowerSgdConfig::new(2)
+                .unwrap()
+                .with_min_compression_rate(1.0)
+                .unwrap(),
+        )
+    });
+    check("ef top-k", || {
+        Gathered::new(
+            ErrorFeedback::new(TopK::new(Count::Fraction(0.05)).unwrap()),
+            "ef top-k",
+        )
+    });
+}
+
+/// A gathered protocol's state does not load into the wrong codec or with a missing shape.
+#[test]
+fn a_mismatched_reducer_state_is_rejected() {
+    let device = Device::flex();
+    let state = vec![("0.state".to_string(), vec![1.0f32; 6])];
+    let mut ef = Gathered::new(
+        ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap()),
+        "ef",
+    );
+    assert!(matches!(
+        ef.load_state(state.clone(), &device),
+        Err(DistError::Protocol(m)) if m.contains("no shape")
+    ));
+    let mut with_shape = state.clone();
+    with_shape.push(("0.shape".to_string(), vec![2.0, 3.0]));
+    ef.load_state(with_shape.clone(), &device).unwrap();
+    assert_eq!(ef.state(), with_shape);
+    let mut stateless = Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
+    assert!(stateless.load_state(with_shape, &device).is_err());
 }

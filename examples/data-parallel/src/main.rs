@@ -1,4 +1,4 @@
-//! W workers (threads, each with its own model replica) train an MLP on the bundled UCI digits,
+//! W workers (threads, or MPI processes with `--mpi`; each with its own model replica) train an MLP on the bundled UCI digits,
 //! agreeing on each step's gradient through a chosen exchange protocol. Prints per epoch the
 //! held-out accuracy, the bytes each worker put on the wire, the compression ratio and the
 //! modelled communication time at a chosen bandwidth; `--compare` runs every protocol and writes
@@ -9,6 +9,8 @@
 //! cargo run --release -p data-parallel                         # dense, 4 workers
 //! cargo run --release -p data-parallel -- --protocol powersgd
 //! cargo run --release -p data-parallel -- --compare --out-dir .
+//! cargo build --release -p data-parallel --features mpi
+//! mpirun -np 4 target/release/data-parallel --mpi --protocol qsgd
 //! ```
 
 use std::path::PathBuf;
@@ -21,7 +23,7 @@ use clap::{Parser, ValueEnum};
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{Atomo, Budget, Qsgd, Spectral, TernGrad};
 use kindling_dist::*;
-use kindling_examples_common::digits::Digits;
+use kindling_examples_common::digits::{Digits, DigitsSplit};
 use kindling_examples_common::mlp::Mlp;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
 use kindling_optim::SignumConfig;
@@ -55,9 +57,12 @@ const ALL: [Protocol; 6] = [
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
-    /// Workers (threads).
+    /// Workers (threads; under --mpi the number of MPI processes instead).
     #[arg(long, default_value_t = 4)]
     workers: usize,
+    /// Run as one rank of `mpirun -np W` (build with `--features mpi`).
+    #[arg(long)]
+    mpi: bool,
     /// The exchange protocol.
     #[arg(long, value_enum, default_value_t = Protocol::Dense)]
     protocol: Protocol,
@@ -108,68 +113,145 @@ fn optimizer(protocol: Protocol) -> (ModuleOptimizer, f64) {
     }
 }
 
+/// Where the workers run: threads of this process, or (feature `mpi`) this process as one rank
+/// of `mpirun -np W`.
+enum Transport {
+    Threads,
+    #[cfg(feature = "mpi")]
+    Mpi(Mpi),
+}
+
+impl Transport {
+    fn from_args(args: &Args) -> Result<Self, DistError> {
+        if args.mpi {
+            Self::mpi()
+        } else {
+            Ok(Transport::Threads)
+        }
+    }
+
+    #[cfg(feature = "mpi")]
+    fn mpi() -> Result<Self, DistError> {
+        Mpi::init().map(Transport::Mpi)
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn mpi() -> Result<Self, DistError> {
+        Err(DistError::InvalidConfig(
+            "--mpi needs the example built with `--features mpi`".into(),
+        ))
+    }
+
+    /// Number of workers.
+    fn workers(&self, args: &Args) -> usize {
+        match self {
+            Transport::Threads => args.workers,
+            #[cfg(feature = "mpi")]
+            Transport::Mpi(mpi) => mpi.world_size(),
+        }
+    }
+
+    /// Whether this process prints (rank 0 under MPI).
+    fn reports(&self) -> bool {
+        match self {
+            Transport::Threads => true,
+            #[cfg(feature = "mpi")]
+            Transport::Mpi(mpi) => mpi.rank() == 0,
+        }
+    }
+}
+
 // ANCHOR: worker
-/// Trains on every rank of a [`LocalGroup`] with `reducer`; returns rank 0's epochs.
-fn train<R: Reducer>(
+/// One rank's training over any transport: its shard of the training set, the protocol's
+/// reducer, the optimizer step on identical replicas; the per-epoch records.
+fn worker<C: Communicator, R: Reducer>(
+    comm: C,
+    reducer: R,
     args: &Args,
     protocol: Protocol,
-    make: impl Fn() -> R + Sync,
+    split: &DigitsSplit,
 ) -> Result<Vec<Epoch>, DistError> {
     let device = Device::flex().autodiff();
-    let split = Digits::load()
-        .expect("bundled digits")
-        .split(0.25, args.seed, &device);
-    let per_worker = split.train.len() / args.workers;
-    let epochs = run_workers(args.workers, Duration::from_secs(600), |group| {
-        let rank = group.rank();
-        let shard = split
-            .train
-            .slice(rank * per_worker..(rank + 1) * per_worker);
-        let mut trainer = DataParallel::new(group, make(), args.seed);
-        // Replicas start from rank 0's weights.
-        let model = Mlp::new(args.hidden, args.seed + rank as u64, &device);
-        let mut model = broadcast_module(model, &mut trainer.comm, 0)?;
-        let (mut optim, lr) = optimizer(protocol);
-        let mut epochs = Vec::new();
-        for _ in 0..args.epochs {
-            for start in (0..per_worker).step_by(args.batch) {
-                let batch = shard.slice(start..(start + args.batch).min(per_worker));
-                let grads = GradientsParams::from_grads(model.loss(&batch).backward(), &model);
-                model = trainer.step(model, grads, &mut optim, lr)?.0;
-            }
-            epochs.push(Epoch {
-                accuracy: model.accuracy(&split.test),
-                wire: trainer.total.wire_bytes,
-                raw: trainer.total.raw_bytes,
-            });
+    let rank = comm.rank();
+    let per_worker = split.train.len() / comm.world_size();
+    let shard = split
+        .train
+        .slice(rank * per_worker..(rank + 1) * per_worker);
+    let mut trainer = DataParallel::new(comm, reducer, args.seed);
+    // Replicas start from rank 0's weights.
+    let model = Mlp::new(args.hidden, args.seed + rank as u64, &device);
+    let mut model = broadcast_module(model, &mut trainer.comm, 0)?;
+    let (mut optim, lr) = optimizer(protocol);
+    let mut epochs = Vec::new();
+    for _ in 0..args.epochs {
+        for start in (0..per_worker).step_by(args.batch) {
+            let batch = shard.slice(start..(start + args.batch).min(per_worker));
+            let grads = GradientsParams::from_grads(model.loss(&batch).backward(), &model);
+            model = trainer.step(model, grads, &mut optim, lr)?.0;
         }
-        Ok(epochs)
-    })?;
-    Ok(epochs.into_iter().next().expect("rank 0"))
+        epochs.push(Epoch {
+            accuracy: model.accuracy(&split.test),
+            wire: trainer.total.wire_bytes,
+            raw: trainer.total.raw_bytes,
+        });
+    }
+    Ok(epochs)
 }
 // ANCHOR_END: worker
 
-fn run(args: &Args, protocol: Protocol) -> Result<(String, Vec<Epoch>), DistError> {
+/// Trains with `reducer` on every worker; returns rank 0's epochs (this rank's under MPI).
+fn train<R: Reducer>(
+    args: &Args,
+    transport: &mut Transport,
+    protocol: Protocol,
+    make: impl Fn() -> R + Sync,
+) -> Result<Vec<Epoch>, DistError> {
+    let split =
+        Digits::load()
+            .expect("bundled digits")
+            .split(0.25, args.seed, &Device::flex().autodiff());
+    match transport {
+        Transport::Threads => {
+            let epochs = run_workers(args.workers, Duration::from_secs(600), |group| {
+                worker(group, make(), args, protocol, &split)
+            })?;
+            Ok(epochs.into_iter().next().expect("rank 0"))
+        }
+        #[cfg(feature = "mpi")]
+        Transport::Mpi(mpi) => worker(mpi, make(), args, protocol, &split),
+    }
+}
+
+fn run(
+    args: &Args,
+    transport: &mut Transport,
+    protocol: Protocol,
+) -> Result<(String, Vec<Epoch>), DistError> {
     let start = Instant::now();
     let (name, epochs) = match protocol {
-        Protocol::Dense => ("dense".to_string(), train(args, protocol, || Dense)?),
+        Protocol::Dense => (
+            "dense".to_string(),
+            train(args, transport, protocol, || Dense)?,
+        ),
         Protocol::Qsgd => (
             "QSGD (s = 16, b = 512)".into(),
-            train(args, protocol, || {
+            train(args, transport, protocol, || {
                 Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd")
             })?,
         ),
         Protocol::Terngrad => (
             "TernGrad (shared scale)".into(),
-            train(args, protocol, || TernGradShared::new(TernGrad::new()))?,
+            train(args, transport, protocol, || {
+                TernGradShared::new(TernGrad::new())
+            })?,
         ),
         Protocol::Sign => (
             "sign + majority vote".into(),
-            train(args, protocol, || MajorityVote)?,
+            train(args, transport, protocol, || MajorityVote)?,
         ),
         Protocol::Atomo => (
             "spectral ATOMO (s = 2)".into(),
-            train(args, protocol, || {
+            train(args, transport, protocol, || {
                 Gathered::new(
                     Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
                     "atomo",
@@ -178,28 +260,26 @@ fn run(args: &Args, protocol: Protocol) -> Result<(String, Vec<Epoch>), DistErro
         ),
         Protocol::Powersgd => (
             "PowerSGD (rank 2)".into(),
-            train(args, protocol, || {
+            train(args, transport, protocol, || {
                 PowerSgd::new(PowerSgdConfig::new(2).unwrap())
             })?,
         ),
     };
-    let network = NetworkModel::new(
-        args.workers,
-        args.bandwidth * 1e9,
-        50e-6,
-        topology(protocol),
-    )
-    .expect("valid model");
+    let workers = transport.workers(args);
+    if !transport.reports() {
+        return Ok((name, epochs));
+    }
+    let network = NetworkModel::new(workers, args.bandwidth * 1e9, 50e-6, topology(protocol))
+        .expect("valid model");
     println!(
-        "\n{name} — {} workers, {:.1}s",
-        args.workers,
+        "\n{name} — {workers} workers, {:.1}s",
         start.elapsed().as_secs_f64()
     );
     println!(
         "{:>5} {:>9} {:>14} {:>8} {:>16}",
         "epoch", "test acc", "wire MB/worker", "ratio", "modelled comm s"
     );
-    let steps_per_epoch = (1797 * 3 / 4 / args.workers).div_ceil(args.batch) as f64;
+    let steps_per_epoch = (1797 * 3 / 4 / workers).div_ceil(args.batch) as f64;
     for (e, ep) in epochs.iter().enumerate() {
         let per_step = ep.wire as f64 / ((e + 1) as f64 * steps_per_epoch);
         let comm = network.seconds(
@@ -228,8 +308,15 @@ fn topology(protocol: Protocol) -> Topology {
 
 fn main() {
     let args = Args::parse();
+    let mut transport = match Transport::from_args(&args) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("{e}");
+            std::process::exit(2);
+        }
+    };
     if !args.compare {
-        if let Err(e) = run(&args, args.protocol) {
+        if let Err(e) = run(&args, &mut transport, args.protocol) {
             eprintln!("training failed: {e}");
             std::process::exit(1);
         }
@@ -237,12 +324,16 @@ fn main() {
     }
     let mut results = Vec::new();
     for protocol in ALL {
-        match run(&args, protocol) {
+        match run(&args, &mut transport, protocol) {
             Ok((name, epochs)) => results.push((protocol, name, epochs)),
             Err(e) => eprintln!("{protocol:?} failed: {e}"),
         }
     }
-    let steps_per_epoch = (1797 * 3 / 4 / args.workers).div_ceil(args.batch) as f64;
+    if !transport.reports() {
+        return;
+    }
+    let workers = transport.workers(&args);
+    let steps_per_epoch = (1797 * 3 / 4 / workers).div_ceil(args.batch) as f64;
     let bytes: Vec<Series> = results
         .iter()
         .map(|(_, name, ep)| {
@@ -255,10 +346,7 @@ fn main() {
         })
         .collect();
     let spec = ChartSpec {
-        title: format!(
-            "Digits MLP, {} workers: accuracy against bytes sent per worker",
-            args.workers
-        ),
+        title: format!("Digits MLP, {workers} workers: accuracy against bytes sent per worker"),
         x_label: "MB sent per worker".into(),
         y_label: "held-out accuracy".into(),
         log_x: true,
