@@ -192,6 +192,59 @@ fn reach(curve: &[Point], target: f64, column: usize) -> Option<f64> {
         .map(|p| p.0)
 }
 
+/// The compared methods on `p`: SGD (b = 32), SVRG (b = 32 inner steps over n/32), SNVRG with
+/// K = 2 and K = 3, each within `budget` IFO calls.
+fn methods<P: Problem>(
+    p: &P,
+    lr_sgd: f64,
+    lr: f64,
+    budget: u64,
+    seed: u64,
+) -> Vec<Method<'_, P::M>> {
+    let n = p.n();
+    let configs = [
+        (
+            "SVRG",
+            SvrgConfig {
+                inner_steps: n / 32,
+                batch: n,
+                inner_batch: 32,
+                step_size: lr,
+                seed,
+            }
+            .into_snvrg(),
+        ),
+        (
+            "SNVRG K=2",
+            SnvrgConfig {
+                loop_lengths: vec![4, n / 128],
+                batch: n,
+                level_batches: vec![n / 4, 32],
+                step_size: lr,
+                seed,
+            },
+        ),
+        (
+            "SNVRG K=3",
+            SnvrgConfig {
+                loop_lengths: vec![2, 4, n / 256],
+                batch: n,
+                level_batches: vec![n / 2, n / 8, 32],
+                step_size: lr,
+                seed,
+            },
+        ),
+    ];
+    let mut out: Vec<Method<'_, P::M>> = vec![(
+        "SGD (b = 32)",
+        Box::new(move |m| sgd(p, m, 32, lr_sgd, budget, seed)),
+    )];
+    for (name, config) in configs {
+        out.push((name, Box::new(move |m| snvrg(p, m, config.clone(), budget))));
+    }
+    out
+}
+
 fn compare<P: Problem>(
     title: &str,
     p: &P,
@@ -289,64 +342,7 @@ fn main() {
         "nonconvex logistic regression",
         &logistic,
         init,
-        vec![
-            (
-                "SGD (b = 32)",
-                Box::new(|m| sgd(&logistic, m, 32, lr_sgd, budget, s)),
-            ),
-            (
-                "SVRG",
-                Box::new(|m| {
-                    snvrg(
-                        &logistic,
-                        m,
-                        SvrgConfig {
-                            inner_steps: n / 32,
-                            batch: n,
-                            inner_batch: 32,
-                            step_size: lr,
-                            seed: s,
-                        }
-                        .into_snvrg(),
-                        budget,
-                    )
-                }),
-            ),
-            (
-                "SNVRG K=2",
-                Box::new(|m| {
-                    snvrg(
-                        &logistic,
-                        m,
-                        SnvrgConfig {
-                            loop_lengths: vec![4, n / 128],
-                            batch: n,
-                            level_batches: vec![n / 4, 32],
-                            step_size: lr,
-                            seed: s,
-                        },
-                        budget,
-                    )
-                }),
-            ),
-            (
-                "SNVRG K=3",
-                Box::new(|m| {
-                    snvrg(
-                        &logistic,
-                        m,
-                        SnvrgConfig {
-                            loop_lengths: vec![2, 4, n / 256],
-                            batch: n,
-                            level_batches: vec![n / 2, n / 8, 32],
-                            step_size: lr,
-                            seed: s,
-                        },
-                        budget,
-                    )
-                }),
-            ),
-        ],
+        methods(&logistic, lr_sgd, lr, budget, s),
         &args,
         "snvrg-logistic",
     );
@@ -363,64 +359,7 @@ fn main() {
         "MLP on the UCI digits",
         &digits,
         init,
-        vec![
-            (
-                "SGD (b = 32)",
-                Box::new(|x| sgd(&digits, x, 32, lr_sgd, budget, s)),
-            ),
-            (
-                "SVRG",
-                Box::new(|x| {
-                    snvrg(
-                        &digits,
-                        x,
-                        SvrgConfig {
-                            inner_steps: m / 32,
-                            batch: m,
-                            inner_batch: 32,
-                            step_size: lr,
-                            seed: s,
-                        }
-                        .into_snvrg(),
-                        budget,
-                    )
-                }),
-            ),
-            (
-                "SNVRG K=2",
-                Box::new(|x| {
-                    snvrg(
-                        &digits,
-                        x,
-                        SnvrgConfig {
-                            loop_lengths: vec![4, m / 128],
-                            batch: m,
-                            level_batches: vec![m / 4, 32],
-                            step_size: lr,
-                            seed: s,
-                        },
-                        budget,
-                    )
-                }),
-            ),
-            (
-                "SNVRG K=3",
-                Box::new(|x| {
-                    snvrg(
-                        &digits,
-                        x,
-                        SnvrgConfig {
-                            loop_lengths: vec![2, 4, m / 256],
-                            batch: m,
-                            level_batches: vec![m / 2, m / 8, 32],
-                            step_size: lr,
-                            seed: s,
-                        },
-                        budget,
-                    )
-                }),
-            ),
-        ],
+        methods(&digits, lr_sgd, lr, budget, s),
         &args,
         "snvrg-digits",
     );
