@@ -65,7 +65,7 @@ fn main() {
     );
     let mut model = Mlp::new(args.hidden, args.seed, &device);
     let mut optim = AdamConfig::new().init();
-    println!("epoch  train loss  train acc  test acc  time");
+    println!("epoch  train loss  train acc  test acc     time");
     let start = Instant::now();
     for epoch in 1..=args.epochs {
         let t = Instant::now();
@@ -79,15 +79,15 @@ fn main() {
         );
         model = trained;
         println!(
-            "{epoch:>5}  {loss:>10.4}  {:>8.1}%  {:>7.1}%  {:>5.2}s",
+            "{epoch:>5}  {loss:>10.4}  {:>8.1}%  {:>7.1}%  {:>5.1} ms",
             100.0 * model.accuracy(&split.train),
             100.0 * model.accuracy(&split.test),
-            t.elapsed().as_secs_f64()
+            1e3 * t.elapsed().as_secs_f64()
         );
     }
     println!(
-        "done in {:.1}s: {:.1}% of the held-out digits classified correctly",
-        start.elapsed().as_secs_f64(),
+        "done in {:.0} ms: {:.1}% of the held-out digits classified correctly",
+        1e3 * start.elapsed().as_secs_f64(),
         100.0 * model.accuracy(&split.test)
     );
 }
