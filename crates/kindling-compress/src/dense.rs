@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 
 use crate::codec::invalid;
-use crate::payload::{Reader, Writer};
+use crate::payload::Writer;
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 
 /// Reads a gradient back to the host as f32, counting NaN/±Inf entries on the way.
@@ -31,8 +31,8 @@ fn host_values<const D: usize>(grad: Tensor<D>) -> Result<Vec<f32>, CompressErro
     Ok(values)
 }
 
-fn to_tensor<const D: usize>(values: Vec<f32>, shape: &[usize], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape.to_vec()), device)
+fn to_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
 }
 
 /// Sends every entry as an f32: the uncompressed baseline (unbiased, exact).
@@ -67,10 +67,10 @@ impl Compressor for Identity {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r): (_, Reader) = payload.open::<D>(CodecId::Identity)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::Identity)?;
         let values = r.f32s("values", header.numel())?;
         r.finish()?;
-        Ok(to_tensor(values, &header.shape, device))
+        Ok(to_tensor(values, shape, device))
     }
 }
 
@@ -140,7 +140,7 @@ impl Compressor for Half {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::Half)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::Half)?;
         let n = header.numel();
         let bytes = r.take("half values", n.saturating_mul(2))?;
         r.finish()?;
@@ -159,6 +159,6 @@ impl Compressor for Half {
             .chunks_exact(2)
             .map(|c| decode(u16::from_le_bytes([c[0], c[1]])))
             .collect();
-        Ok(to_tensor(values, &header.shape, device))
+        Ok(to_tensor(values, shape, device))
     }
 }

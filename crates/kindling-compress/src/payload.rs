@@ -175,20 +175,23 @@ impl Payload {
     pub(crate) fn open<const D: usize>(
         &self,
         codec: CodecId,
-    ) -> Result<(&Header, Reader<'_>), DecodeError> {
+    ) -> Result<(&Header, [usize; D], Reader<'_>), DecodeError> {
         if self.header.codec != codec {
             return Err(DecodeError::WrongCodec {
                 expected: codec,
                 found: self.header.codec,
             });
         }
-        if self.header.shape.len() != D {
-            return Err(DecodeError::ShapeMismatch {
-                expected_rank: D,
-                found: self.header.shape.clone(),
-            });
-        }
-        Ok((&self.header, Reader::new(self.body())))
+        let shape: [usize; D] =
+            self.header
+                .shape
+                .clone()
+                .try_into()
+                .map_err(|found| DecodeError::ShapeMismatch {
+                    expected_rank: D,
+                    found,
+                })?;
+        Ok((&self.header, shape, Reader::new(self.body())))
     }
 }
 
@@ -327,36 +330,31 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    /// `n` 4-byte words; the length is checked before anything is allocated.
+    fn words(
+        &mut self,
+        what: &'static str,
+        n: usize,
+    ) -> Result<impl Iterator<Item = [u8; 4]> + '_, DecodeError> {
+        let len = n.checked_mul(4).ok_or(DecodeError::FieldOutOfRange {
+            field: what,
+            value: n as u64,
+            reason: "count overflows",
+        })?;
+        Ok(self
+            .take(what, len)?
+            .chunks_exact(4)
+            .map(|c| c.try_into().expect("4 bytes")))
+    }
+
     /// `n` little-endian f32 values; the length is checked before allocating.
     pub(crate) fn f32s(&mut self, what: &'static str, n: usize) -> Result<Vec<f32>, DecodeError> {
-        let bytes = self.take(
-            what,
-            n.checked_mul(4).ok_or(DecodeError::FieldOutOfRange {
-                field: what,
-                value: n as u64,
-                reason: "count overflows",
-            })?,
-        )?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(self.words(what, n)?.map(f32::from_le_bytes).collect())
     }
 
     /// `n` little-endian u32 values; the length is checked before allocating.
     pub(crate) fn u32s(&mut self, what: &'static str, n: usize) -> Result<Vec<u32>, DecodeError> {
-        let bytes = self.take(
-            what,
-            n.checked_mul(4).ok_or(DecodeError::FieldOutOfRange {
-                field: what,
-                value: n as u64,
-                reason: "count overflows",
-            })?,
-        )?;
-        Ok(bytes
-            .chunks_exact(4)
-            .map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
-            .collect())
+        Ok(self.words(what, n)?.map(u32::from_le_bytes).collect())
     }
 
     /// Fails unless every byte was consumed.

@@ -287,7 +287,7 @@ impl Compressor for Qsgd {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::Qsgd)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::Qsgd)?;
         let n = header.numel();
         let s = r.u32("levels")?;
         if !(1..=MAX_LEVELS).contains(&s) {
@@ -351,7 +351,6 @@ impl Compressor for Qsgd {
                 });
             }
         };
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         if n == 0 {
             return Ok(Tensor::zeros(shape, device));
         }

@@ -71,11 +71,10 @@ impl Compressor for Sign {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::Sign)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::Sign)?;
         let n = header.numel();
         let bits = r.take("sign bits", packed_len(n, 1))?;
         r.finish()?;
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         match header.flags {
             0 => Ok(unflatten(signs_from_bits(bits, n, 1.0, device), shape)),
             ALL_ZERO => Ok(Tensor::zeros(shape, device)),
@@ -117,7 +116,7 @@ impl Compressor for ScaledSign {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::ScaledSign)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::ScaledSign)?;
         let n = header.numel();
         let scale = r.f32("scale")?;
         if !scale.is_finite() || scale < 0.0 {
@@ -129,7 +128,6 @@ impl Compressor for ScaledSign {
         }
         let bits = r.take("sign bits", packed_len(n, 1))?;
         r.finish()?;
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         Ok(unflatten(signs_from_bits(bits, n, scale, device), shape))
     }
 }

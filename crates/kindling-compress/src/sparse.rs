@@ -271,11 +271,10 @@ pub(crate) fn decode_sparse<const D: usize>(
     codec: CodecId,
     device: &Device,
 ) -> Result<Tensor<D>, DecodeError> {
-    let (header, mut r) = payload.open::<D>(codec)?;
+    let (header, shape, mut r) = payload.open::<D>(codec)?;
     let n = header.numel();
     let sparse = SparseVec::read(&mut r, header.flags, n)?;
     r.finish()?;
-    let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
     Ok(unflatten(sparse.to_dense(n, device), shape))
 }
 
@@ -363,7 +362,7 @@ impl Compressor for RandomK {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::RandomK)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::RandomK)?;
         let n = header.numel();
         let k = r.u32("k")? as usize;
         if k > n {
@@ -380,7 +379,6 @@ impl Compressor for RandomK {
             positions: random_positions(seed, n, k),
             values,
         };
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         Ok(unflatten(sparse.to_dense(n, device), shape))
     }
 }

@@ -189,7 +189,7 @@ impl Compressor for TernGrad {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::TernGrad)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::TernGrad)?;
         let n = header.numel();
         let scale = r.f32("scale")?;
         if !(scale.is_finite() && scale >= 0.0) {
@@ -199,7 +199,6 @@ impl Compressor for TernGrad {
                 reason: "must be finite and ≥ 0",
             });
         }
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         if n == 0 && header.flags <= BASE3 {
             r.finish()?;
             return Ok(Tensor::zeros(shape, device));

@@ -120,12 +120,11 @@ impl Compressor for Atomo<Fourier> {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::AtomoFourier)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::AtomoFourier)?;
         let n = header.numel();
         let big = padded_len(n);
         let sparse = SparseVec::read(&mut r, header.flags, big)?;
         r.finish()?;
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         if n == 0 {
             return Ok(Tensor::zeros(shape, device));
         }

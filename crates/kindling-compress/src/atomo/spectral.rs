@@ -267,9 +267,8 @@ impl Compressor for Atomo<Spectral> {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, mut r) = payload.open::<D>(CodecId::AtomoSpectral)?;
+        let (header, shape, mut r) = payload.open::<D>(CodecId::AtomoSpectral)?;
         let (rows, cols) = matrix_view(&header.shape);
-        let shape: [usize; D] = header.shape.clone().try_into().expect("rank checked");
         let k = r.u32("atom count")? as usize;
         if k > rows.min(cols) {
             return Err(DecodeError::FieldOutOfRange {
