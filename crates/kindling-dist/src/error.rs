@@ -35,6 +35,9 @@ pub enum DistError {
     /// The ranks disagree on what they exchange (shapes, counts, parameters).
     #[error("protocol error: {0}")]
     Protocol(String),
+    /// A saved exchange state is corrupt, truncated, missing or does not fit the protocol.
+    #[error("reducer checkpoint: {0}")]
+    Checkpoint(String),
     /// A worker thread panicked.
     #[error("worker {rank} panicked: {message}")]
     Panicked {

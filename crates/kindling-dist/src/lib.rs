@@ -16,7 +16,11 @@
 //!   scale), [`PowerSgd`] (two all-reduce rounds, error feedback, warm start). After every step
 //!   every rank holds bit-identical parameters.
 //! * [`DataParallel`] is one rank's trainer for a plain loop, [`run_workers`] spawns a group, and
-//!   [`NetworkModel`] turns byte counts into modelled cluster time.
+//!   [`NetworkModel`] turns byte counts into modelled cluster time; [`ReducerCheckpoint`] saves
+//!   a rank's exchange state.
+//! * `CompressedDdp` (feature `train`, on by default) is a burn-train `TrainingStrategy::Custom`
+//!   strategy running the same protocols under a `Learner`, and `ExchangeMetric` reports wire
+//!   bytes and compression ratio as burn-train metrics.
 //!
 //! ```
 //! use std::time::Duration;
@@ -44,6 +48,7 @@
 //! assert!(fingerprints.windows(2).all(|w| w[0] == w[1]), "replicas are bit-identical");
 //! ```
 
+mod checkpoint;
 mod comm;
 mod error;
 #[cfg(feature = "mpi")]
@@ -51,8 +56,11 @@ mod mpi_transport;
 mod network;
 mod parallel;
 mod reduce;
+#[cfg(feature = "train")]
+mod train;
 mod walk;
 
+pub use checkpoint::ReducerCheckpoint;
 pub use comm::{Aborter, Communicator, LocalGroup, Traffic};
 pub use error::DistError;
 #[cfg(feature = "mpi")]
@@ -60,3 +68,5 @@ pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
 pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
 pub use reduce::{Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared};
+#[cfg(feature = "train")]
+pub use train::{CompressedDdp, ExchangeMetric};

@@ -5,11 +5,11 @@ use std::time::Duration;
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use crate::{Communicator, DistError, LocalGroup, Reducer, StepStats};
+use crate::{Communicator, DistError, LocalGroup, Reducer, ReducerCheckpoint, StepStats};
 
 /// Runs `work(group)` on `world` threads, one [`LocalGroup`] handle each, and returns every
 /// rank's result in rank order. A worker that panics or returns an error aborts the group, so the
@@ -183,6 +183,21 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
         }
     }
 
+    /// Agrees on the gradients of `module` with the other ranks (the protocol's exchange) and
+    /// counts the step; for loops that apply the optimizer themselves.
+    pub fn agree<M: Module>(
+        &mut self,
+        module: &M,
+        grads: GradientsParams,
+    ) -> Result<(GradientsParams, StepStats), DistError> {
+        let (agreed, stats) = self
+            .reducer
+            .reduce(module, grads, &mut self.comm, &mut self.rng)?;
+        self.total.add(&stats);
+        self.steps += 1;
+        Ok((agreed, stats))
+    }
+
     /// Agrees on the gradients and applies `optim`'s step: every rank ends with the same module.
     pub fn step<M: Module>(
         &mut self,
@@ -191,21 +206,30 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
         optim: &mut ModuleOptimizer,
         lr: LearningRate,
     ) -> Result<(M, StepStats), DistError> {
-        let (agreed, stats) = self
-            .reducer
-            .reduce(&module, grads, &mut self.comm, &mut self.rng)?;
-        self.total.add(&stats);
-        self.steps += 1;
+        let (agreed, stats) = self.agree(&module, grads)?;
         Ok((optim.step(lr, module, agreed), stats))
     }
 
-    /// The RNG's stream position (for checkpoints, with [`Reducer::state`]).
-    pub fn rng_position(&self) -> u128 {
-        self.rng.get_word_pos()
+    /// This rank's exchange state (step count, RNG position, protocol state), to save with the
+    /// model and optimizer.
+    pub fn checkpoint(&self) -> ReducerCheckpoint {
+        ReducerCheckpoint {
+            steps: self.steps,
+            rng_position: self.rng.get_word_pos(),
+            state: self.reducer.state(),
+        }
     }
 
-    /// Restores the RNG position saved with [`rng_position`](Self::rng_position) (same seed).
-    pub fn set_rng_position(&mut self, position: u128) {
-        self.rng.set_word_pos(position);
+    /// Restores a state saved by [`checkpoint`](Self::checkpoint) on the same rank of a trainer
+    /// built with the same protocol and seed; buffers go to `device`.
+    pub fn restore(
+        &mut self,
+        checkpoint: ReducerCheckpoint,
+        device: &Device,
+    ) -> Result<(), DistError> {
+        self.reducer.load_state(checkpoint.state, device)?;
+        self.rng.set_word_pos(checkpoint.rng_position);
+        self.steps = checkpoint.steps;
+        Ok(())
     }
 }

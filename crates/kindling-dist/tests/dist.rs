@@ -249,13 +249,15 @@ fn resume_reproduces_the_uninterrupted_run() {
                 let mut optim = burn::optim::AdamConfig::new().init();
                 for step in 0..5 {
                     if resume_at == Some(step) {
-                        let state = trainer.reducer.state();
-                        assert!(!state.is_empty(), "{name} has state after {step} steps");
-                        let position = trainer.rng_position();
+                        let saved = trainer.checkpoint();
+                        assert!(
+                            !saved.state.is_empty(),
+                            "{name} has state after {step} steps"
+                        );
+                        let saved = ReducerCheckpoint::from_bytes(&saved.to_bytes())?;
                         let bytes = optim.into_bytes().unwrap();
                         trainer = DataParallel::new(trainer.comm, make(), 5);
-                        trainer.reducer.load_state(state, &device.clone().inner())?;
-                        trainer.set_rng_position(position);
+                        trainer.restore(saved, &device.clone().inner())?;
                         optim = burn::optim::AdamConfig::new()
                             .init()
                             .from_bytes(bytes)

@@ -152,6 +152,18 @@ impl Digits {
     /// # Panics
     /// When `test_fraction` is not in `[0, 1]`.
     pub fn split(&self, test_fraction: f64, seed: u64, device: &Device) -> DigitsSplit {
+        let (train, test) = self.split_indices(test_fraction, seed);
+        DigitsSplit {
+            train: self.subset(&train, device),
+            test: self.subset(&test, device),
+        }
+    }
+
+    /// The indices of [`split`](Self::split)'s training and test sets, in their order.
+    ///
+    /// # Panics
+    /// When `test_fraction` is not in `[0, 1]`.
+    pub fn split_indices(&self, test_fraction: f64, seed: u64) -> (Vec<usize>, Vec<usize>) {
         assert!(
             (0.0..=1.0).contains(&test_fraction),
             "test_fraction {test_fraction} is not in [0, 1]"
@@ -159,11 +171,8 @@ impl Digits {
         let mut order: Vec<usize> = (0..self.len()).collect();
         order.shuffle(&mut ChaCha8Rng::seed_from_u64(seed));
         let n_test = (self.len() as f64 * test_fraction).round() as usize;
-        let (test, train) = order.split_at(n_test);
-        DigitsSplit {
-            train: self.subset(train, device),
-            test: self.subset(test, device),
-        }
+        let train = order.split_off(n_test);
+        (train, order)
     }
 
     /// The images at `indices`, in that order, as tensors on `device`.

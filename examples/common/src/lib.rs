@@ -1,5 +1,6 @@
 //! Shared pieces of the kindling examples (never published): the bundled UCI handwritten digits
-//! as seeded burn tensors, a small MLP classifier for them, and an SVG line-chart helper.
+//! as seeded burn tensors, a small MLP classifier for them, the two in burn-train's terms (items,
+//! a batcher, `TrainStep`), and an SVG line-chart helper.
 //!
 //! ```
 //! use kindling_examples_common::digits::Digits;
@@ -10,5 +11,6 @@
 //! ```
 
 pub mod digits;
+pub mod learner;
 pub mod mlp;
 pub mod plot;

@@ -49,10 +49,7 @@ impl Mlp {
 
     /// Mean cross-entropy over a set.
     pub fn loss(&self, set: &DigitsSet) -> Tensor<1> {
-        let logits = self.forward(set.images.clone());
-        CrossEntropyLossConfig::new()
-            .init(&logits.device())
-            .forward(logits, set.labels.clone())
+        cross_entropy(self.forward(set.images.clone()), set.labels.clone())
     }
 
     /// Fraction of a set classified correctly.
@@ -65,6 +62,13 @@ impl Mlp {
             .into_scalar::<i64>();
         correct as f32 / set.len() as f32
     }
+}
+
+/// Mean cross-entropy of class scores `[batch, 10]` against labels `[batch]`.
+pub(crate) fn cross_entropy(logits: Tensor<2>, labels: Tensor<1, Int>) -> Tensor<1> {
+    CrossEntropyLossConfig::new()
+        .init(&logits.device())
+        .forward(logits, labels)
 }
 
 fn seeded_linear(fan_in: usize, fan_out: usize, rng: &mut ChaCha8Rng, device: &Device) -> Linear {
