@@ -45,8 +45,7 @@ enum Workers {
         devices: Vec<Device>,
         timeout: Duration,
     },
-    /// This process is one rank of a group whose other ranks are other processes (MPI); taken by
-    /// the first launch.
+    /// This process is one rank of a group whose other ranks are other processes (MPI).
     Rank {
         comm: Mutex<Option<Box<dyn Communicator>>>,
         device: Device,
@@ -137,8 +136,9 @@ impl<R: Reducer + Clone> CompressedDdp<R> {
     }
 
     /// This process as rank `comm.rank()` of `comm.world_size()` (other processes run the other
-    /// ranks, e.g. [`Mpi`](crate::Communicator) under `mpirun`), training on `device`. The
-    /// communicator is used by the first launch.
+    /// ranks, e.g. [`Mpi`](crate::Communicator) under `mpirun`), training on `device`. Every
+    /// launch uses the communicator; [`take_communicator`](Self::take_communicator) hands it
+    /// back afterwards.
     pub fn with_communicator(
         comm: impl Communicator + 'static,
         device: Device,
@@ -187,7 +187,17 @@ impl<R: Reducer + Clone> CompressedDdp<R> {
         self
     }
 
-    /// Rank 0's exchange statistics summed over every step of every launch.
+    /// The communicator given to [`with_communicator`](Self::with_communicator), for collectives
+    /// after training; `None` for worker threads, or once taken.
+    pub fn take_communicator(&self) -> Option<Box<dyn Communicator>> {
+        match &self.workers {
+            Workers::Rank { comm, .. } => comm.lock().expect("communicator lock").take(),
+            Workers::Local { .. } => None,
+        }
+    }
+
+    /// One rank's exchange statistics summed over every step of every launch: rank 0's for
+    /// worker threads, this process's rank's with [`with_communicator`](Self::with_communicator).
     pub fn totals(&self) -> StepStats {
         self.log.totals()
     }
@@ -218,6 +228,8 @@ struct RankContext<'a> {
     seed: u64,
     state_dir: Option<&'a Path>,
     log: &'a ExchangeLog,
+    /// The rank whose steps the log counts (`None`: this process's only rank).
+    logged_rank: Option<usize>,
     plan: &'a Plan,
 }
 
@@ -261,6 +273,10 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
             seed: self.seed,
             state_dir: self.state_dir.as_deref(),
             log: &self.log,
+            logged_rank: match self.workers {
+                Workers::Local { .. } => Some(0),
+                Workers::Rank { .. } => None,
+            },
             plan: &plan,
         };
         let outcome = match &self.workers {
@@ -273,12 +289,13 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
                 dataloader_train,
                 main,
             ),
-            Workers::Rank { comm, device } => {
-                let taken = comm.lock().expect("communicator lock").take();
+            Workers::Rank { comm: slot, device } => {
+                let taken = slot.lock().expect("communicator lock").take();
                 match taken {
                     None => Err(vec![WorkerFailure {
                         device_id: 0,
-                        message: "this strategy's communicator was used by an earlier launch"
+                        message: "the strategy's communicator is in use by another launch or \
+                                  was taken"
                             .into(),
                     }]),
                     Some(mut comm) => {
@@ -289,6 +306,8 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
                         let result = shard.and_then(|shard| {
                             run_rank(&ctx, &mut *comm, device, reducer, learner, shard, main)
                         });
+                        // Back in its place for the next launch or for `take_communicator`.
+                        *slot.lock().expect("communicator lock") = Some(comm);
                         result.map_err(|e| {
                             vec![WorkerFailure {
                                 device_id: rank,
@@ -400,6 +419,7 @@ fn run_rank<M: LearnerModel, R: Reducer>(
     learner.fork(device);
     let world = comm.world_size();
     let rank = comm.rank();
+    let counts = ctx.logged_rank.is_none_or(|r| r == rank);
     // Replicas start from rank 0's parameters, however each process built its model.
     let start = broadcast_module(learner.model(), comm, 0)?;
     learner.load_model(start.into_record());
@@ -466,8 +486,8 @@ fn run_rank<M: LearnerModel, R: Reducer>(
             };
             if let Some(grads) = grads {
                 let stats = exchange_and_step(&mut trainer, &mut learner, grads)?;
-                if main.is_some() {
-                    ctx.log.push(stats, true);
+                if counts {
+                    ctx.log.push(stats, main.is_some());
                 }
             }
             let item = TrainingItem::new(
@@ -482,7 +502,7 @@ fn run_rank<M: LearnerModel, R: Reducer>(
             // The epoch's last, partial accumulation: its items were reported already, so
             // it counts in the totals only.
             let stats = exchange_and_step(&mut trainer, &mut learner, accumulator.grads())?;
-            if main.is_some() {
+            if counts {
                 ctx.log.push(stats, false);
             }
         }
@@ -616,7 +636,7 @@ fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_else(|| "a non-string panic".into())
 }
 
-/// Rank 0's per-step exchange statistics, fanned out to every [`ExchangeMetric`] made from the
+/// One rank's per-step exchange statistics, fanned out to every [`ExchangeMetric`] made from the
 /// strategy (each reads its own queue, in step order) and summed.
 #[derive(Default)]
 struct ExchangeLog {

@@ -2,12 +2,10 @@
 //! step for step, its metrics reach burn's metric store, resuming from a checkpoint reproduces the
 //! uninterrupted run, and a failing worker ends the run with an error naming its rank.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
-use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
-use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::Device;
@@ -18,33 +16,13 @@ use burn::train::{Learner, LearningResult, SupervisedTraining, TrainingError, Tr
 use kindling_compress::Qsgd;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_dist::*;
-use kindling_examples_common::digits::{Digits, DigitsSet};
-use kindling_examples_common::learner::{DigitItem, DigitsBatcher};
+use kindling_examples_common::learner::DigitsBatcher;
 use kindling_examples_common::mlp::Mlp;
 
+mod learning;
+use learning::*;
+
 const WORKERS: usize = 4;
-const BATCH: usize = 32;
-
-struct Data {
-    train: Vec<DigitItem>,
-    valid: Vec<DigitItem>,
-}
-
-fn data() -> Data {
-    let digits = Digits::load().unwrap();
-    let (train, valid) = digits.split_indices(0.25, 0);
-    Data {
-        train: digits.items(&train),
-        valid: digits.items(&valid),
-    }
-}
-
-/// Batches in order (no shuffling), so runs are reproducible and comparable with a plain loop.
-fn loader(items: &[DigitItem]) -> Arc<dyn DataLoader<DigitsSet>> {
-    DataLoaderBuilder::new(DigitsBatcher)
-        .batch_size(BATCH)
-        .build(InMemDataset::new(items.to_vec()))
-}
 
 /// A metric logger the test can read after `launch` has consumed the builder.
 #[derive(Clone, Default)]
@@ -68,12 +46,6 @@ impl MetricLogger for SharedLogger {
     fn log_epoch_summary(&mut self, summary: EpochSummary) {
         self.0.lock().unwrap().log_epoch_summary(summary)
     }
-}
-
-fn scratch(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("kindling-dist-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    dir
 }
 
 fn devices() -> Vec<Device> {

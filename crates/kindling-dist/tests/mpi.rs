@@ -4,13 +4,25 @@
 //! Checks: collectives and their byte counts; bit-identical replicas after every step for every
 //! protocol; and that MPI and a `LocalGroup` of the same size train a gathered-codec model to the
 //! same bits (gathered protocols decode and average in rank order on every rank, whatever the
-//! transport). A failed check panics this rank, and `mpirun` fails the job.
+//! transport); and that a burn-train `Learner` with `CompressedDdp` over MPI, one rank per
+//! process, ends with the same parameters as the same strategy on worker threads. A failed check
+//! panics this rank, and `mpirun` fails the job.
 
+use std::sync::Arc;
+
+use burn::optim::SgdConfig;
+use burn::tensor::Device;
+use burn::train::logger::InMemoryMetricLogger;
+use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use kindling_compress::Qsgd;
 use kindling_dist::*;
+use kindling_examples_common::learner::EpochRenderer;
+use kindling_examples_common::mlp::Mlp;
 
 mod common;
 use common::*;
+mod learning;
+use learning::*;
 
 fn main() {
     // ANCHOR: init
@@ -19,9 +31,10 @@ fn main() {
     collectives_and_byte_counts(&mut mpi);
     every_protocol_keeps_replicas_bit_identical(&mut mpi);
     mpi_matches_a_local_group(&mut mpi);
-    mpi.barrier().unwrap();
-    if mpi.rank() == 0 {
-        println!("mpi: {} ranks, all checks passed", mpi.world_size());
+    let mut comm = a_learner_over_mpi_matches_worker_threads(mpi);
+    comm.barrier().unwrap();
+    if comm.rank() == 0 {
+        println!("mpi: {} ranks, all checks passed", comm.world_size());
     }
 }
 
@@ -101,4 +114,51 @@ fn mpi_matches_a_local_group(mpi: &mut Mpi) {
         .unwrap();
         assert_eq!(over_mpi, local[0].0, "MPI and LocalGroup disagree");
     }
+}
+
+/// Two epochs of QSGD under `Learner`, one rank per process; the strategy owns the communicator
+/// while it trains and hands it back after.
+fn a_learner_over_mpi_matches_worker_threads(mpi: Mpi) -> Box<dyn Communicator> {
+    let (rank, w) = (mpi.rank(), mpi.world_size());
+    let data = data();
+    let device = Device::flex().autodiff();
+    let make = || Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
+    let train = |ddp: Arc<CompressedDdp<Gathered<Qsgd>>>, name: &str| {
+        let dir = scratch(&format!("{name}-rank{rank}"));
+        // Each rank builds a different model: the strategy starts every replica from rank 0's.
+        let model = Mlp::new(32, 1 + rank as u64, &device);
+        let result = SupervisedTraining::new(&dir, loader(&data.train), loader(&data.valid))
+            .num_epochs(2)
+            .with_application_logger(None)
+            .with_metric_logger(InMemoryMetricLogger::new())
+            .renderer(Box::new(EpochRenderer::new()))
+            .with_training_strategy(TrainingStrategy::Custom(ddp))
+            .launch(Learner::new(model, SgdConfig::new().init(), 0.3));
+        let _ = std::fs::remove_dir_all(&dir);
+        assert!(result.error.is_none(), "{name}: {:?}", result.error);
+        fingerprint(&result.model)
+    };
+    let ddp = Arc::new(CompressedDdp::with_communicator(
+        mpi,
+        device.clone(),
+        make(),
+    ));
+    let over_mpi = train(ddp.clone(), "learner-mpi");
+    let mut comm = ddp
+        .take_communicator()
+        .expect("the communicator comes back");
+    let all = comm.all_gather(over_mpi.to_le_bytes().to_vec()).unwrap();
+    assert!(
+        all.iter().all(|b| *b == all[0]),
+        "Learner replicas differ across ranks"
+    );
+    if rank == 0 {
+        let threads = Arc::new(CompressedDdp::new(vec![device.clone(); w], make()).unwrap());
+        assert_eq!(
+            over_mpi,
+            train(threads, "learner-threads"),
+            "Learner over MPI and over worker threads disagree"
+        );
+    }
+    comm
 }

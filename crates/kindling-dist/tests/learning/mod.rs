@@ -1,0 +1,45 @@
+//! Shared by the `Learner` tests (worker threads and MPI): the digits as dataset items and
+//! their loaders.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
+use burn::data::dataset::InMemDataset;
+use kindling_examples_common::digits::{Digits, DigitsSet};
+use kindling_examples_common::learner::{DigitItem, DigitsBatcher};
+
+/// Per-worker batch size.
+pub const BATCH: usize = 32;
+
+/// The digits' training and validation items (the 75/25 split of seed 0).
+pub struct Data {
+    /// Training items.
+    pub train: Vec<DigitItem>,
+    /// Validation items.
+    pub valid: Vec<DigitItem>,
+}
+
+/// The split, as items.
+pub fn data() -> Data {
+    let digits = Digits::load().unwrap();
+    let (train, valid) = digits.split_indices(0.25, 0);
+    Data {
+        train: digits.items(&train),
+        valid: digits.items(&valid),
+    }
+}
+
+/// Batches in order (no shuffling), so runs are reproducible and comparable with a plain loop.
+pub fn loader(items: &[DigitItem]) -> Arc<dyn DataLoader<DigitsSet>> {
+    DataLoaderBuilder::new(DigitsBatcher)
+        .batch_size(BATCH)
+        .build(InMemDataset::new(items.to_vec()))
+}
+
+/// A fresh scratch directory for one run's artifacts.
+pub fn scratch(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("kindling-dist-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    dir
+}
