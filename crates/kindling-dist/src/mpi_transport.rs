@@ -37,6 +37,7 @@ pub struct Mpi {
     rank: usize,
     world: usize,
     traffic: Traffic,
+    gather_buffer: Vec<u8>,
 }
 
 impl Mpi {
@@ -61,7 +62,16 @@ impl Mpi {
             rank,
             world: size,
             traffic: Traffic::default(),
+            gather_buffer: Vec::new(),
         })
+    }
+}
+
+impl Mpi {
+    /// `MPI_COMM_WORLD` as an [`mpi`] crate communicator, for MPI calls of your own beside
+    /// kindling's collectives (they do not count in [`traffic`](Communicator::traffic)).
+    pub fn world(&self) -> mpi::topology::SimpleCommunicator {
+        self.universe.world()
     }
 }
 
@@ -121,15 +131,27 @@ impl Communicator for Mpi {
                 Some(d)
             })
             .collect();
-        let mut flat = vec![0u8; total];
+        // One receive buffer for the handle's lifetime: a fresh one per call costs page faults
+        // (and the MPI library's buffer registration) on every large all-gather.
+        if self.gather_buffer.len() < total {
+            self.gather_buffer.resize(total, 0);
+        }
+        let flat = &mut self.gather_buffer[..total];
         {
             let mut partition = PartitionMut::new(&mut flat[..], &counts[..], &displs[..]);
             world.all_gather_varcount_into(&payload[..], &mut partition);
         }
+        // Each peer's payload is copied out of the receive buffer (decoders take owned bytes);
+        // this rank's own is the payload it sent.
+        let mut own_payload = Some(payload);
         let mut all = Vec::with_capacity(self.world);
         let mut at = 0;
-        for &l in &lengths {
-            all.push(flat[at..at + l as usize].to_vec());
+        for (r, &l) in lengths.iter().enumerate() {
+            let bytes = &flat[at..at + l as usize];
+            all.push(match own_payload.take_if(|_| r == self.rank) {
+                Some(own) => own,
+                None => bytes.to_vec(),
+            });
             at += l as usize;
         }
         let (sent, received) = all_gather_traffic(&all, self.rank);

@@ -1,0 +1,85 @@
+//! MPI all-gather throughput: `Mpi::all_gather` (what the gathered protocols call: a length
+//! exchange, one variable-count all-gather, one `Vec` per rank) against the raw rsmpi call
+//! `all_gather_varcount_into` with the counts known in advance and the buffer preallocated.
+//!
+//! Harness-free, to run under `mpirun -np W` (every rank runs the same fixed schedule). For each
+//! payload size: 5 rounds of a fixed number of calls; rank 0 prints the median time per call and
+//! the throughput, bytes received per rank per second.
+
+use std::time::Instant;
+
+use kindling_dist::{Communicator, Mpi};
+use mpi::collective::CommunicatorCollectives;
+use mpi::datatype::PartitionMut;
+
+const SIZES: [usize; 6] = [1 << 10, 16 << 10, 128 << 10, 1 << 20, 4 << 20, 16 << 20];
+const ROUNDS: usize = 5;
+
+fn main() {
+    // `cargo bench` passes `--bench`; `cargo test --benches` runs it without, as a smoke test.
+    let quick = !std::env::args().any(|a| a == "--bench");
+    let mut comm = Mpi::init().expect("MPI initialises");
+    let world = comm.world();
+    let (rank, w) = (comm.rank(), comm.world_size());
+    if rank == 0 {
+        println!("MPI all-gather, {w} ranks: median per call over {ROUNDS} rounds");
+        println!(
+            "{:>10} {:>8} {:>14} {:>14} {:>7} {:>12} {:>12}",
+            "payload", "calls", "kindling µs", "raw rsmpi µs", "ratio", "kindling GB/s", "raw GB/s"
+        );
+    }
+    let sizes: &[usize] = if quick { &SIZES[..2] } else { &SIZES };
+    for &size in sizes {
+        let payload = vec![rank as u8; size];
+        let calls = if quick {
+            2
+        } else {
+            (256 << 20) / (size * w).max(1)
+        }
+        .clamp(2, 500);
+
+        let time = |call: &mut dyn FnMut()| -> f64 {
+            let mut rounds: Vec<f64> = (0..ROUNDS)
+                .map(|_| {
+                    call();
+                    world.barrier();
+                    let start = Instant::now();
+                    for _ in 0..calls {
+                        call();
+                    }
+                    world.barrier();
+                    start.elapsed().as_secs_f64() / calls as f64
+                })
+                .collect();
+            rounds.sort_by(f64::total_cmp);
+            rounds[ROUNDS / 2]
+        };
+
+        let ours = time(&mut || {
+            let all = comm.all_gather(payload.clone()).expect("all-gather");
+            assert_eq!(all[w - 1][0], (w - 1) as u8);
+        });
+        let counts = vec![size as i32; w];
+        let displs: Vec<i32> = (0..w as i32).map(|r| r * size as i32).collect();
+        let mut flat = vec![0u8; size * w];
+        let raw = time(&mut || {
+            let mut partition = PartitionMut::new(&mut flat[..], &counts[..], &displs[..]);
+            world.all_gather_varcount_into(&payload[..], &mut partition);
+        });
+        assert_eq!(flat[(w - 1) * size], (w - 1) as u8);
+
+        if rank == 0 {
+            let received = ((w - 1) * size) as f64;
+            println!(
+                "{:>10} {:>8} {:>14.1} {:>14.1} {:>6.2}× {:>12.2} {:>12.2}",
+                format!("{} KiB", size >> 10),
+                calls,
+                ours * 1e6,
+                raw * 1e6,
+                ours / raw,
+                received / ours / 1e9,
+                received / raw / 1e9
+            );
+        }
+    }
+}
