@@ -2,14 +2,14 @@
 //! agreeing on each step's gradient through a chosen exchange protocol. Prints per epoch the
 //! held-out accuracy, the bytes each worker put on the wire, the compression ratio and the
 //! modelled communication time at a chosen bandwidth; `--compare` runs every protocol and writes
-//! SVG plots of accuracy against wire bytes and against modelled time on 16 workers at 1 Gb/s and
-//! 10 Gb/s. `--learner` trains under burn-train's `Learner` with the `CompressedDdp` strategy
+//! SVG plots of accuracy against wire bytes and against modelled time at 1 Gb/s and 10 Gb/s
+//! (`--compare --workers 16` for a 16-worker cluster). `--learner` trains under burn-train's `Learner` with the `CompressedDdp` strategy
 //! instead of the plain loop.
 //!
 //! ```text
-//! cargo run --release -p data-parallel                         # dense, 4 workers
+//! cargo run --release -p data-parallel                         # QSGD, 4 workers
 //! cargo run --release -p data-parallel -- --protocol powersgd
-//! cargo run --release -p data-parallel -- --compare --out-dir .
+//! cargo run --release -p data-parallel -- --compare --workers 16 --out-dir .
 //! cargo run --release -p data-parallel -- --learner --protocol qsgd
 //! cargo build --release -p data-parallel --features mpi
 //! mpirun -np 4 target/release/data-parallel --mpi --protocol qsgd
@@ -73,7 +73,7 @@ struct Args {
     #[arg(long)]
     mpi: bool,
     /// The exchange protocol.
-    #[arg(long, value_enum, default_value_t = Protocol::Dense)]
+    #[arg(long, value_enum, default_value_t = Protocol::Qsgd)]
     protocol: Protocol,
     /// Run every protocol and write the comparison plots.
     #[arg(long, conflicts_with = "learner")]
@@ -488,8 +488,8 @@ fn main() {
         let series: Vec<Series> = results
             .iter()
             .map(|(protocol, name, ep)| {
-                let network =
-                    NetworkModel::new(16, gbps * 1e9, 50e-6, topology(*protocol)).expect("valid");
+                let network = NetworkModel::new(workers, gbps * 1e9, 50e-6, topology(*protocol))
+                    .expect("valid");
                 let points = ep
                     .iter()
                     .enumerate()
@@ -507,7 +507,7 @@ fn main() {
             .collect();
         let spec = ChartSpec {
             title: format!(
-                "Accuracy against modelled communication time, 16 workers at {gbps} Gb/s"
+                "Accuracy against modelled communication time, {workers} workers at {gbps} Gb/s"
             ),
             x_label: "modelled communication seconds".into(),
             y_label: "held-out accuracy".into(),
