@@ -81,11 +81,11 @@ enum Workers {
 /// Two ways to run the workers:
 /// * [`new`](Self::new): one thread per device in this process, over a [`LocalGroup`];
 /// * [`with_communicator`](Self::with_communicator): this process is one rank of a group of
-///   processes, e.g. [`Mpi`](crate::Communicator) under `mpirun`. Every process launches its own
-///   `Learner` with this strategy; rank 0's model is broadcast first. Only rank 0 reports, validates and
-///   checkpoints the learner, so give the other ranks a quiet logger; to resume, every rank must
-///   load the same learner checkpoint (a shared directory), because the optimizer's state is
-///   not broadcast.
+///   processes, e.g. `Mpi` (feature `mpi`) under `mpirun`. Every process launches its own
+///   `Learner` with this strategy; rank 0's model is broadcast first. Only rank 0 reports,
+///   validates and checkpoints the learner, so give the other ranks a quiet logger and renderer;
+///   to resume, every rank must load the same learner checkpoint (a shared directory), because
+///   the optimizer's state is not broadcast.
 ///
 /// ```no_run
 /// # use std::sync::Arc;
@@ -136,7 +136,7 @@ impl<R: Reducer + Clone> CompressedDdp<R> {
     }
 
     /// This process as rank `comm.rank()` of `comm.world_size()` (other processes run the other
-    /// ranks, e.g. [`Mpi`](crate::Communicator) under `mpirun`), training on `device`. Every
+    /// ranks, e.g. `Mpi` (feature `mpi`) under `mpirun`), training on `device`. Every
     /// launch uses the communicator; [`take_communicator`](Self::take_communicator) hands it
     /// back afterwards.
     pub fn with_communicator(

@@ -5,7 +5,6 @@
 use std::time::{Duration, Instant};
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{Count, ErrorFeedback, Qsgd, ScaledSign, TopK};
 use kindling_dist::*;
@@ -155,7 +154,7 @@ fn a_corrupt_payload_names_rank_and_parameter() {
                 .map(|g| {
                     let data = &data;
                     s.spawn(move || {
-                        let device = Device::flex().autodiff();
+                        let device = kindling_testing::autodiff_device();
                         let rank = g.rank();
                         let mut trainer = DataParallel::new(
                             Corrupting(g),
@@ -242,7 +241,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         let (data, _) = shards(2);
         let run = |resume_at: Option<usize>| {
             run_workers(2, TIMEOUT, |g| {
-                let device = Device::flex().autodiff();
+                let device = kindling_testing::autodiff_device();
                 let rank = g.rank();
                 let mut trainer = DataParallel::new(g, make(), 5);
                 let mut model = Mlp::new(16, 0, &device);
@@ -292,7 +291,7 @@ fn resume_reproduces_the_uninterrupted_run() {
 /// A gathered protocol's state does not load into the wrong codec or with a missing shape.
 #[test]
 fn a_mismatched_reducer_state_is_rejected() {
-    let device = Device::flex();
+    let device = kindling_testing::device();
     let state = vec![("0.state".to_string(), vec![1.0f32; 6])];
     let mut ef = Gathered::new(
         ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap()),

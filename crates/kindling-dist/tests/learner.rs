@@ -168,6 +168,27 @@ fn a_learner_run_is_the_plain_loop_step_for_step() {
     assert_eq!(fingerprint(&result.model), plain[0]);
 }
 
+/// With `grads_accumulation(2)` a rank exchanges once per two batches, and once more for an
+/// epoch's odd last batch: 11 batches a shard make 6 exchanges an epoch.
+#[test]
+fn gradient_accumulation_exchanges_once_per_accumulated_step() {
+    let data = data();
+    let dir = scratch("learner-accumulate");
+    let ddp = Arc::new(CompressedDdp::new(devices(), Dense).unwrap());
+    let result = training(&dir, &data, ddp.clone(), 2)
+        .with_metric_logger(InMemoryMetricLogger::new())
+        .grads_accumulation(2)
+        .launch(Learner::new(
+            Mlp::new(8, 0, &devices()[0]),
+            SgdConfig::new().init(),
+            0.1,
+        ));
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(result.error.is_none(), "{:?}", result.error);
+    let params = 64 * 8 + 8 + 8 * 10 + 10;
+    assert_eq!(ddp.totals().raw_bytes, (4 * params * 6 * 2) as u64);
+}
+
 /// PowerSGD (error feedback, warm-started Q) with Adam: stopping after epoch 1 and launching again
 /// from the learner's checkpoint and the strategy's state directory gives the uninterrupted run's
 /// parameters bit for bit.

@@ -11,7 +11,6 @@
 use std::sync::Arc;
 
 use burn::optim::SgdConfig;
-use burn::tensor::Device;
 use burn::train::logger::InMemoryMetricLogger;
 use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use kindling_compress::Qsgd;
@@ -121,7 +120,7 @@ fn mpi_matches_a_local_group(mpi: &mut Mpi) {
 fn a_learner_over_mpi_matches_worker_threads(mpi: Mpi) -> Box<dyn Communicator> {
     let (rank, w) = (mpi.rank(), mpi.world_size());
     let data = data();
-    let device = Device::flex().autodiff();
+    let device = kindling_testing::autodiff_device();
     let make = || Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
     let train = |ddp: Arc<CompressedDdp<Gathered<Qsgd>>>, name: &str| {
         let dir = scratch(&format!("{name}-rank{rank}"));

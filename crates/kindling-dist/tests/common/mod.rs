@@ -4,7 +4,6 @@
 use std::time::Duration;
 
 use burn::optim::{GradientsParams, ModuleOptimizer, SgdConfig};
-use burn::tensor::Device;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{Atomo, Budget, Count, ErrorFeedback, Qsgd, Spectral, TernGrad, TopK};
 use kindling_dist::*;
@@ -16,7 +15,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The digits training set cut into `world` equal shards, and the test set.
 pub fn shards(world: usize) -> (Vec<DigitsSet>, DigitsSet) {
-    let device = Device::flex().autodiff();
+    let device = kindling_testing::autodiff_device();
     let split = Digits::load().unwrap().split(0.25, 0, &device);
     let n = split.train.len() / world;
     (
@@ -41,7 +40,7 @@ pub fn train_rank<C: Communicator, R: Reducer>(
     mut optim: ModuleOptimizer,
     tamper: impl Fn(usize, GradientsParams, &Mlp) -> GradientsParams,
 ) -> Result<(Vec<u64>, f32), DistError> {
-    let device = Device::flex().autodiff();
+    let device = kindling_testing::autodiff_device();
     let rank = comm.rank();
     let mut trainer = DataParallel::new(comm, reducer, 3);
     let mut model = broadcast_module(Mlp::new(32, rank as u64, &device), &mut trainer.comm, 0)?;
