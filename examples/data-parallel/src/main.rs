@@ -97,7 +97,7 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Folder for the SVG plots of --compare.
+    /// Folder for the SVG plots of --compare and the metric logs of --learner.
     #[arg(long, default_value = ".")]
     out_dir: PathBuf,
 }
