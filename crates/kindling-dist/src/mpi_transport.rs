@@ -65,9 +65,7 @@ impl Mpi {
             gather_buffer: Vec::new(),
         })
     }
-}
 
-impl Mpi {
     /// `MPI_COMM_WORLD` as an [`mpi`] crate communicator, for MPI calls of your own beside
     /// kindling's collectives (they do not count in [`traffic`](Communicator::traffic)).
     pub fn world(&self) -> mpi::topology::SimpleCommunicator {

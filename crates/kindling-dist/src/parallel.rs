@@ -20,17 +20,44 @@ pub fn run_workers<T: Send>(
     timeout: Duration,
     work: impl Fn(LocalGroup) -> Result<T, DistError> + Sync,
 ) -> Result<Vec<T>, DistError> {
-    let groups = LocalGroup::new(world, timeout)?;
+    let outcomes = spawn_group((0..world).map(|_| ()).collect(), timeout, |group, ()| {
+        work(group)
+    })?;
+    // Report the root cause first: a panic or a local error before peers' follow-up failures.
+    let root = outcomes.iter().find_map(|o| match o {
+        Err(
+            e @ (DistError::Panicked { .. } | DistError::Encode { .. } | DistError::Decode { .. }),
+        ) => Some(e.clone()),
+        _ => None,
+    });
+    match root {
+        Some(e) => Err(e),
+        None => outcomes.into_iter().collect(),
+    }
+}
+
+/// Runs `work(group, input)` on one thread per input, the input at index `r` going to rank `r`
+/// of a new [`LocalGroup`], and returns every rank's outcome in rank order. A worker that panics
+/// or returns an error aborts the group (a panic becomes [`DistError::Panicked`] with its
+/// message), so the others fail at their next collective instead of waiting.
+pub(crate) fn spawn_group<I: Send, T: Send>(
+    inputs: Vec<I>,
+    timeout: Duration,
+    work: impl Fn(LocalGroup, I) -> Result<T, DistError> + Sync,
+) -> Result<Vec<Result<T, DistError>>, DistError> {
+    let groups = LocalGroup::new(inputs.len(), timeout)?;
     let work = &work;
-    let outcomes: Vec<Result<T, DistError>> = std::thread::scope(|scope| {
+    Ok(std::thread::scope(|scope| {
         let handles: Vec<_> = groups
             .into_iter()
-            .map(|group| {
+            .zip(inputs)
+            .map(|(group, input)| {
                 scope.spawn(move || {
                     let rank = group.rank();
                     let aborter = group.aborter();
-                    let result =
-                        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(group)));
+                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                        work(group, input)
+                    }));
                     match result {
                         Ok(Ok(v)) => Ok(v),
                         Ok(Err(e)) => {
@@ -54,18 +81,7 @@ pub fn run_workers<T: Send>(
             .into_iter()
             .map(|h| h.join().expect("worker thread joins"))
             .collect()
-    });
-    // Report the root cause first: a panic or a local error before peers' follow-up failures.
-    let root = outcomes.iter().find_map(|o| match o {
-        Err(
-            e @ (DistError::Panicked { .. } | DistError::Encode { .. } | DistError::Decode { .. }),
-        ) => Some(e.clone()),
-        _ => None,
-    });
-    match root {
-        Some(e) => Err(e),
-        None => outcomes.into_iter().collect(),
-    }
+    }))
 }
 
 /// Makes every rank's module a copy of rank `root`'s (parameters in module order, via

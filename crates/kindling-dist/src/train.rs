@@ -33,14 +33,14 @@ use burn::train::{
     ValidLoader,
 };
 
+use crate::parallel::spawn_group;
 use crate::{
-    Communicator, DataParallel, DistError, LocalGroup, Reducer, ReducerCheckpoint, StepStats,
-    broadcast_module,
+    Communicator, DataParallel, DistError, Reducer, ReducerCheckpoint, StepStats, broadcast_module,
 };
 
 /// Where the workers of a [`CompressedDdp`] run.
 enum Workers {
-    /// One thread per device in this process, over a [`LocalGroup`].
+    /// One thread per device in this process, over a [`LocalGroup`](crate::LocalGroup).
     Local {
         devices: Vec<Device>,
         timeout: Duration,
@@ -79,7 +79,7 @@ enum Workers {
 /// rank, and the model returned is the one the learner started with.
 ///
 /// Two ways to run the workers:
-/// * [`new`](Self::new): one thread per device in this process, over a [`LocalGroup`];
+/// * [`new`](Self::new): one thread per device in this process, over a [`LocalGroup`](crate::LocalGroup);
 /// * [`with_communicator`](Self::with_communicator): this process is one rank of a group of
 ///   processes, e.g. `Mpi` (feature `mpi`) under `mpirun`. Every process launches its own
 ///   `Learner` with this strategy; rank 0's model is broadcast first. Only rank 0 reports,
@@ -329,7 +329,7 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
     }
 }
 
-/// Runs one thread per device and returns rank 0's model, or every failing rank's error.
+/// Runs one thread per device and returns rank 0's model, or the failing ranks' errors.
 fn fit_local<M: LearnerModel, R: Reducer + Clone>(
     ctx: &RankContext<'_>,
     devices: &[Device],
@@ -344,45 +344,26 @@ fn fit_local<M: LearnerModel, R: Reducer + Clone>(
         message: e.to_string(),
     };
     let world = devices.len();
-    let groups = LocalGroup::new(world, timeout).map_err(|e| vec![fail(0, e)])?;
-    let shards = (0..world)
-        .map(|rank| shard(&train, rank, world, &devices[rank]))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|e| vec![fail(0, e)])?;
     let mut main = Some(main);
-    let outcomes: Vec<Result<Option<M>, DistError>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .into_iter()
-            .zip(shards)
-            .zip(devices)
-            .map(|((mut group, shard), device)| {
-                let learner = learner.clone();
-                let reducer = reducer.clone();
-                let duties = main.take();
-                scope.spawn(move || {
-                    let aborter = group.aborter();
-                    let rank = group.rank();
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        run_rank(ctx, &mut group, device, reducer, learner, shard, duties)
-                    }))
-                    .unwrap_or_else(|panic| {
-                        Err(DistError::Panicked {
-                            rank,
-                            message: panic_message(panic.as_ref()),
-                        })
-                    });
-                    if let Err(e) = &result {
-                        aborter.abort(&e.to_string());
-                    }
-                    result.map(|model| (rank == 0).then_some(model))
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread joins"))
-            .collect()
-    });
+    let inputs = devices
+        .iter()
+        .enumerate()
+        .map(|(rank, device)| {
+            let shard = shard(&train, rank, world, device)?;
+            Ok((device, shard, learner.clone(), reducer.clone(), main.take()))
+        })
+        .collect::<Result<Vec<_>, DistError>>()
+        .map_err(|e| vec![fail(0, e)])?;
+    let outcomes = spawn_group(
+        inputs,
+        timeout,
+        |mut group, (device, shard, learner, reducer, duties)| {
+            let is_main = duties.is_some();
+            let model = run_rank(ctx, &mut group, device, reducer, learner, shard, duties)?;
+            Ok(is_main.then_some(model))
+        },
+    )
+    .map_err(|e| vec![fail(0, e)])?;
     let mut errors = Vec::new();
     let mut model = None;
     for (rank, outcome) in outcomes.into_iter().enumerate() {
@@ -626,14 +607,6 @@ fn shard<O: 'static>(
         )));
     }
     Ok(loader.slice(rank * per, (rank + 1) * per).to_device(device))
-}
-
-fn panic_message(panic: &(dyn std::any::Any + Send)) -> String {
-    panic
-        .downcast_ref::<String>()
-        .cloned()
-        .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-        .unwrap_or_else(|| "a non-string panic".into())
 }
 
 /// One rank's per-step exchange statistics, fanned out to every [`ExchangeMetric`] made from the

@@ -2,7 +2,6 @@
 //! step for step, its metrics reach burn's metric store, resuming from a checkpoint reproduces the
 //! uninterrupted run, and a failing worker ends the run with an error naming its rank.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
@@ -12,7 +11,7 @@ use burn::tensor::Device;
 use burn::train::logger::{InMemoryMetricLogger, MetricLogger};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{AccuracyMetric, LossMetric, MetricDefinition, NumericEntry};
-use burn::train::{Learner, LearningResult, SupervisedTraining, TrainingError, TrainingStrategy};
+use burn::train::{Learner, LearningResult, TrainingError};
 use kindling_compress::Qsgd;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_dist::*;
@@ -50,19 +49,6 @@ impl MetricLogger for SharedLogger {
 
 fn devices() -> Vec<Device> {
     vec![kindling_testing::autodiff_device(); WORKERS]
-}
-
-/// A quiet `SupervisedTraining` over the digits with `strategy`.
-fn training<R: Reducer + Clone + 'static>(
-    dir: &Path,
-    data: &Data,
-    strategy: Arc<CompressedDdp<R>>,
-    epochs: usize,
-) -> SupervisedTraining<Mlp> {
-    SupervisedTraining::new(dir, loader(&data.train), loader(&data.valid))
-        .num_epochs(epochs)
-        .with_application_logger(None)
-        .with_training_strategy(TrainingStrategy::Custom(strategy))
 }
 
 fn accuracy(result: &LearningResult<Mlp>, data: &Data) -> f32 {

@@ -11,8 +11,8 @@
 use std::sync::Arc;
 
 use burn::optim::SgdConfig;
+use burn::train::Learner;
 use burn::train::logger::InMemoryMetricLogger;
-use burn::train::{Learner, SupervisedTraining, TrainingStrategy};
 use kindling_compress::Qsgd;
 use kindling_dist::*;
 use kindling_examples_common::learner::EpochRenderer;
@@ -126,12 +126,9 @@ fn a_learner_over_mpi_matches_worker_threads(mpi: Mpi) -> Box<dyn Communicator> 
         let dir = scratch(&format!("{name}-rank{rank}"));
         // Each rank builds a different model: the strategy starts every replica from rank 0's.
         let model = Mlp::new(32, 1 + rank as u64, &device);
-        let result = SupervisedTraining::new(&dir, loader(&data.train), loader(&data.valid))
-            .num_epochs(2)
-            .with_application_logger(None)
+        let result = training(&dir, &data, ddp, 2)
             .with_metric_logger(InMemoryMetricLogger::new())
             .renderer(Box::new(EpochRenderer::new()))
-            .with_training_strategy(TrainingStrategy::Custom(ddp))
             .launch(Learner::new(model, SgdConfig::new().init(), 0.3));
         let _ = std::fs::remove_dir_all(&dir);
         assert!(result.error.is_none(), "{name}: {:?}", result.error);

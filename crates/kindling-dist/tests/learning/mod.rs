@@ -1,13 +1,16 @@
-//! Shared by the `Learner` tests (worker threads and MPI): the digits as dataset items and
-//! their loaders.
+//! Shared by the `Learner` tests (worker threads and MPI): the digits as dataset items, their
+//! loaders, and a quiet `SupervisedTraining` with a `CompressedDdp` strategy.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
 use burn::data::dataset::InMemDataset;
+use burn::train::{SupervisedTraining, TrainingStrategy};
+use kindling_dist::{CompressedDdp, Reducer};
 use kindling_examples_common::digits::{Digits, DigitsSet};
 use kindling_examples_common::learner::{DigitItem, DigitsBatcher};
+use kindling_examples_common::mlp::Mlp;
 
 /// Per-worker batch size.
 pub const BATCH: usize = 32;
@@ -42,4 +45,17 @@ pub fn scratch(name: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("kindling-dist-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
+}
+
+/// `epochs` of training on the digits with `strategy`, without the application logger.
+pub fn training<R: Reducer + Clone + 'static>(
+    dir: &Path,
+    data: &Data,
+    strategy: Arc<CompressedDdp<R>>,
+    epochs: usize,
+) -> SupervisedTraining<Mlp> {
+    SupervisedTraining::new(dir, loader(&data.train), loader(&data.valid))
+        .num_epochs(epochs)
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Custom(strategy))
 }
