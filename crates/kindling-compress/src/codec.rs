@@ -59,6 +59,7 @@ impl CodecId {
 /// unpacks on the requested device. Randomised codecs draw from the caller's RNG (one per worker,
 /// seeded), so runs are reproducible. A codec with state (error feedback) keeps it per tensor:
 /// use one instance per parameter.
+// ANCHOR: compressor
 pub trait Compressor {
     /// The codec id written in headers.
     fn codec(&self) -> CodecId;
@@ -105,6 +106,7 @@ pub trait Compressor {
         })
     }
 }
+// ANCHOR_END: compressor
 
 /// Sizes of one or more encoded gradients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -58,9 +58,14 @@ pub use codec::{CodecId, CompressionStats, Compressor, as_matrix, matrix_view};
 pub use dense::{Half, HalfFormat, Identity};
 pub use error::{CompressError, DecodeError};
 pub use error_feedback::ErrorFeedback;
-pub use payload::{FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload};
+pub use payload::{DTYPE_F32, FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload};
 pub use qsgd::{LevelCoding, MAX_LEVELS, Qsgd, elias_gamma_bits};
 pub use random::uniforms;
 pub use sign::{ScaledSign, Sign, majority_vote};
 pub use sparse::{Count, RandomK, TopK, random_positions, sparse_body_bytes};
 pub use terngrad::{TernGrad, TritPacking};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

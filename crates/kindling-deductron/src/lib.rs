@@ -32,3 +32,8 @@ pub mod wlang;
 pub use error::DeductronError;
 pub use model::{Deductron, DeductronConfig, DeductronOutput};
 pub use train::{AnnealResult, Annealer, GradientTraining, Progress, train_gradient};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,6 +1,6 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
@@ -114,7 +114,11 @@ impl DeductronConfig {
     /// uniform in `[−0.5, 0.5]`, biases uniform in `c ± 0.1`, so every sigmoid starts near its
     /// steepest point (with β = 10, larger weights saturate the sigmoids and gradient training
     /// stalls far more often). Or the validation error.
-    pub fn try_init(&self, seed: u64, device: &Device) -> Result<Deductron, DeductronError> {
+    pub fn try_init_with_seed(
+        &self,
+        seed: u64,
+        device: &Device,
+    ) -> Result<Deductron, DeductronError> {
         self.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut draw = |n: usize, center: f32, half_width: f32| -> Vec<f32> {
@@ -136,12 +140,27 @@ impl DeductronConfig {
         ))
     }
 
-    /// As [`try_init`](Self::try_init).
+    /// The module with parameters drawn from `device`'s random generator, like burn's
+    /// `init(&device)`: the same values after the same `device.seed(s)`. For a seed of your own
+    /// that gives the same values on every backend, use [`init_with_seed`](Self::init_with_seed).
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`try_init`](Self::try_init)).
+    pub fn init(&self, device: &Device) -> Deductron {
+        self.init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`init`](Self::init), or the validation error.
+    pub fn try_init(&self, device: &Device) -> Result<Deductron, DeductronError> {
+        self.try_init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`try_init_with_seed`](Self::try_init_with_seed).
     ///
     /// # Panics
     /// When the configuration is invalid.
-    pub fn init(&self, seed: u64, device: &Device) -> Deductron {
-        self.try_init(seed, device)
+    pub fn init_with_seed(&self, seed: u64, device: &Device) -> Deductron {
+        self.try_init_with_seed(seed, device)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -256,4 +275,14 @@ impl Deductron {
     pub fn sse(&self, x: Tensor<3>, targets: Tensor<3>) -> Tensor<1> {
         (self.forward(x).y - targets).square().sum()
     }
+}
+
+/// A seed drawn from `device`'s random generator (48 bits from two uniform draws), so that
+/// `init(&device)` follows burn's seeding (`device.seed(s)`).
+fn device_seed(device: &Device) -> u64 {
+    let draws = Tensor::<1>::random([2], Distribution::Default, device).into_data();
+    let draws: Vec<f32> = draws.try_to_vec().expect("f32 draws");
+    draws
+        .iter()
+        .fold(0, |acc, u| (acc << 24) | (u * 16_777_216.0) as u64)
 }

@@ -425,7 +425,9 @@ mod tests {
         let device = kindling_testing::device();
         for model in [
             Deductron::exact(&device),
-            DeductronConfig::new().with_n_memory(3).init(5, &device),
+            DeductronConfig::new()
+                .with_n_memory(3)
+                .init_with_seed(5, &device),
         ] {
             let sample = wlang::small();
             let host = host_forward(

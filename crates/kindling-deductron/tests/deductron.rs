@@ -113,7 +113,7 @@ fn exact_weights_decode_long_random_strings() {
 #[test]
 fn batched_forward_equals_single_sequences() {
     let device = device();
-    let net = DeductronConfig::new().init(3, &device);
+    let net = DeductronConfig::new().init_with_seed(3, &device);
     let mut rng = ChaCha8Rng::seed_from_u64(1);
     let a = wlang::generate("XXOO", Drawing::default(), &mut rng).unwrap();
     let b = wlang::generate("OOXX", Drawing::default(), &mut rng).unwrap();
@@ -134,7 +134,7 @@ fn invalid_configs_are_named() {
     assert!(err.to_string().contains("n_memory"), "{err}");
     let err = DeductronConfig::new()
         .with_beta(-1.0)
-        .try_init(0, &device())
+        .try_init_with_seed(0, &device())
         .unwrap_err();
     assert!(matches!(
         err,
@@ -167,7 +167,7 @@ fn weights_round_trip_through_burn_records() {
     let path = dir.join("exact.bpk");
     let mut store = BurnpackStore::from_file(&path);
     net.save_into(&mut store).unwrap();
-    let mut fresh = DeductronConfig::new().init(9, &device);
+    let mut fresh = DeductronConfig::new().init_with_seed(9, &device);
     let mut store = BurnpackStore::from_file(&path);
     fresh.load_from(&mut store).unwrap();
     let x = wlang::small().inputs(&device);
@@ -184,7 +184,9 @@ fn gradient_training_learns_small() {
     let device = autodiff_device();
     let sample = wlang::small();
     for seed in [2, 4] {
-        let model = DeductronConfig::new().with_n_memory(3).init(seed, &device);
+        let model = DeductronConfig::new()
+            .with_n_memory(3)
+            .init_with_seed(seed, &device);
         let mut optim = AdamConfig::new().init();
         let (_, last) = train_gradient(
             model,
@@ -207,7 +209,9 @@ fn gradient_training_learns_small() {
 #[test]
 fn gradient_training_with_kindling_signum() {
     let device = autodiff_device();
-    let model = DeductronConfig::new().with_n_memory(3).init(2, &device);
+    let model = DeductronConfig::new()
+        .with_n_memory(3)
+        .init_with_seed(2, &device);
     let mut optim = kindling_optim::SignumConfig::new().init();
     let recipe = GradientTraining {
         lr: 0.003,
@@ -237,4 +241,18 @@ fn annealing_finds_a_zero_error_decoder_of_small() {
     assert_eq!(result.errors, 0);
     let out = result.model.forward(wlang::small().inputs(&device));
     assert_eq!(wlang::decode(&out.y), vec!["XOOXXO".to_string()]);
+}
+
+/// `init(&device)` draws from the device's generator like burn's modules (two calls differ);
+/// `init_with_seed` is a pure function of the seed.
+#[test]
+fn init_draws_from_the_device_and_init_with_seed_is_reproducible() {
+    let device = kindling_testing::device();
+    let config = DeductronConfig::new().with_n_memory(3);
+    let values = |m: &Deductron| kindling_testing::to_vec(&m.w1.val());
+    assert_ne!(values(&config.init(&device)), values(&config.init(&device)));
+    assert_eq!(
+        values(&config.init_with_seed(3, &device)),
+        values(&config.init_with_seed(3, &device))
+    );
 }

@@ -48,6 +48,8 @@
 //! assert!(fingerprints.windows(2).all(|w| w[0] == w[1]), "replicas are bit-identical");
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 mod checkpoint;
 mod comm;
 mod error;
@@ -64,9 +66,16 @@ pub use checkpoint::ReducerCheckpoint;
 pub use comm::{Aborter, Communicator, LocalGroup, Traffic};
 pub use error::DistError;
 #[cfg(feature = "mpi")]
+#[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
 pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
 pub use reduce::{Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared};
 #[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
 pub use train::{CompressedDdp, ExchangeMetric};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -15,8 +15,8 @@ use burn::train::Learner;
 use burn::train::logger::InMemoryMetricLogger;
 use kindling_compress::Qsgd;
 use kindling_dist::*;
-use kindling_examples_common::learner::EpochRenderer;
 use kindling_examples_common::mlp::Mlp;
+use kindling_optim::EpochRenderer;
 
 mod common;
 use common::*;

@@ -21,7 +21,7 @@ fn pictures(w: usize) -> Tensor<3, Int> {
 fn bond_2(bencher: divan::Bencher, w: usize) {
     let model = PictureGwmConfig::new()
         .with_bond(2)
-        .init(0, &Device::flex());
+        .init_with_seed(0, &Device::flex());
     let p = pictures(w);
     bencher.bench_local(|| model.forward(p.clone()).into_data());
 }
@@ -30,7 +30,7 @@ fn bond_2(bencher: divan::Bencher, w: usize) {
 fn bond_3(bencher: divan::Bencher, w: usize) {
     let model = PictureGwmConfig::new()
         .with_bond(3)
-        .init(0, &Device::flex());
+        .init_with_seed(0, &Device::flex());
     let p = pictures(w);
     bencher.bench_local(|| model.forward(p.clone()).into_data());
 }

@@ -17,7 +17,7 @@
 //!
 //! let device = Device::flex().autodiff();
 //! let data = dataset(Language::BarsAndStripes, 3, 3, 2, 20, 0).unwrap();
-//! let model = PictureGwmConfig::new().with_bond(2).init(1, &device);
+//! let model = PictureGwmConfig::new().with_bond(2).init(&device);
 //! let settings = Training { epochs: 5, ..Training::default() };
 //! let (model, losses) = train(model, &mut AdamConfig::new().init(), &data.train, settings, |_, _| {
 //!     std::ops::ControlFlow::Continue(())
@@ -34,3 +34,8 @@ mod train;
 pub use error::GwmError;
 pub use model::{BoundaryEncoding, GwmInit, PictureGwm, PictureGwmConfig};
 pub use train::{Objective, Training, accuracy, mistakes, train};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -1,6 +1,6 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
@@ -138,7 +138,7 @@ impl PositionType {
 /// use kindling_gwm::PictureGwmConfig;
 ///
 /// let device = Device::flex();
-/// let model = PictureGwmConfig::new().with_bond(2).init(0, &device);
+/// let model = PictureGwmConfig::new().with_bond(2).init_with_seed(0, &device);
 /// let pictures = Tensor::<3, Int>::from_ints([[[0, 1, 0], [1, 1, 0]]], &device);
 /// let values = model.forward(pictures);
 /// assert_eq!(values.dims(), [1]);
@@ -187,7 +187,7 @@ impl PictureGwmConfig {
     }
 
     /// A model initialised from `seed` (the same on every backend), or the validation error.
-    pub fn try_init(&self, seed: u64, device: &Device) -> Result<PictureGwm, GwmError> {
+    pub fn try_init_with_seed(&self, seed: u64, device: &Device) -> Result<PictureGwm, GwmError> {
         self.validate()?;
         let (s, d) = (self.alphabet, self.bond);
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -246,12 +246,27 @@ impl PictureGwmConfig {
         })
     }
 
-    /// As [`try_init`](Self::try_init).
+    /// The module with parameters drawn from `device`'s random generator, like burn's
+    /// `init(&device)`: the same values after the same `device.seed(s)`. For a seed of your own
+    /// that gives the same values on every backend, use [`init_with_seed`](Self::init_with_seed).
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`try_init`](Self::try_init)).
+    pub fn init(&self, device: &Device) -> PictureGwm {
+        self.init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`init`](Self::init), or the validation error.
+    pub fn try_init(&self, device: &Device) -> Result<PictureGwm, GwmError> {
+        self.try_init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`try_init_with_seed`](Self::try_init_with_seed).
     ///
     /// # Panics
     /// When the configuration is invalid.
-    pub fn init(&self, seed: u64, device: &Device) -> PictureGwm {
-        self.try_init(seed, device)
+    pub fn init_with_seed(&self, seed: u64, device: &Device) -> PictureGwm {
+        self.try_init_with_seed(seed, device)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -369,6 +384,16 @@ impl PictureGwm {
     }
 }
 
+/// A seed drawn from `device`'s random generator (48 bits from two uniform draws), so that
+/// `init(&device)` follows burn's seeding (`device.seed(s)`).
+fn device_seed(device: &Device) -> u64 {
+    let draws = Tensor::<1>::random([2], Distribution::Default, device).into_data();
+    let draws: Vec<f32> = draws.try_to_vec().expect("f32 draws");
+    draws
+        .iter()
+        .fold(0, |acc, u| (acc << 24) | (u * 16_777_216.0) as u64)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -440,7 +465,7 @@ mod tests {
                 .with_bond(2)
                 .with_boundary(boundary)
                 .with_init(GwmInit::Gaussian { std: 0.8 })
-                .init(7, &device());
+                .init_with_seed(7, &device());
             for (h, w) in [(2, 2), (2, 3), (3, 2), (3, 3), (2, 4)] {
                 let pictures: Vec<Vec<Vec<u8>>> = (0..3)
                     .map(|s| {
@@ -534,7 +559,7 @@ mod tests {
             let model = PictureGwmConfig::new()
                 .with_boundary(boundary)
                 .with_init(GwmInit::NearConstant { noise: 0.0 })
-                .init(0, &device());
+                .init_with_seed(0, &device());
             for (h, w) in [(2, 2), (3, 7), (6, 4)] {
                 let pictures = vec![
                     vec![vec![1u8; w]; h],
@@ -555,7 +580,7 @@ mod tests {
     fn invalid_configs_and_pictures_are_errors() {
         let err = PictureGwmConfig::new().with_bond(0).validate().unwrap_err();
         assert!(err.to_string().contains("bond"), "{err}");
-        let model = PictureGwmConfig::new().init(0, &device());
+        let model = PictureGwmConfig::new().init_with_seed(0, &device());
         let thin = Tensor::<3, Int>::zeros([1, 1, 4], &device());
         assert!(matches!(
             model.try_forward(thin),

@@ -18,7 +18,7 @@ use crate::{KdEmbedding, KdEmbeddingConfig};
 /// use kindling_kdcode::{CompactKdEmbedding, KdEmbeddingConfig};
 ///
 /// let device = Device::flex();
-/// let trained = KdEmbeddingConfig::new(100, 16).with_choices(4).with_code_length(8).init(0, &device);
+/// let trained = KdEmbeddingConfig::new(100, 16).with_choices(4).with_code_length(8).init_with_seed(0, &device);
 /// let compact = CompactKdEmbedding::from_trained(&trained);
 /// let ids = Tensor::<2, Int>::from_ints([[3, 14, 15]], &device);
 /// assert_eq!(compact.forward(ids.clone()).dims(), trained.forward(ids).dims());
@@ -129,7 +129,7 @@ impl CompactKdEmbedding {
     /// An empty compact embedding shaped by `config` (zeros), to load a saved one into.
     pub fn empty(config: &KdEmbeddingConfig, device: &Device) -> Self {
         let bits = code_bits(config.choices);
-        let words = (config.vocab * config.code_length).div_ceil(32 / bits);
+        let words = (config.n_embedding * config.code_length).div_ceil(32 / bits);
         let tables_d = if config.shared_tables {
             1
         } else {
@@ -145,7 +145,7 @@ impl CompactKdEmbedding {
                 device,
             )),
             composer: config.composer(device),
-            vocab: config.vocab,
+            vocab: config.n_embedding,
             code_length: config.code_length,
             choices: config.choices,
         }

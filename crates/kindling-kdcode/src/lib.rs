@@ -18,7 +18,7 @@
 //!
 //! let device = Device::flex();
 //! let config = KdEmbeddingConfig::new(10_000, 200).with_choices(32).with_code_length(32);
-//! let embedding = config.init(0, &device);
+//! let embedding = config.init(&device);
 //! let report = CompactKdEmbedding::from_trained(&embedding).size_report();
 //! assert_eq!(report.full_table_bits, 64_000_000);
 //! assert_eq!(report.code_bits, 1_600_000);
@@ -34,3 +34,8 @@ pub use compact::{CompactKdEmbedding, SizeReport, code_bits};
 pub use error::KdError;
 pub use model::{Composer, Composition, KdEmbedding, KdEmbeddingConfig, Relaxation};
 pub use train::{distillation_loss, mixed_optimizer};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

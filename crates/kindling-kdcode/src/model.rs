@@ -33,9 +33,9 @@ pub enum Relaxation {
 /// Configuration of a [`KdEmbedding`].
 #[derive(Config, Debug, PartialEq)]
 pub struct KdEmbeddingConfig {
-    /// Vocabulary size V.
-    pub vocab: usize,
-    /// Output dimension d (what `burn::nn::Embedding` calls `d_model`).
+    /// Vocabulary size V (the number of embedding vectors; burn's `EmbeddingConfig` field).
+    pub n_embedding: usize,
+    /// Output dimension d, the size of each vector (as in burn's `EmbeddingConfig`).
     pub d_model: usize,
     /// Choices per code dimension, K.
     #[config(default = 16)]
@@ -117,7 +117,7 @@ impl Composer {
 /// use kindling_kdcode::KdEmbeddingConfig;
 ///
 /// let device = Device::flex();
-/// let embedding = KdEmbeddingConfig::new(1000, 64).with_choices(8).with_code_length(4).init(0, &device);
+/// let embedding = KdEmbeddingConfig::new(1000, 64).with_choices(8).with_code_length(4).init_with_seed(0, &device);
 /// let ids = Tensor::<2, Int>::from_ints([[1, 2, 3], [4, 5, 999]], &device);
 /// assert_eq!(embedding.forward(ids).dims(), [2, 3, 64]);
 /// ```
@@ -149,7 +149,7 @@ impl KdEmbeddingConfig {
             reason,
         };
         for (field, v) in [
-            ("vocab", self.vocab),
+            ("n_embedding", self.n_embedding),
             ("d_model", self.d_model),
             ("code_length", self.code_length),
             ("d_code", self.d_code),
@@ -217,7 +217,7 @@ impl KdEmbeddingConfig {
 
     /// A KD embedding with code logits and tables drawn from `seed` (logits N(0, 1), tables
     /// N(0, 1/d')), or the validation error.
-    pub fn try_init(&self, seed: u64, device: &Device) -> Result<KdEmbedding, KdError> {
+    pub fn try_init_with_seed(&self, seed: u64, device: &Device) -> Result<KdEmbedding, KdError> {
         self.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
         let mut normal = |n: usize, std: f32| -> Vec<f32> {
@@ -229,7 +229,12 @@ impl KdEmbeddingConfig {
                 })
                 .collect()
         };
-        let (v, d, k, dc) = (self.vocab, self.code_length, self.choices, self.d_code);
+        let (v, d, k, dc) = (
+            self.n_embedding,
+            self.code_length,
+            self.choices,
+            self.d_code,
+        );
         let tables_d = if self.shared_tables { 1 } else { d };
         Ok(KdEmbedding {
             code_logits: Param::from_data(
@@ -251,12 +256,27 @@ impl KdEmbeddingConfig {
         })
     }
 
-    /// As [`try_init`](Self::try_init).
+    /// The module with parameters drawn from `device`'s random generator, like burn's
+    /// `init(&device)`: the same values after the same `device.seed(s)`. For a seed of your own
+    /// that gives the same values on every backend, use [`init_with_seed`](Self::init_with_seed).
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`try_init`](Self::try_init)).
+    pub fn init(&self, device: &Device) -> KdEmbedding {
+        self.init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`init`](Self::init), or the validation error.
+    pub fn try_init(&self, device: &Device) -> Result<KdEmbedding, KdError> {
+        self.try_init_with_seed(device_seed(device), device)
+    }
+
+    /// As [`try_init_with_seed`](Self::try_init_with_seed).
     ///
     /// # Panics
     /// When the configuration is invalid.
-    pub fn init(&self, seed: u64, device: &Device) -> KdEmbedding {
-        self.try_init(seed, device)
+    pub fn init_with_seed(&self, seed: u64, device: &Device) -> KdEmbedding {
+        self.try_init_with_seed(seed, device)
             .unwrap_or_else(|e| panic!("{e}"))
     }
 }
@@ -336,4 +356,14 @@ impl KdEmbedding {
         let codes = one_hot_argmax(self.code_logits.val());
         self.composer.forward(embed_codes(codes, self.tables.val()))
     }
+}
+
+/// A seed drawn from `device`'s random generator (48 bits from two uniform draws), so that
+/// `init(&device)` follows burn's seeding (`device.seed(s)`).
+fn device_seed(device: &Device) -> u64 {
+    let draws = Tensor::<1>::random([2], Distribution::Default, device).into_data();
+    let draws: Vec<f32> = draws.try_to_vec().expect("f32 draws");
+    draws
+        .iter()
+        .fold(0, |acc, u| (acc << 24) | (u * 16_777_216.0) as u64)
 }

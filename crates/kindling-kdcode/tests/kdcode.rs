@@ -87,7 +87,7 @@ fn compact_equals_the_training_module() {
             .with_composition(Composition::Recurrent { hidden: 6 })
             .with_batch_norm(true),
     ] {
-        let trained = config.init(3, &device);
+        let trained = config.init_with_seed(3, &device);
         let compact = CompactKdEmbedding::from_trained(&trained);
         let ids =
             Tensor::<2, Int>::from_data(TensorData::new((0..50i64).collect(), [5, 10]), &device);
@@ -138,7 +138,7 @@ fn size_report_arithmetic() {
         .with_choices(32)
         .with_code_length(32)
         .with_d_code(32);
-    let report = CompactKdEmbedding::from_trained(&config.init(0, &device)).size_report();
+    let report = CompactKdEmbedding::from_trained(&config.init_with_seed(0, &device)).size_report();
     assert_eq!(report.full_table_bits, 10_000 * 200 * 32);
     assert_eq!(report.code_bits, 10_000 * 32 * 5);
     // 5-bit codes pack 6 to a word: ⌈320 000 / 6⌉ words.
@@ -158,7 +158,7 @@ fn size_report_arithmetic() {
         .with_choices(16)
         .with_code_length(8)
         .with_d_code(64);
-    let r = CompactKdEmbedding::from_trained(&exact.init(0, &device)).size_report();
+    let r = CompactKdEmbedding::from_trained(&exact.init_with_seed(0, &device)).size_report();
     assert_eq!(r.code_bits, r.stored_code_bits, "4-bit codes pack exactly");
     assert_eq!(r.composition_bits, 0, "d' = d: no linear map");
 }
@@ -185,7 +185,7 @@ fn invalid_configs_are_named() {
         .with_temperature(1.0)
         .with_temperature_decay(0.5)
         .with_min_temperature(0.3)
-        .init(0, &device());
+        .init_with_seed(0, &device());
     e.decay_temperature();
     e.decay_temperature();
     assert_eq!(e.temperature, 0.3);
@@ -212,7 +212,7 @@ fn distilled_codes_reflect_clusters() {
         .with_choices(4)
         .with_code_length(6)
         .with_d_code(16)
-        .init(1, &device);
+        .init_with_seed(1, &device);
     let mut optim = mixed_optimizer(0.1);
     let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
     let first = distillation_loss(&embedding, ids.clone(), &table, 1.0).into_scalar::<f32>();
@@ -247,4 +247,24 @@ fn distilled_codes_reflect_clusters() {
         "within {within} vs between {between}"
     );
     let _ = embedding.num_params();
+}
+
+/// `init(&device)` draws from the device's generator like burn's `EmbeddingConfig::init` (two
+/// calls differ); `init_with_seed` is a pure function of the seed.
+#[test]
+fn init_draws_from_the_device_and_init_with_seed_is_reproducible() {
+    let device = device();
+    let config = KdEmbeddingConfig::new(50, 8)
+        .with_choices(4)
+        .with_code_length(3);
+    let logits = |e: &KdEmbedding| to_vec(&e.code_logits.val());
+    assert_ne!(logits(&config.init(&device)), logits(&config.init(&device)));
+    assert_eq!(
+        logits(&config.init_with_seed(4, &device)),
+        logits(&config.init_with_seed(4, &device))
+    );
+    assert!(
+        KdEmbeddingConfig::new(0, 8).try_init(&device).is_err(),
+        "validated like try_init_with_seed"
+    );
 }

@@ -36,13 +36,14 @@ fn main() {
         g
     };
     let config = SnvrgConfig {
+        n,
         loop_lengths: vec![2, 4],
         batch: 64,
         level_batches: vec![64, 64],
         step_size: 1e-3,
         seed: 0,
     };
-    let mut snvrg = config.build(n).expect("valid");
+    let mut snvrg = config.build();
     model = snvrg.epoch(model, oracle);
     oracle_time.set(Duration::ZERO);
     let start = Instant::now();

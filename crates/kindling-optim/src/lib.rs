@@ -15,6 +15,23 @@
 //! offending field. State is burn `RecordState`, so `ModuleOptimizer::save` / `load` checkpoint
 //! it and `Learner` checkpoints work unchanged.
 //!
+//! [`Signum`] and [`Svag`] plug into burn-train's `Learner` like burn's Adam. [`MinibatchSvag`]
+//! (two gradients per step) and [`Snvrg`] (gradients at several reference points of batches it
+//! picks itself) cannot: their docs say why and how to drive them from a plain loop. With the
+//! `train` feature, `EpochRenderer` prints one readable line of metrics per epoch and split for
+//! `Learner` runs.
+//!
+//! **Weight decay, mapped to burn's.** burn uses the name `weight_decay` for two different
+//! rules; kindling names them apart:
+//!
+//! | kindling field | rule | burn's equivalent |
+//! | --- | --- | --- |
+//! | `weight_decay` (λ) | coupled: `g ← g + λ·x` before the update | `AdamConfig` / `SgdConfig` `weight_decay: Some(WeightDecayConfig::new(λ))` |
+//! | `decoupled_weight_decay` (λ_d) | decoupled: `x ← (1 − η·λ_d)·x` | `AdamWConfig.weight_decay`, `LionConfig.weight_decay` |
+//!
+//! So burn's `LionConfig::new().with_weight_decay(0.01)` corresponds to
+//! `SignumConfig::new().with_decoupled_weight_decay(0.01)`.
+//!
 //! ```
 //! use burn::nn::LinearConfig;
 //! use burn::optim::GradientsParams;
@@ -34,6 +51,8 @@
 //! assert!(SignumConfig::new().with_momentum(1.5).try_init().is_err());
 //! ```
 
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
 extern crate alloc;
 
 // `#[derive(RecordState)]` expands to paths under the crate root.
@@ -42,6 +61,8 @@ pub use burn::optim::{RecordState, StateSink, StateSource, join_index, join_path
 
 mod error;
 pub mod grads;
+#[cfg(feature = "train")]
+mod render;
 mod signum;
 mod snvrg;
 mod svag;
@@ -49,7 +70,15 @@ mod svag_mb;
 mod transform;
 
 pub use error::OptimError;
+#[cfg(feature = "train")]
+#[cfg_attr(docsrs, doc(cfg(feature = "train")))]
+pub use render::EpochRenderer;
 pub use signum::*;
 pub use snvrg::*;
 pub use svag::*;
 pub use svag_mb::*;
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

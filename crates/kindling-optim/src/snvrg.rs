@@ -2,6 +2,7 @@
 //! Nonconvex Optimization*, NeurIPS 2018, <https://arxiv.org/abs/1806.07811>), with SVRG/SCSG as
 //! its one-level case.
 
+use burn::config::Config;
 use burn::module::Module;
 use burn::optim::{GradientsParams, SgdConfig};
 use rand::rngs::ChaCha8Rng;
@@ -11,10 +12,17 @@ use crate::OptimError;
 use crate::error::Check;
 use crate::grads::{add, sub};
 
-/// Configuration of [`Snvrg`]: `K` levels with loop lengths `T_1..T_K`, a reference batch `B`,
-/// per-level batches `B_1..B_K`, and a step size.
-#[derive(Debug, Clone, PartialEq)]
+/// Configuration of [`Snvrg`] for data of `n` examples: `K` levels with loop lengths
+/// `T_1..T_K`, a reference batch `B`, per-level batches `B_1..B_K`, and a step size.
+///
+/// Like every kindling config: [`validate`](Self::validate), the checked
+/// [`try_build`](Self::try_build) returning an [`OptimError`] that names the field, and
+/// [`build`](Self::build). There is no `init()`: SNVRG is not a burn `Optimizer` (see
+/// [`Snvrg`] for why, and how to drive it).
+#[derive(Config, Debug, PartialEq)]
 pub struct SnvrgConfig {
+    /// Number of examples `n` the oracle indexes (`0..n`).
+    pub n: usize,
     /// Loop lengths `T_1..T_K` (`K = loop_lengths.len()` ≥ 1). An epoch runs `T = Π T_l` steps.
     pub loop_lengths: Vec<usize>,
     /// Reference batch size `B` for `g^(0)` (`B = n` computes the full gradient).
@@ -24,12 +32,15 @@ pub struct SnvrgConfig {
     /// Step size η (the paper's theory: `1/(10·M)` for an `M`-smooth objective).
     pub step_size: f64,
     /// Seed of the batch sampling.
+    #[config(default = 0)]
     pub seed: u64,
 }
 
 /// Configuration of SVRG / SCSG: [`Snvrg`] with one level.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Config, Debug, PartialEq)]
 pub struct SvrgConfig {
+    /// Number of examples `n` the oracle indexes (`0..n`).
+    pub n: usize,
     /// Inner steps per epoch (`T_1`).
     pub inner_steps: usize,
     /// Reference batch `B`: `n` for SVRG (full gradient), less for SCSG.
@@ -39,6 +50,7 @@ pub struct SvrgConfig {
     /// Step size η.
     pub step_size: f64,
     /// Seed of the batch sampling.
+    #[config(default = 0)]
     pub seed: u64,
 }
 
@@ -46,6 +58,7 @@ impl SvrgConfig {
     /// The equivalent one-level [`SnvrgConfig`].
     pub fn into_snvrg(self) -> SnvrgConfig {
         SnvrgConfig {
+            n: self.n,
             loop_lengths: vec![self.inner_steps],
             batch: self.batch,
             level_batches: vec![self.inner_batch],
@@ -54,9 +67,22 @@ impl SvrgConfig {
         }
     }
 
-    /// Builds the optimizer for data of size `n` (see [`SnvrgConfig::build`]).
-    pub fn build(self, n: usize) -> Result<Snvrg, OptimError> {
-        self.into_snvrg().build(n)
+    /// Checks every field (as [`SnvrgConfig::validate`]).
+    pub fn validate(&self) -> Result<(), OptimError> {
+        self.clone().into_snvrg().validate()
+    }
+
+    /// The optimizer, or the validation error (see [`SnvrgConfig::try_build`]).
+    pub fn try_build(&self) -> Result<Snvrg, OptimError> {
+        self.clone().into_snvrg().try_build()
+    }
+
+    /// The optimizer.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn build(&self) -> Snvrg {
+        self.clone().into_snvrg().build()
     }
 }
 
@@ -83,6 +109,7 @@ impl SnvrgConfig {
             })
             .collect();
         Self {
+            n,
             loop_lengths: t,
             batch: n,
             level_batches: b,
@@ -118,8 +145,9 @@ impl SnvrgConfig {
                 .sum::<u64>()
     }
 
-    /// Checks the settings against a data size `n`.
-    pub fn validate(&self, n: usize) -> Result<(), OptimError> {
+    /// Checks every field; the error names the first invalid one.
+    pub fn validate(&self) -> Result<(), OptimError> {
+        let n = self.n;
         let check = Check {
             config: "SnvrgConfig",
         };
@@ -162,17 +190,23 @@ impl SnvrgConfig {
         )
     }
 
-    /// The optimizer for data of size `n`, or the validation error.
-    pub fn build(self, n: usize) -> Result<Snvrg, OptimError> {
-        self.validate(n)?;
-        let rng = ChaCha8Rng::seed_from_u64(self.seed);
+    /// The optimizer, or the validation error.
+    pub fn try_build(&self) -> Result<Snvrg, OptimError> {
+        self.validate()?;
         Ok(Snvrg {
-            config: self,
-            n,
-            rng,
+            config: self.clone(),
+            rng: ChaCha8Rng::seed_from_u64(self.seed),
             ifo: 0,
             epochs: 0,
         })
+    }
+
+    /// The optimizer.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn build(&self) -> Snvrg {
+        self.try_build().unwrap_or_else(|e| panic!("{e}"))
     }
 }
 
@@ -201,6 +235,15 @@ impl SnvrgConfig {
 /// Epochs are the unit of work and of checkpointing: between epochs the whole state is the
 /// module, the RNG seed and the counters ([`SnvrgState`]).
 ///
+/// **Not a burn `Optimizer`, so not for `Learner`.** burn's `Optimizer` sees one gradient of
+/// the current parameters per step. SNVRG needs gradients of the *same batch* at up to `K + 1`
+/// reference points (old copies of the model), batches that it chooses itself, and a
+/// reference gradient over `B` examples at the start of every epoch. Neither `Learner` nor a
+/// data loader can supply that, so `Snvrg` is driven like burn's `LBFGS::step`: you hand
+/// [`epoch`](Self::epoch) the module and an oracle closure that evaluates the mean gradient of
+/// any index set at any module (typically by slicing an in-memory data set), and call it once
+/// per epoch in your own loop; save [`state`](Self::state) beside the module to resume.
+///
 /// ```
 /// use burn::module::Param;
 /// use burn::nn::Linear;
@@ -218,8 +261,8 @@ impl SnvrgConfig {
 ///     let loss = (m.forward(x.clone()) - x * 2.0).powi_scalar(2).mean().mul_scalar(0.5);
 ///     GradientsParams::from_grads(loss.backward(), m)
 /// };
-/// let config = SnvrgConfig { loop_lengths: vec![2, 4], batch: 32, level_batches: vec![16, 4], step_size: 0.5, seed: 0 };
-/// let mut snvrg = config.build(32).unwrap();
+/// let config = SnvrgConfig::new(32, vec![2, 4], 32, vec![16, 4], 0.5);
+/// let mut snvrg = config.build();
 /// let mut model = model;
 /// for _ in 0..20 {
 ///     model = snvrg.epoch(model, oracle);
@@ -230,7 +273,6 @@ impl SnvrgConfig {
 #[derive(Debug)]
 pub struct Snvrg {
     config: SnvrgConfig,
-    n: usize,
     rng: ChaCha8Rng,
     ifo: u64,
     epochs: u64,
@@ -282,9 +324,10 @@ impl Snvrg {
 
     /// `size` distinct indices of `0..n`, uniformly (a partial Fisher–Yates shuffle).
     fn sample(&mut self, size: usize) -> Vec<usize> {
-        let mut pool: Vec<usize> = (0..self.n).collect();
+        let n = self.config.n;
+        let mut pool: Vec<usize> = (0..n).collect();
         for i in 0..size {
-            let j = self.rng.random_range(i..self.n);
+            let j = self.rng.random_range(i..n);
             pool.swap(i, j);
         }
         pool.truncate(size);
@@ -340,22 +383,16 @@ mod tests {
     use kindling_testing::{autodiff_device, to_vec};
     use std::cell::Cell;
 
-    fn config(t: Vec<usize>, b: usize, bl: Vec<usize>) -> SnvrgConfig {
-        SnvrgConfig {
-            loop_lengths: t,
-            batch: b,
-            level_batches: bl,
-            step_size: 0.1,
-            seed: 1,
-        }
+    fn config(n: usize, t: Vec<usize>, b: usize, bl: Vec<usize>) -> SnvrgConfig {
+        SnvrgConfig::new(n, t, b, bl, 0.1).with_seed(1)
     }
 
     #[test]
     fn r_schedule_for_two_and_three_levels() {
-        let c2 = config(vec![3, 4], 8, vec![4, 2]);
+        let c2 = config(8, vec![3, 4], 8, vec![4, 2]);
         let r2: Vec<usize> = (1..12).map(|t| c2.level_at(t)).collect();
         assert_eq!(r2, vec![2, 2, 2, 1, 2, 2, 2, 1, 2, 2, 2]);
-        let c3 = config(vec![2, 3, 4], 8, vec![4, 2, 1]);
+        let c3 = config(8, vec![2, 3, 4], 8, vec![4, 2, 1]);
         let r3: Vec<usize> = (1..24).map(|t| c3.level_at(t)).collect();
         let expected: Vec<usize> = (1..24)
             .map(|t| {
@@ -389,14 +426,18 @@ mod tests {
 
     #[test]
     fn invalid_settings_are_named() {
-        let err = config(vec![2, 0], 8, vec![4, 2]).build(8).unwrap_err();
+        let err = config(8, vec![2, 0], 8, vec![4, 2])
+            .try_build()
+            .unwrap_err();
         assert!(err.to_string().contains("loop_lengths"), "{err}");
-        let err = config(vec![2, 2], 9, vec![4, 2]).build(8).unwrap_err();
+        let err = config(8, vec![2, 2], 9, vec![4, 2])
+            .try_build()
+            .unwrap_err();
         assert!(matches!(
             err,
             OptimError::InvalidField { field: "batch", .. }
         ));
-        let err = config(vec![2, 2], 8, vec![4]).build(8).unwrap_err();
+        let err = config(8, vec![2, 2], 8, vec![4]).try_build().unwrap_err();
         assert!(matches!(
             err,
             OptimError::InvalidField {
@@ -404,10 +445,10 @@ mod tests {
                 ..
             }
         ));
-        let mut c = config(vec![2], 8, vec![4]);
+        let mut c = config(8, vec![2], 8, vec![4]);
         c.step_size = f64::NAN;
         assert!(matches!(
-            c.build(8),
+            c.try_build(),
             Err(OptimError::InvalidField {
                 field: "step_size",
                 ..
@@ -452,9 +493,9 @@ mod tests {
     fn ifo_count_matches_the_formula() {
         let (x, y) = problem(20);
         let calls = Cell::new(0);
-        let c = config(vec![2, 3], 20, vec![6, 2]);
+        let c = config(20, vec![2, 3], 20, vec![6, 2]);
         assert_eq!(c.ifo_per_epoch(), 48);
-        let mut snvrg = c.build(20).unwrap();
+        let mut snvrg = c.build();
         let model = snvrg.epoch(scalar_model(0.0), oracle(&x, &y, &calls));
         let _ = snvrg.epoch(model, oracle(&x, &y, &calls));
         assert_eq!(snvrg.ifo_calls(), 96);
@@ -468,7 +509,7 @@ mod tests {
         let n = 16;
         let (x, y) = problem(n);
         let calls = Cell::new(0);
-        let mut snvrg = config(vec![2, 3, 2], n, vec![n, n, n]).build(n).unwrap();
+        let mut snvrg = config(n, vec![2, 3, 2], n, vec![n, n, n]).build();
         let snvrg_model = snvrg.epoch(scalar_model(0.0), oracle(&x, &y, &calls));
         let mut gd = scalar_model(0.0);
         let mut sgd = SgdConfig::new().init();
@@ -488,12 +529,12 @@ mod tests {
     fn resume_between_epochs_reproduces_the_run() {
         let (x, y) = problem(32);
         let calls = Cell::new(0);
-        let c = config(vec![2, 4], 16, vec![8, 2]);
-        let mut a = c.clone().build(32).unwrap();
+        let c = config(32, vec![2, 4], 16, vec![8, 2]);
+        let mut a = c.build();
         let m = a.epoch(scalar_model(0.0), oracle(&x, &y, &calls));
         let saved = (a.state(), to_vec(&m.weight.val()));
         let next = a.epoch(m, oracle(&x, &y, &calls));
-        let mut b = c.build(32).unwrap();
+        let mut b = c.build();
         b.restore(saved.0);
         let resumed = b.epoch(scalar_model(saved.1[0]), oracle(&x, &y, &calls));
         assert_eq!(to_vec(&next.weight.val()), to_vec(&resumed.weight.val()));

@@ -30,6 +30,13 @@ use crate::{OptimError, SvagConfig};
 /// The paper estimates the variance from moving averages only; this variant is for users who can
 /// afford per-example or micro-batch gradients and want a less noisy γ.
 ///
+/// **Not for `Learner`.** burn's `Learner` hands its optimizer one gradient per step; this
+/// optimizer needs two per parameter (the mean and its variance), which a `TrainStep` cannot
+/// return. Drive it from your own loop: compute `K` micro-batch gradients, reduce them with
+/// [`grads::mean_and_variance`](crate::grads::mean_and_variance), and call
+/// [`step`](Self::step); use [`SvagConfig`](crate::SvagConfig)'s `init()` (M-SVAG with
+/// moving-average variances) inside a `Learner`.
+///
 /// State (checkpointable through [`into_bytes`](Self::into_bytes) / [`from_bytes`](Self::from_bytes),
 /// burn's optimizer record format): `m̃`, `q̃` and the step count per parameter.
 #[derive(Clone)]

@@ -1,7 +1,8 @@
 //! End-to-end checks of kindling-optim: the optimizers inside burn-train's `Learner`, and the
 //! papers' toy experiments. Every test runs on the `kindling-testing` device.
 
-use std::sync::Arc;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
 
 use burn::data::dataloader::batcher::Batcher;
 use burn::data::dataloader::{DataLoader, DataLoaderBuilder};
@@ -15,7 +16,7 @@ use burn::train::metric::LossMetric;
 use burn::train::{
     InferenceStep, Learner, RegressionOutput, SupervisedTraining, TrainOutput, TrainStep,
 };
-use kindling_optim::{SignumConfig, SvagConfig};
+use kindling_optim::{EpochRenderer, SignumConfig, SvagConfig};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 use rand_distr::{Distribution, Normal};
@@ -98,7 +99,23 @@ fn full_loss(model: &Regression, items: &[Item], device: &Device) -> f32 {
     model.loss(&batch).1.into_scalar::<f32>()
 }
 
-/// Runs a few epochs of `Learner` with `optim` and returns the loss before and after.
+/// A `Write` into a buffer the test keeps a handle to (what the renderer printed).
+#[derive(Clone, Default)]
+struct Shared(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Shared {
+    fn write(&mut self, bytes: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(bytes);
+        Ok(bytes.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs a few epochs of `Learner` with `optim` and returns the loss before and after. The run
+/// is rendered by [`EpochRenderer`], which must print one loss line per epoch.
 fn learner_run(optim: ModuleOptimizer, lr: f64) -> (f32, f32) {
     let device = kindling_testing::autodiff_device();
     let items = regression_items(256, 1);
@@ -118,6 +135,7 @@ fn learner_run(optim: ModuleOptimizer, lr: f64) -> (f32, f32) {
             .shuffle(seed)
             .build(InMemDataset::new(items.clone()))
     };
+    let printed = Shared::default();
     let dir = std::env::temp_dir().join(format!(
         "kindling-optim-learner-{}-{}",
         std::process::id(),
@@ -128,8 +146,18 @@ fn learner_run(optim: ModuleOptimizer, lr: f64) -> (f32, f32) {
         .metric_train_numeric(LossMetric::new())
         .with_metric_logger(InMemoryMetricLogger::new())
         .with_application_logger(None)
+        .renderer(Box::new(EpochRenderer::with_writer(printed.clone())))
         .launch(Learner::new(model, optim, lr));
     let _ = std::fs::remove_dir_all(&dir);
+    let printed = String::from_utf8(printed.0.lock().unwrap().clone()).unwrap();
+    let lines: Vec<&str> = printed.lines().collect();
+    assert_eq!(lines.len(), 3, "one line per training epoch:\n{printed}");
+    for (epoch, line) in lines.iter().enumerate() {
+        assert!(
+            line.starts_with(&format!("epoch {} train  Loss ", epoch + 1)),
+            "{line}"
+        );
+    }
     let after = full_loss(&result.model, &items, &device);
     (before, after)
 }
@@ -168,6 +196,24 @@ fn svag_trains_inside_learner() {
         after < 0.5 * before,
         "SVAG in Learner: loss {before} → {after}"
     );
+}
+
+/// The constructors the book's optimizer chapter shows (included from here between the
+/// anchors, so they compile): each builds, and the invalid one is refused naming its field.
+#[test]
+fn the_books_constructors() {
+    // ANCHOR: signum
+    let signum = SignumConfig::new().with_momentum(0.9).init(); // Signum, MXNet defaults
+    let sign_sgd = SignumConfig::sign_sgd().init(); // β = 0
+    let checked = SignumConfig::new().with_momentum(1.5).try_init(); // Err: momentum must be in [0, 1)
+    // ANCHOR_END: signum
+    // ANCHOR: svag
+    let m_svag = SvagConfig::m_svag().init(); // the paper's recommendation; SGD-like learning rates
+    let svag = SvagConfig::svag().init();
+    // ANCHOR_END: svag
+    let _ = (signum, sign_sgd, m_svag, svag);
+    let error = checked.err().expect("momentum 1.5 is refused").to_string();
+    assert!(error.contains("momentum"), "{error}");
 }
 
 /// The signSGD paper's "sparse noise" toy: f(x) = ½‖x‖², d = 100, x₀ ~ N(0, I), stochastic
@@ -307,13 +353,14 @@ fn paper_snvrg_converges_on_nonconvex_logistic_regression() {
     };
     let start = grad_norm(&model);
     let config = SnvrgConfig {
+        n,
         loop_lengths: vec![4, 10],
         batch: n,
         level_batches: vec![50, 10],
         step_size: 0.5,
         seed: 1,
     };
-    let mut snvrg = config.build(n).unwrap();
+    let mut snvrg = config.build();
     for _ in 0..40 {
         model = snvrg.epoch(model, oracle);
     }

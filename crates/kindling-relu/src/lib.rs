@@ -49,9 +49,14 @@ pub enum ReluError {
 }
 
 pub use linalg::{cholesky_solve, symmetric_eigen};
-pub use moments::{Diagnostics, m1, m2, m4_contraction, tensor_init};
+pub use moments::{ALPHA_TRIALS, Diagnostics, m1, m2, m4_contraction, tensor_init};
 pub use solvers::{
     AltMin, GradientDescent, LeastSquares, TracePoint, least_squares, single_unit_init,
     weights_tensor,
 };
 pub use teacher::{Teacher, Weights, predict, relative_error};
+
+/// The README's example, compiled and run as a doctest.
+#[doc = include_str!("../README.md")]
+#[cfg(doctest)]
+pub struct ReadmeDoctests;

@@ -14,6 +14,7 @@ use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
 use kindling_compress::*;
+use kindling_examples_common::cli;
 use kindling_examples_common::digits::Digits;
 use kindling_examples_common::mlp::{Mlp, train_epoch};
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
@@ -87,8 +88,18 @@ fn measure<C: Compressor>(codec: &mut C, g: &Tensor<2>, draws: usize, seed: u64)
 }
 // ANCHOR_END: measure
 
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::at_least("--draws", args.draws, 2)?;
+    cli::at_least("--hidden", args.hidden, 2)?;
+    cli::output_file("--out", &args.out)
+}
+
 fn main() {
-    let args = Args::parse();
+    cli::run(check, compare);
+}
+
+fn compare(args: Args) -> cli::Outcome {
     let device = Device::flex().autodiff();
     let g = layer_gradient(&args, &device).inner();
     let [rows, cols] = g.dims();
@@ -176,8 +187,8 @@ fn main() {
         log_y: true,
         ..Default::default()
     };
-    match line_chart(&args.out, &spec, &[Series::new("σ_i", points)]) {
-        Ok(()) => println!("spectrum written to {}", args.out.display()),
-        Err(e) => eprintln!("could not write {}: {e}", args.out.display()),
-    }
+    line_chart(&args.out, &spec, &[Series::new("σ_i", points)])
+        .map_err(|e| format!("could not write {}: {e}", args.out.display()))?;
+    println!("spectrum written to {}", args.out.display());
+    Ok(())
 }

@@ -1,6 +1,7 @@
 //! Shared pieces of the kindling examples (never published): the bundled UCI handwritten digits
 //! as seeded burn tensors, a small MLP classifier for them, the two in burn-train's terms (items,
-//! a batcher, `TrainStep`), and an SVG line-chart helper.
+//! a batcher, `TrainStep`), an SVG line-chart helper, and the command-line checks every example
+//! runs before any work.
 //!
 //! ```
 //! use kindling_examples_common::digits::Digits;
@@ -10,6 +11,7 @@
 //! assert_eq!(split.train.len() + split.test.len(), 1797);
 //! ```
 
+pub mod cli;
 pub mod digits;
 pub mod learner;
 pub mod mlp;

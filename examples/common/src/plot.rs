@@ -64,6 +64,9 @@ const COLORS: [RGBColor; 8] = [
     RGBColor(127, 127, 127),
 ];
 
+/// Series with at most this many points are drawn with a marker on each point.
+const MARKED: usize = 30;
+
 /// Writes `series` as an 800×500 SVG line chart to `path`.
 pub fn line_chart(path: &Path, spec: &ChartSpec, series: &[Series]) -> Result<(), PlotError> {
     let transform = |v: f64, log: bool| {
@@ -127,6 +130,10 @@ pub fn line_chart(path: &Path, spec: &ChartSpec, series: &[Series]) -> Result<()
                 .legend(move |(x, y)| {
                     PathElement::new([(x, y), (x + 18, y)], color.stroke_width(2))
                 });
+            // Sparse series (a few measured points, or one) get a marker on each point.
+            if pts.len() <= MARKED {
+                chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+            }
         }
         chart
             .configure_series_labels()

@@ -31,10 +31,12 @@ use clap::{Parser, ValueEnum};
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{Atomo, Budget, Qsgd, Spectral, TernGrad};
 use kindling_dist::*;
+use kindling_examples_common::cli;
 use kindling_examples_common::digits::{Digits, DigitsSet, DigitsSplit};
-use kindling_examples_common::learner::{DigitsBatcher, EpochRenderer};
+use kindling_examples_common::learner::DigitsBatcher;
 use kindling_examples_common::mlp::Mlp;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
+use kindling_optim::EpochRenderer;
 use kindling_optim::SignumConfig;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -108,7 +110,31 @@ struct Epoch {
     accuracy: f32,
     wire: u64,
     raw: u64,
+    /// Exchange steps so far.
+    steps: u64,
 }
+
+impl Epoch {
+    /// Modelled communication seconds of all steps so far on `network`.
+    fn modelled_seconds(&self, network: &NetworkModel) -> f64 {
+        let steps = self.steps.max(1);
+        network.seconds(self.wire / steps, self.raw / steps) * steps as f64
+    }
+
+    /// One row of the per-epoch table.
+    fn row(&self, epoch: usize, network: &NetworkModel) -> String {
+        format!(
+            "{epoch:>5} {:>8.1}% {:>14.3} {:>7.1}× {:>16.3}",
+            100.0 * self.accuracy,
+            self.wire as f64 / 1e6,
+            self.raw as f64 / self.wire.max(1) as f64,
+            self.modelled_seconds(network)
+        )
+    }
+}
+
+/// The per-epoch table's header.
+const HEADER: &str = "epoch  test acc wire MB/worker    ratio  modelled comm s";
 
 fn optimizer(protocol: Protocol) -> (ModuleOptimizer, f64) {
     match protocol {
@@ -183,6 +209,7 @@ fn worker<C: Communicator, R: Reducer>(
     args: &Args,
     protocol: Protocol,
     split: &DigitsSplit,
+    report: Option<&NetworkModel>,
 ) -> Result<Vec<Epoch>, DistError> {
     let device = Device::flex().autodiff();
     let rank = comm.rank();
@@ -196,17 +223,24 @@ fn worker<C: Communicator, R: Reducer>(
     let mut model = broadcast_module(model, &mut trainer.comm, 0)?;
     let (mut optim, lr) = optimizer(protocol);
     let mut epochs = Vec::new();
-    for _ in 0..args.epochs {
+    let mut steps = 0;
+    for epoch in 1..=args.epochs {
         for start in (0..per_worker).step_by(args.batch) {
             let batch = shard.slice(start..(start + args.batch).min(per_worker));
             let grads = GradientsParams::from_grads(model.loss(&batch).backward(), &model);
             model = trainer.step(model, grads, &mut optim, lr)?.0;
+            steps += 1;
         }
-        epochs.push(Epoch {
+        let record = Epoch {
             accuracy: model.accuracy(&split.test),
             wire: trainer.total.wire_bytes,
             raw: trainer.total.raw_bytes,
-        });
+            steps,
+        };
+        if let (Some(network), 0) = (report, rank) {
+            println!("{}", record.row(epoch, network));
+        }
+        epochs.push(record);
     }
     Ok(epochs)
 }
@@ -218,33 +252,36 @@ trait WithReducer {
     fn with<R: Reducer + Clone + 'static>(self, make: impl Fn() -> R + Sync) -> Self::Output;
 }
 
+/// The protocol's display name.
+fn name(protocol: Protocol) -> &'static str {
+    match protocol {
+        Protocol::Dense => "dense",
+        Protocol::Qsgd => "QSGD (s = 16, b = 512)",
+        Protocol::Terngrad => "TernGrad (shared scale)",
+        Protocol::Sign => "sign + majority vote",
+        Protocol::Atomo => "spectral ATOMO (s = 2)",
+        Protocol::Powersgd => "PowerSGD (rank 2)",
+    }
+}
+
 /// Runs `job` with `protocol`'s reducer; returns the protocol's display name too.
 fn with_protocol<J: WithReducer>(protocol: Protocol, job: J) -> (String, J::Output) {
-    match protocol {
-        Protocol::Dense => ("dense".into(), job.with(|| Dense)),
-        Protocol::Qsgd => (
-            "QSGD (s = 16, b = 512)".into(),
-            job.with(|| Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd")),
-        ),
-        Protocol::Terngrad => (
-            "TernGrad (shared scale)".into(),
-            job.with(|| TernGradShared::new(TernGrad::new())),
-        ),
-        Protocol::Sign => ("sign + majority vote".into(), job.with(|| MajorityVote)),
-        Protocol::Atomo => (
-            "spectral ATOMO (s = 2)".into(),
-            job.with(|| {
-                Gathered::new(
-                    Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
-                    "atomo",
-                )
-            }),
-        ),
-        Protocol::Powersgd => (
-            "PowerSGD (rank 2)".into(),
-            job.with(|| PowerSgd::new(PowerSgdConfig::new(2).unwrap())),
-        ),
-    }
+    let output = match protocol {
+        Protocol::Dense => job.with(|| Dense),
+        Protocol::Qsgd => {
+            job.with(|| Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd"))
+        }
+        Protocol::Terngrad => job.with(|| TernGradShared::new(TernGrad::new())),
+        Protocol::Sign => job.with(|| MajorityVote),
+        Protocol::Atomo => job.with(|| {
+            Gathered::new(
+                Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
+                "atomo",
+            )
+        }),
+        Protocol::Powersgd => job.with(|| PowerSgd::new(PowerSgdConfig::new(2).unwrap())),
+    };
+    (name(protocol).to_string(), output)
 }
 
 /// The plain loop on every worker; rank 0's epochs (this rank's under MPI).
@@ -252,6 +289,8 @@ struct PlainLoop<'a> {
     args: &'a Args,
     transport: &'a mut Transport,
     protocol: Protocol,
+    /// Where rank 0 prints its rows as the epochs finish (`None`: silent).
+    report: Option<&'a NetworkModel>,
 }
 
 impl WithReducer for PlainLoop<'_> {
@@ -262,21 +301,20 @@ impl WithReducer for PlainLoop<'_> {
             args,
             transport,
             protocol,
+            report,
         } = self;
-        let split = Digits::load().expect("bundled digits").split(
-            0.25,
-            args.seed,
-            &Device::flex().autodiff(),
-        );
+        let split = Digits::load()
+            .map_err(|e| DistError::InvalidConfig(format!("the bundled digits: {e}")))?
+            .split(0.25, args.seed, &Device::flex().autodiff());
         match transport {
             Transport::Threads => {
                 let epochs = run_workers(args.workers, Duration::from_secs(600), |group| {
-                    worker(group, make(), args, protocol, &split)
+                    worker(group, make(), args, protocol, &split, report)
                 })?;
                 Ok(epochs.into_iter().next().expect("rank 0"))
             }
             #[cfg(feature = "mpi")]
-            Transport::Mpi(mpi) => worker(mpi, make(), args, protocol, &split),
+            Transport::Mpi(mpi) => worker(mpi, make(), args, protocol, &split, report),
         }
     }
 }
@@ -285,45 +323,24 @@ fn run(
     args: &Args,
     transport: &mut Transport,
     protocol: Protocol,
-) -> Result<(String, Vec<Epoch>), DistError> {
+) -> Result<(String, Vec<Epoch>), String> {
     let start = Instant::now();
+    let workers = transport.workers(args);
+    let network = network(workers, args.bandwidth, protocol);
+    let report = transport.reports().then_some(&network);
+    if report.is_some() {
+        println!("\n{} — {workers} workers\n{HEADER}", name(protocol));
+    }
     let job = PlainLoop {
         args,
         transport: &mut *transport,
         protocol,
+        report,
     };
     let (name, epochs) = with_protocol(protocol, job);
-    let epochs = epochs?;
-    let workers = transport.workers(args);
-    if !transport.reports() {
-        return Ok((name, epochs));
-    }
-    let network = NetworkModel::new(workers, args.bandwidth * 1e9, 50e-6, topology(protocol))
-        .expect("valid model");
-    println!(
-        "\n{name} — {workers} workers, {:.1}s",
-        start.elapsed().as_secs_f64()
-    );
-    println!(
-        "{:>5} {:>9} {:>14} {:>8} {:>16}",
-        "epoch", "test acc", "wire MB/worker", "ratio", "modelled comm s"
-    );
-    let steps_per_epoch = (1797 * 3 / 4 / workers).div_ceil(args.batch) as f64;
-    for (e, ep) in epochs.iter().enumerate() {
-        let per_step = ep.wire as f64 / ((e + 1) as f64 * steps_per_epoch);
-        let comm = network.seconds(
-            per_step as u64,
-            (ep.raw as f64 / ((e + 1) as f64 * steps_per_epoch)) as u64,
-        ) * (e + 1) as f64
-            * steps_per_epoch;
-        println!(
-            "{:>5} {:>8.1}% {:>14.3} {:>7.1}× {:>16.3}",
-            e + 1,
-            100.0 * ep.accuracy,
-            ep.wire as f64 / 1e6,
-            ep.raw as f64 / ep.wire.max(1) as f64,
-            comm
-        );
+    let epochs = epochs.map_err(|e| e.to_string())?;
+    if report.is_some() {
+        println!("{:.1}s", start.elapsed().as_secs_f64());
     }
     Ok((name, epochs))
 }
@@ -422,15 +439,34 @@ fn topology(protocol: Protocol) -> Topology {
     }
 }
 
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    if args.mpi && cfg!(not(feature = "mpi")) {
+        return Err("--mpi needs the example built with `--features mpi`".into());
+    }
+    cli::between("--workers", args.workers, 1, 256)?;
+    cli::at_least("--epochs", args.epochs, 1)?;
+    cli::at_least("--batch", args.batch, 1)?;
+    cli::positive("--bandwidth", args.bandwidth)?;
+    cli::at_least("--hidden", args.hidden, 1)?;
+    if args.compare || args.learner {
+        cli::output_dir("--out-dir", &args.out_dir)?;
+    }
+    Ok(())
+}
+
+/// The cluster model the tables and plots use: `gbps` links, 50 µs latency.
+fn network(workers: usize, gbps: f64, protocol: Protocol) -> NetworkModel {
+    NetworkModel::new(workers, gbps * 1e9, 50e-6, topology(protocol))
+        .expect("workers ≥ 1 and a finite positive bandwidth were checked")
+}
+
 fn main() {
-    let args = Args::parse();
-    let mut transport = match Transport::from_args(&args) {
-        Ok(t) => t,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    cli::run(check, train);
+}
+
+fn train(args: Args) -> cli::Outcome {
+    let mut transport = Transport::from_args(&args).map_err(|e| e.to_string())?;
     if args.learner {
         let job = WithLearner {
             args: &args,
@@ -438,30 +474,24 @@ fn main() {
             protocol: args.protocol,
         };
         if let (name, Err(e)) = with_protocol(args.protocol, job) {
-            eprintln!("training with {name} failed: {e}");
-            std::process::exit(1);
+            return Err(format!("training with {name} failed: {e}"));
         }
-        return;
+        return Ok(());
     }
     if !args.compare {
-        if let Err(e) = run(&args, &mut transport, args.protocol) {
-            eprintln!("training failed: {e}");
-            std::process::exit(1);
-        }
-        return;
+        run(&args, &mut transport, args.protocol).map_err(|e| format!("training failed: {e}"))?;
+        return Ok(());
     }
     let mut results = Vec::new();
     for protocol in ALL {
-        match run(&args, &mut transport, protocol) {
-            Ok((name, epochs)) => results.push((protocol, name, epochs)),
-            Err(e) => eprintln!("{protocol:?} failed: {e}"),
-        }
+        let (name, epochs) = run(&args, &mut transport, protocol)
+            .map_err(|e| format!("{protocol:?} failed: {e}"))?;
+        results.push((protocol, name, epochs));
     }
     if !transport.reports() {
-        return;
+        return Ok(());
     }
     let workers = transport.workers(&args);
-    let steps_per_epoch = (1797 * 3 / 4 / workers).div_ceil(args.batch) as f64;
     let bytes: Vec<Series> = results
         .iter()
         .map(|(_, name, ep)| {
@@ -481,26 +511,15 @@ fn main() {
         ..Default::default()
     };
     let path = args.out_dir.join("data-parallel-bytes.svg");
-    if let Err(e) = line_chart(&path, &spec, &bytes) {
-        eprintln!("{e}");
-    }
+    line_chart(&path, &spec, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
     for gbps in [1.0, 10.0] {
         let series: Vec<Series> = results
             .iter()
             .map(|(protocol, name, ep)| {
-                let network = NetworkModel::new(workers, gbps * 1e9, 50e-6, topology(*protocol))
-                    .expect("valid");
+                let network = network(workers, gbps, *protocol);
                 let points = ep
                     .iter()
-                    .enumerate()
-                    .map(|(e, x)| {
-                        let steps = (e + 1) as f64 * steps_per_epoch;
-                        let t = network.seconds(
-                            (x.wire as f64 / steps) as u64,
-                            (x.raw as f64 / steps) as u64,
-                        ) * steps;
-                        (t, x.accuracy as f64)
-                    })
+                    .map(|x| (x.modelled_seconds(&network), x.accuracy as f64))
                     .collect();
                 Series::new(name.clone(), points)
             })
@@ -517,9 +536,8 @@ fn main() {
         let path = args
             .out_dir
             .join(format!("data-parallel-time-{gbps}gbps.svg"));
-        if let Err(e) = line_chart(&path, &spec, &series) {
-            eprintln!("{e}");
-        }
+        line_chart(&path, &spec, &series).map_err(|e| format!("{}: {e}", path.display()))?;
     }
     println!("\nplots written to {}", args.out_dir.display());
+    Ok(())
 }

@@ -10,13 +10,16 @@
 
 use std::ops::ControlFlow;
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
 use kindling_deductron::wlang::{self, Drawing};
-use kindling_deductron::{Annealer, Deductron, DeductronConfig, GradientTraining, train_gradient};
+use kindling_deductron::{
+    Annealer, Deductron, DeductronConfig, GradientTraining, Progress, train_gradient,
+};
+use kindling_examples_common::cli;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
@@ -67,29 +70,39 @@ struct Args {
     out: PathBuf,
 }
 
-fn main() {
-    let args = Args::parse();
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    if args.text.is_empty() || !args.text.chars().all(|c| c == 'X' || c == 'O') {
+        return Err(format!(
+            "--text must be a non-empty string of X and O (got {:?})",
+            args.text
+        ));
+    }
+    cli::between("--stretch", args.stretch, 1, 64)?;
+    cli::between("--memory", args.memory, 1, 64)?;
+    cli::at_least("--seeds", args.seeds, 1)?;
     match args.train {
-        None => decode(&args),
-        Some(training) => train(&args, training),
+        None => cli::output_file("--out", &args.out),
+        Some(_) => Ok(()),
     }
 }
 
+fn main() {
+    cli::run(check, |args: Args| match args.train {
+        None => decode(&args),
+        Some(training) => train(&args, training),
+    });
+}
+
 // ANCHOR: decode
-fn decode(args: &Args) {
+fn decode(args: &Args) -> cli::Outcome {
     let device = Device::flex();
     let drawing = Drawing {
-        max_stretch: args.stretch.max(1),
+        max_stretch: args.stretch,
         blank_jumps: false,
     };
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
-    let sample = match wlang::generate(&args.text, drawing, &mut rng) {
-        Ok(sample) => sample,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2);
-        }
-    };
+    let sample = wlang::generate(&args.text, drawing, &mut rng).map_err(|e| e.to_string())?;
     let net = Deductron::exact(&device);
     let out = net.forward(sample.inputs(&device));
     println!("{}", sample.render());
@@ -124,13 +137,13 @@ fn decode(args: &Args) {
         y_label: "z_t (cells offset)".into(),
         ..Default::default()
     };
-    match line_chart(&args.out, &spec, &series) {
-        Ok(()) => println!("memory trace written to {}", args.out.display()),
-        Err(e) => eprintln!("could not write {}: {e}", args.out.display()),
-    }
+    line_chart(&args.out, &spec, &series)
+        .map_err(|e| format!("could not write {}: {e}", args.out.display()))?;
+    println!("memory trace written to {}", args.out.display());
+    Ok(())
 }
 
-fn train(args: &Args, training: Training) {
+fn train(args: &Args, training: Training) -> cli::Outcome {
     let sample = match args.data {
         Data::Small => wlang::small(),
         Data::Combined => wlang::combined(),
@@ -144,6 +157,7 @@ fn train(args: &Args, training: Training) {
     );
     let mut solved = 0;
     let start = Instant::now();
+    let mut ticker = cli::Ticker::new(Duration::from_secs(3));
     for seed in 0..args.seeds {
         let t = Instant::now();
         let (steps, sse, errors) = match training {
@@ -152,11 +166,11 @@ fn train(args: &Args, training: Training) {
                 let device = Device::flex().autodiff();
                 let model = DeductronConfig::new()
                     .with_n_memory(args.memory)
-                    .init(seed, &device);
+                    .init_with_seed(seed, &device);
                 let mut optim = AdamConfig::new().init();
                 let recipe = GradientTraining::default();
-                let (_, last) = train_gradient(model, &mut optim, &sample, recipe, |_| {
-                    ControlFlow::Continue(())
+                let (_, last) = train_gradient(model, &mut optim, &sample, recipe, |p| {
+                    show(seed, p, &mut ticker)
                 });
                 // ANCHOR_END: sgd
                 (last.step, last.sse, last.errors)
@@ -169,8 +183,8 @@ fn train(args: &Args, training: Training) {
                     ..Annealer::default()
                 };
                 let result = annealer
-                    .run(&sample, &Device::flex(), |_| ControlFlow::Continue(()))
-                    .expect("valid annealer settings");
+                    .run(&sample, &Device::flex(), |p| show(seed, p, &mut ticker))
+                    .map_err(|e| e.to_string())?;
                 // ANCHOR_END: anneal
                 (result.iterations, result.sse, result.errors)
             }
@@ -187,4 +201,16 @@ fn train(args: &Args, training: Training) {
         100.0 * solved as f64 / args.seeds as f64,
         start.elapsed().as_secs_f64()
     );
+    Ok(())
+}
+
+/// Progress of a long training run, every few seconds.
+fn show(seed: u64, p: &Progress, ticker: &mut cli::Ticker) -> ControlFlow<()> {
+    if ticker.due() {
+        println!(
+            "  seed {seed}: step {:>6}, SSE {:.4}, {} errors",
+            p.step, p.sse, p.errors
+        );
+    }
+    ControlFlow::Continue(())
 }

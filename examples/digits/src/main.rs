@@ -10,6 +10,7 @@ use std::time::Instant;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use clap::Parser;
+use kindling_examples_common::cli;
 use kindling_examples_common::digits::Digits;
 use kindling_examples_common::mlp::{Mlp, train_epoch};
 
@@ -40,21 +41,41 @@ struct Args {
     device: String,
 }
 
-fn main() {
-    let args = Args::parse();
-    let device = match args.device.as_str() {
-        "flex" => Device::flex(),
+/// The backend `--device` names, or why it cannot be had.
+fn device(name: &str) -> Result<Device, String> {
+    match name {
+        "flex" => Ok(Device::flex()),
         #[cfg(feature = "wgpu")]
-        "wgpu" => Device::wgpu(Default::default()),
-        other => {
-            eprintln!("unknown or not compiled-in device {other:?}: use flex (or build with --features wgpu for wgpu)");
-            std::process::exit(2);
-        }
+        "wgpu" => Ok(Device::wgpu(Default::default())),
+        other => Err(format!(
+            "--device {other:?} is unknown or not compiled in: use flex (or build with --features wgpu for wgpu)"
+        )),
     }
-    .autodiff();
+}
 
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::at_least("--epochs", args.epochs, 1)?;
+    cli::at_least("--hidden", args.hidden, 1)?;
+    cli::positive("--lr", args.lr)?;
+    cli::at_least("--batch", args.batch, 1)?;
+    if !(args.test_fraction > 0.0 && args.test_fraction < 1.0) {
+        return Err(format!(
+            "--test-fraction must be strictly between 0 and 1 (got {})",
+            args.test_fraction
+        ));
+    }
+    device(&args.device).map(drop)
+}
+
+fn main() {
+    cli::run(check, train);
+}
+
+fn train(args: Args) -> cli::Outcome {
+    let device = device(&args.device)?.autodiff();
     let split = Digits::load()
-        .expect("the bundled digits data is readable")
+        .map_err(|e| format!("the bundled digits: {e}"))?
         .split(args.test_fraction, args.seed, &device);
     println!(
         "UCI digits: {} training and {} test images of 8×8 pixels; MLP 64→{}→10; Adam lr {}",
@@ -90,4 +111,5 @@ fn main() {
         1e3 * start.elapsed().as_secs_f64(),
         100.0 * model.accuracy(&split.test)
     );
+    Ok(())
 }

@@ -15,6 +15,7 @@ use std::time::Instant;
 use burn::optim::AdamConfig;
 use burn::tensor::Device;
 use clap::{Parser, ValueEnum};
+use kindling_examples_common::cli;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
 use kindling_gwm::languages::{Language, dataset};
 use kindling_gwm::{Objective, PictureGwmConfig, Training, accuracy, mistakes, train};
@@ -63,35 +64,50 @@ struct Args {
     out: PathBuf,
 }
 
-fn size(text: &str) -> (usize, usize) {
+/// A picture size `HxW` (each side ≥ 2, at most 30 pixels: the data sets enumerate pictures).
+fn size(flag: &str, text: &str) -> Result<(usize, usize), String> {
     let parsed = text
         .split_once('x')
-        .and_then(|(h, w)| Some((h.parse().ok()?, w.parse().ok()?)));
-    parsed.unwrap_or_else(|| {
-        eprintln!("size {text:?} is not HxW");
-        std::process::exit(2)
-    })
+        .and_then(|(h, w)| Some((h.parse::<usize>().ok()?, w.parse::<usize>().ok()?)));
+    match parsed {
+        Some((h, w)) if h >= 2 && w >= 2 && h * w <= 30 => Ok((h, w)),
+        Some(_) => Err(format!(
+            "{flag} {text}: each side must be at least 2 and H·W at most 30"
+        )),
+        None => Err(format!("{flag} {text:?} is not HxW, for example 3x4")),
+    }
+}
+
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    size("--size", &args.size)?;
+    if let Some(other) = &args.also {
+        size("--also", other)?;
+    }
+    cli::between("--bond", args.bond, 1, 16)?;
+    cli::at_least("--negatives", args.negatives, 1)?;
+    cli::at_least("--epochs", args.epochs, 1)?;
+    cli::positive("--lr", args.lr)?;
+    cli::output_file("--out", &args.out)
 }
 
 fn main() {
-    let args = Args::parse();
+    cli::run(check, learn);
+}
+
+fn learn(args: Args) -> cli::Outcome {
     let language = match args.language {
         Lang::Bs => Language::BarsAndStripes,
         Lang::Sb => Language::SHIFTING_BITS,
     };
-    let (h, w) = size(&args.size);
+    let (h, w) = size("--size", &args.size)?;
     let device = Device::flex().autodiff();
     // ANCHOR: train
-    let data = match dataset(language, h, w, args.negatives, 200, args.seed) {
-        Ok(data) => data,
-        Err(e) => {
-            eprintln!("{e}");
-            std::process::exit(2)
-        }
-    };
+    let data =
+        dataset(language, h, w, args.negatives, 200, args.seed).map_err(|e| e.to_string())?;
     let model = PictureGwmConfig::new()
         .with_bond(args.bond)
-        .init(args.seed, &device);
+        .init_with_seed(args.seed, &device);
     let objective = if args.logistic {
         Objective::Logistic
     } else {
@@ -143,16 +159,14 @@ fn main() {
         }
     }
     if let Some(other) = &args.also {
-        let (h2, w2) = size(other);
-        match dataset(language, h2, w2, 1, 200, args.seed + 1) {
-            Ok(d2) => println!(
-                "same model on {h2}×{w2}: members {:.1}%, uniform negatives {:.1}%, near misses {:.1}%",
-                100.0 * accuracy(&model, &d2.test_positives, objective),
-                100.0 * accuracy(&model, &d2.test_uniform, objective),
-                100.0 * accuracy(&model, &d2.test_near_misses, objective)
-            ),
-            Err(e) => eprintln!("{e}"),
-        }
+        let (h2, w2) = size("--also", other)?;
+        let d2 = dataset(language, h2, w2, 1, 200, args.seed + 1).map_err(|e| e.to_string())?;
+        println!(
+            "same model on {h2}×{w2}: members {:.1}%, uniform negatives {:.1}%, near misses {:.1}%",
+            100.0 * accuracy(&model, &d2.test_positives, objective),
+            100.0 * accuracy(&model, &d2.test_uniform, objective),
+            100.0 * accuracy(&model, &d2.test_near_misses, objective)
+        );
     }
     let points = losses
         .iter()
@@ -166,8 +180,8 @@ fn main() {
         log_y: true,
         ..Default::default()
     };
-    match line_chart(&args.out, &spec, &[Series::new("loss", points)]) {
-        Ok(()) => println!("loss curve written to {}", args.out.display()),
-        Err(e) => eprintln!("could not write {}: {e}", args.out.display()),
-    }
+    line_chart(&args.out, &spec, &[Series::new("loss", points)])
+        .map_err(|e| format!("could not write {}: {e}", args.out.display()))?;
+    println!("loss curve written to {}", args.out.display());
+    Ok(())
 }

@@ -13,7 +13,7 @@
 mod corpus;
 
 use std::path::PathBuf;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -21,6 +21,8 @@ use burn::nn::{Embedding, EmbeddingConfig, Linear, LinearConfig, Lstm, LstmConfi
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
+use kindling_examples_common::cli;
+use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
 use kindling_kdcode::{
     CompactKdEmbedding, Composition, KdEmbedding, KdEmbeddingConfig, distillation_loss,
     mixed_optimizer,
@@ -60,6 +62,9 @@ struct Args {
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Folder for the SVG of perplexity against embedding size.
+    #[arg(long, default_value = ".")]
+    out_dir: PathBuf,
 }
 
 /// The embedding under test: burn's, or KD codes. (One value of it exists per model, so the
@@ -128,13 +133,21 @@ fn perplexity(model: &LanguageModel, data: &Tensor<2, Int>) -> f64 {
 fn train(mut model: LanguageModel, train: &Tensor<2, Int>, epochs: usize) -> LanguageModel {
     let mut optim = AdamConfig::new().init();
     let [n, s] = train.dims();
-    for _ in 0..epochs {
-        for start in (0..n).step_by(32) {
-            let batch = train.clone().slice([start..(start + 32).min(n), 0..s]);
+    for epoch in 1..=epochs {
+        let start = Instant::now();
+        let mut total = 0.0;
+        for first in (0..n).step_by(32) {
+            let batch = train.clone().slice([first..(first + 32).min(n), 0..s]);
             let loss = model.loss(batch);
+            total += loss.clone().into_scalar::<f64>() * (32.min(n - first)) as f64;
             let grads = GradientsParams::from_grads(loss.backward(), &model);
             model = optim.step(3e-3, model, grads);
         }
+        println!(
+            "    epoch {epoch}/{epochs}: training perplexity {:.1} ({:.1}s)",
+            (total / n as f64).exp(),
+            start.elapsed().as_secs_f64()
+        );
     }
     model
 }
@@ -189,12 +202,19 @@ fn distill(table: Tensor<2>, k: usize, d: usize, steps: usize, seed: u64) -> KdE
         .with_choices(k)
         .with_code_length(d)
         .with_d_code(dim);
-    let mut embedding = config.init(seed, &device);
+    let mut embedding = config.init_with_seed(seed, &device);
     // SGD at 1.0 on the tables and the composition, Adam at 0.01 on the code logits.
     let mut optim = mixed_optimizer(0.01);
     let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
-    for _ in 0..steps {
+    let mut ticker = cli::Ticker::new(Duration::from_secs(3));
+    for step in 0..steps {
         let loss = distillation_loss(&embedding, ids.clone(), &table, 1.0);
+        if ticker.due() {
+            println!(
+                "    step {step}/{steps}: distillation loss {:.4}",
+                loss.clone().into_scalar::<f64>()
+            );
+        }
         let grads = GradientsParams::from_grads(loss.backward(), &embedding);
         embedding = optim.step(1.0, embedding, grads);
     }
@@ -275,29 +295,44 @@ fn read_table(path: &PathBuf, name: Option<&str>, device: &Device) -> Result<Ten
     ))
 }
 
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::between("--k", args.k, 2, 1 << 16)?;
+    cli::at_least("--d", args.d, 1)?;
+    // The recurrent composer has dim/2 hidden units.
+    cli::at_least("--dim", args.dim, 2)?;
+    cli::at_least("--distill-steps", args.distill_steps, 1)?;
+    cli::at_least("--epochs", args.epochs, 1)?;
+    cli::at_least("--max-vocab", args.max_vocab, 2)?;
+    if let Some(path) = &args.corpus {
+        cli::input_file("--corpus", path)?;
+    }
+    match &args.distill {
+        Some(path) => cli::input_file("--distill", path)?,
+        None if args.tensor.is_some() => return Err("--tensor needs --distill FILE".into()),
+        None => cli::output_dir("--out-dir", &args.out_dir)?,
+    }
+    Ok(())
+}
+
 fn main() {
-    let args = Args::parse();
+    cli::run(check, run);
+}
+
+fn run(args: Args) -> cli::Outcome {
     let device = Device::flex().autodiff();
     if let Some(path) = &args.distill {
-        match read_table(path, args.tensor.as_deref(), &device.clone().inner()) {
-            Ok(table) => {
-                report_distillation(table.to_device(&device), &args, &path.display().to_string())
-            }
-            Err(e) => {
-                eprintln!("cannot read the table: {e}");
-                std::process::exit(2)
-            }
-        }
-        return;
+        let table = read_table(path, args.tensor.as_deref(), &device.clone().inner())
+            .map_err(|e| format!("cannot read the table: {e}"))?;
+        report_distillation(table.to_device(&device), &args, &path.display().to_string());
+        return Ok(());
     }
     let corpus = match &args.corpus {
-        Some(path) => match std::fs::read_to_string(path) {
-            Ok(text) => corpus::read_ptb(&text, args.max_vocab),
-            Err(e) => {
-                eprintln!("{}: {e}", path.display());
-                std::process::exit(2)
-            }
-        },
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .map_err(|e| format!("--corpus {}: {e}", path.display()))?;
+            corpus::read_ptb(&text, args.max_vocab)
+        }
         None => corpus::synthetic(40, 50, 120_000, args.seed),
     };
     let v = corpus.vocab.len();
@@ -322,18 +357,24 @@ fn main() {
         "embedding", "perplexity", "embedding Mbit", "time"
     );
     let start = Instant::now();
+    println!("  training the full-table model…");
     let full = train(
         make(Embed::Full(EmbeddingConfig::new(v, dim).init(&device))),
         &train_set,
         args.epochs,
     );
+    let full_perplexity = perplexity(&full, &valid);
     println!(
         "{:<26} {:>12.2} {:>16.3} {:>9.1}s",
         "full table",
-        perplexity(&full, &valid),
+        full_perplexity,
         full_bits as f64 / 1e6,
         start.elapsed().as_secs_f64()
     );
+    let mut points = vec![Series::new(
+        "full table",
+        vec![(full_bits as f64 / 1e6, full_perplexity)],
+    )];
     for (label, composition) in [
         ("KD codes, linear", Composition::Linear),
         (
@@ -342,13 +383,14 @@ fn main() {
         ),
     ] {
         let start = Instant::now();
+        println!("  training the model with {label}…");
         let config = KdEmbeddingConfig::new(v, dim)
             .with_choices(args.k)
             .with_code_length(args.d)
             .with_d_code(dim)
             .with_composition(composition);
         let model = train(
-            make(Embed::Codes(config.init(args.seed, &device))),
+            make(Embed::Codes(config.init_with_seed(args.seed, &device))),
             &train_set,
             args.epochs,
         );
@@ -356,9 +398,14 @@ fn main() {
             unreachable!("a KD model")
         };
         let report = CompactKdEmbedding::from_trained(codes).size_report();
+        let kd_perplexity = perplexity(&model, &valid);
+        points.push(Series::new(
+            label,
+            vec![(report.total_bits as f64 / 1e6, kd_perplexity)],
+        ));
         println!(
             "{label:<26} {:>12.2} {:>16.3} {:>9.1}s   ({:.1}× smaller)",
-            perplexity(&model, &valid),
+            kd_perplexity,
             report.total_bits as f64 / 1e6,
             start.elapsed().as_secs_f64(),
             report.ratio()
@@ -371,7 +418,19 @@ fn main() {
             );
         }
     }
+    let spec = ChartSpec {
+        title: format!("LSTM language model, vocabulary {v}: perplexity against embedding size"),
+        x_label: "embedding Mbit".into(),
+        y_label: "held-out perplexity".into(),
+        log_x: true,
+        ..Default::default()
+    };
+    let path = args.out_dir.join("kd-embedding-perplexity.svg");
+    line_chart(&path, &spec, &points)
+        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    println!("plot written to {}", path.display());
     if let Embed::Full(e) = &full.embed {
         report_distillation(e.weight.val(), &args, "the full model's table");
     }
+    Ok(())
 }

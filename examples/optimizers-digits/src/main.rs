@@ -18,6 +18,7 @@ use burn::optim::momentum::MomentumConfig;
 use burn::optim::{AdamConfig, ModuleOptimizer, SgdConfig};
 use burn::tensor::Device;
 use clap::Parser;
+use kindling_examples_common::cli;
 use kindling_examples_common::digits::{Digits, DigitsSet};
 use kindling_examples_common::mlp::{Mlp, train_epoch};
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
@@ -124,10 +125,29 @@ fn train(name: &str, lr: f64, train: &DigitsSet, test: &DigitsSet, setup: Setup)
 }
 // ANCHOR_END: train
 
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::at_least("--epochs", args.epochs, 1)?;
+    for (flag, lr) in [
+        ("--lr-sgd", args.lr_sgd),
+        ("--lr-adam", args.lr_adam),
+        ("--lr-signum", args.lr_signum),
+        ("--lr-msvag", args.lr_msvag),
+    ] {
+        cli::positive(flag, lr)?;
+    }
+    cli::at_least("--hidden", args.hidden, 1)?;
+    cli::at_least("--batch", args.batch, 1)?;
+    cli::output_file("--out", &args.out)
+}
+
 fn main() {
-    let args = Args::parse();
+    cli::run(check, compare);
+}
+
+fn compare(args: Args) -> cli::Outcome {
     let device = Device::flex().autodiff();
-    let digits = Digits::load().expect("the bundled digits data is readable");
+    let digits = Digits::load().map_err(|e| format!("the bundled digits: {e}"))?;
     let split = digits.split(0.25, args.seed, &device);
     let setup = Setup {
         epochs: args.epochs,
@@ -143,7 +163,7 @@ fn main() {
                 ..setup
             },
         );
-        return;
+        return Ok(());
     }
     let lrs = [args.lr_sgd, args.lr_adam, args.lr_signum, args.lr_msvag];
     println!(
@@ -182,10 +202,10 @@ fn main() {
         log_y: true,
         ..Default::default()
     };
-    match line_chart(&args.out, &spec, &series) {
-        Ok(()) => println!("loss curves written to {}", args.out.display()),
-        Err(e) => eprintln!("could not write {}: {e}", args.out.display()),
-    }
+    line_chart(&args.out, &spec, &series)
+        .map_err(|e| format!("could not write {}: {e}", args.out.display()))?;
+    println!("loss curves written to {}", args.out.display());
+    Ok(())
 }
 
 /// The learning-rate grid: each setting trained on 80% of the training set, scored on the rest.

@@ -15,6 +15,7 @@ use std::path::PathBuf;
 
 use burn::tensor::Device;
 use clap::Parser;
+use kindling_examples_common::cli;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
 use kindling_relu::*;
 use rand::rngs::ChaCha8Rng;
@@ -56,34 +57,47 @@ struct Args {
     out_dir: PathBuf,
 }
 
-fn chart(args: &Args, file: &str, spec: ChartSpec, series: Vec<Series>) {
+fn chart(args: &Args, file: &str, spec: ChartSpec, series: Vec<Series>) -> cli::Outcome {
     let path = args.out_dir.join(file);
-    match line_chart(&path, &spec, &series) {
-        Ok(()) => println!("wrote {}", path.display()),
-        Err(e) => eprintln!("could not write {}: {e}", path.display()),
-    }
+    line_chart(&path, &spec, &series)
+        .map_err(|e| format!("could not write {}: {e}", path.display()))?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+/// The teacher the arguments describe, or why it cannot be built.
+fn teacher(args: &Args) -> Result<Teacher, String> {
+    let weights = Weights::Conditioned { kappa: args.kappa };
+    Teacher::new(args.d, args.k, args.sigma, weights, args.seed).map_err(|e| e.to_string())
+}
+
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::between("--d", args.d, 1, 2000)?;
+    cli::between("--k", args.k, 1, args.d)?;
+    cli::non_negative("--sigma", args.sigma)?;
+    cli::at_least("--kappa", args.kappa, 1.0)?;
+    cli::at_least("--n", args.n, args.d + 1)?;
+    cli::at_least("--iterations", args.iterations, 1)?;
+    cli::positive("--lr", args.lr)?;
+    cli::at_least("--trials", args.trials, 1)?;
+    teacher(args)?;
+    cli::output_dir("--out-dir", &args.out_dir)
 }
 
 fn main() {
-    let args = Args::parse();
+    cli::run(check, experiments);
+}
+
+fn experiments(args: Args) -> cli::Outcome {
     let device = Device::flex();
     let (d, k) = (args.d, args.k);
-    let teacher = Teacher::new(
-        d,
-        k,
-        args.sigma,
-        Weights::Conditioned { kappa: args.kappa },
-        args.seed,
-    )
-    .unwrap_or_else(|e| {
-        eprintln!("{e}");
-        std::process::exit(2)
-    });
+    let teacher = teacher(&args)?;
 
     // (a) error against iteration.
     // ANCHOR: recover
     let (x, y) = teacher.sample(args.n, args.seed + 1, &device);
-    let (w0, diagnostics) = tensor_init(&x, &y, k, args.seed + 2).expect("enough samples");
+    let (w0, diagnostics) = tensor_init(&x, &y, k, args.seed + 2).map_err(|e| e.to_string())?;
     let w0 = weights_tensor(&w0, k, d, &device);
     let gd = GradientDescent {
         lr: args.lr,
@@ -95,7 +109,7 @@ fn main() {
         tolerance: 1e-10,
     }
     .run(w0, &x, &y, Some(&teacher))
-    .expect("a well-posed least squares");
+    .map_err(|e| e.to_string())?;
     // ANCHOR_END: recover
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed + 3);
     let random: Vec<f64> = (0..k * d)
@@ -138,7 +152,7 @@ fn main() {
             Series::new("GD from random init", curve(&from_random)),
             Series::new("AltMin from tensor init", curve(&altmin)),
         ],
-    );
+    )?;
 
     // (b) final error against n.
     let mut points = Vec::new();
@@ -178,7 +192,7 @@ fn main() {
             log_y: true,
         },
         vec![Series::new("tensor init + GD", points)],
-    );
+    )?;
 
     // (c) AltMin's phase transition for a single ReLU.
     let mut probability = Vec::new();
@@ -215,5 +229,5 @@ fn main() {
             ..Default::default()
         },
         vec![Series::new("AltMin", probability)],
-    );
+    )
 }

@@ -10,12 +10,14 @@
 //! ```
 
 use std::path::PathBuf;
+use std::time::Instant;
 
 use burn::module::{Module, Param};
 use burn::nn::loss::CrossEntropyLossConfig;
 use burn::optim::{GradientsParams, SgdConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
+use kindling_examples_common::cli;
 use kindling_examples_common::digits::{Digits, DigitsSet};
 use kindling_examples_common::mlp::Mlp;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
@@ -174,7 +176,7 @@ fn sgd<P: Problem>(
 // ANCHOR: run
 /// SNVRG (or SVRG as its K = 1 case) for `budget` IFO calls, measured every epoch.
 fn snvrg<P: Problem>(p: &P, mut m: P::M, config: SnvrgConfig, budget: u64) -> Vec<Point> {
-    let mut opt = config.build(p.n()).expect("valid SNVRG settings");
+    let mut opt = config.build();
     let mut curve = vec![p.measure(&m, 0)];
     while opt.ifo_calls() < budget {
         m = opt.epoch(m, |model: &P::M, idx: &[usize]| p.grad(model, idx));
@@ -206,6 +208,7 @@ fn methods<P: Problem>(
         (
             "SVRG",
             SvrgConfig {
+                n,
                 inner_steps: n / 32,
                 batch: n,
                 inner_batch: 32,
@@ -217,6 +220,7 @@ fn methods<P: Problem>(
         (
             "SNVRG K=2",
             SnvrgConfig {
+                n,
                 loop_lengths: vec![4, n / 128],
                 batch: n,
                 level_batches: vec![n / 4, 32],
@@ -227,6 +231,7 @@ fn methods<P: Problem>(
         (
             "SNVRG K=3",
             SnvrgConfig {
+                n,
                 loop_lengths: vec![2, 4, n / 256],
                 batch: n,
                 level_batches: vec![n / 2, n / 8, 32],
@@ -252,10 +257,16 @@ fn compare<P: Problem>(
     methods: Vec<Method<'_, P::M>>,
     args: &Args,
     file: &str,
-) {
+) -> cli::Outcome {
+    println!("\n{title}: n = {}", p.n());
     let curves: Vec<(&str, Vec<Point>)> = methods
         .into_iter()
-        .map(|(name, run)| (name, run(init())))
+        .map(|(name, run)| {
+            let start = Instant::now();
+            let curve = run(init());
+            println!("  {name} ran in {:.1}s", start.elapsed().as_secs_f64());
+            (name, curve)
+        })
         .collect();
     let best_loss = curves
         .iter()
@@ -264,7 +275,6 @@ fn compare<P: Problem>(
     let target_loss = best_loss + 1e-2 * best_loss.abs().max(1e-3);
     let first_grad = curves[0].1[0].2;
     let target_grad = 1e-2 * first_grad;
-    println!("\n{title}: n = {}", p.n());
     println!(
         "{:<14} {:>12} {:>12} {:>16} {:>18}",
         "method", "final loss", "final ‖∇F‖", "IFO to loss tgt", "IFO to ‖∇F‖ tgt"
@@ -305,14 +315,35 @@ fn compare<P: Problem>(
             ..Default::default()
         };
         let path = args.out_dir.join(format!("{file}-{suffix}.svg"));
-        if let Err(e) = line_chart(&path, &spec, &series) {
-            eprintln!("could not write {}: {e}", path.display());
-        }
+        line_chart(&path, &spec, &series)
+            .map_err(|e| format!("could not write {}: {e}", path.display()))?;
     }
+    Ok(())
+}
+
+/// Every argument, checked before any work.
+fn check(args: &Args) -> cli::Outcome {
+    cli::at_least("--passes", args.passes, 1)?;
+    // SNVRG K = 3 loops over n/256 inner steps.
+    cli::between("--n", args.n, 256, 1_000_000)?;
+    cli::between("--d", args.d, 1, 10_000)?;
+    cli::non_negative("--lambda", args.lambda as f64)?;
+    for (flag, lr) in [
+        ("--lr-sgd-logistic", args.lr_sgd_logistic),
+        ("--lr-vr-logistic", args.lr_vr_logistic),
+        ("--lr-sgd-mlp", args.lr_sgd_mlp),
+        ("--lr-vr-mlp", args.lr_vr_mlp),
+    ] {
+        cli::positive(flag, lr)?;
+    }
+    cli::output_dir("--out-dir", &args.out_dir)
 }
 
 fn main() {
-    let args = Args::parse();
+    cli::run(check, run);
+}
+
+fn run(args: Args) -> cli::Outcome {
     let device = Device::flex().autodiff();
     let mut rng = ChaCha8Rng::seed_from_u64(args.seed);
     let normal = Normal::new(0.0_f32, 1.0).expect("normal");
@@ -345,10 +376,10 @@ fn main() {
         methods(&logistic, lr_sgd, lr, budget, s),
         &args,
         "snvrg-logistic",
-    );
+    )?;
 
     let split = Digits::load()
-        .expect("bundled digits")
+        .map_err(|e| format!("the bundled digits: {e}"))?
         .split(0.25, args.seed, &device);
     let digits = DigitsProblem { set: split.train };
     let m = digits.n();
@@ -362,5 +393,5 @@ fn main() {
         methods(&digits, lr_sgd, lr, budget, s),
         &args,
         "snvrg-digits",
-    );
+    )
 }
