@@ -4,7 +4,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 
 use crate::codec::invalid;
-use crate::payload::Writer;
+use crate::payload::{Writer, finite};
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 
 /// Reads a gradient back to the host as f32, counting NaN/±Inf entries on the way.
@@ -127,7 +127,11 @@ impl Compressor for Half {
         for v in values {
             let bits = match self.format {
                 HalfFormat::F16 => half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits(),
-                HalfFormat::Bf16 => half::bf16::from_f32(v).to_bits(),
+                // Rounding can carry the largest f32s past bf16's largest finite value.
+                HalfFormat::Bf16 => {
+                    let max = half::bf16::MAX.to_f32();
+                    half::bf16::from_f32(v.clamp(-max, max)).to_bits()
+                }
             };
             body.extend_from_slice(&bits.to_le_bytes());
         }
@@ -157,8 +161,8 @@ impl Compressor for Half {
         };
         let values = bytes
             .chunks_exact(2)
-            .map(|c| decode(u16::from_le_bytes([c[0], c[1]])))
-            .collect();
+            .map(|c| finite("half values", decode(u16::from_le_bytes([c[0], c[1]]))))
+            .collect::<Result<_, _>>()?;
         Ok(to_tensor(values, shape, device))
     }
 }

@@ -22,6 +22,19 @@
 //! the caller's seeded RNG. NaN/Inf gradients are refused ([`CompressError::NonFinite`]) and
 //! malformed bytes decode to a [`DecodeError`], never a panic.
 //!
+//! **Untrusted bytes.** [`Payload::from_bytes`] accepts shapes of at most [`ENTRIES_PER_BYTE`]
+//! entries per byte received, so a decoder allocates in proportion to its input (a receiver
+//! expecting a large sparse tensor names its size with [`Payload::from_bytes_with_limit`]). Every
+//! float on the wire must be finite, and a spectral or Fourier payload whose finite values would
+//! overflow f32 when recombined is an error: a decoder returns finite values or an error.
+//!
+//! **Precision.** Bernoulli draws compare with uniforms of 24 random bits, so a keep-probability
+//! `p` is realised as `⌈p·2²⁴⌉/2²⁴`: an unbiased codec's estimate of an atom is biased by a
+//! factor below `1 + 2⁻²⁴/p`, negligible unless `p < 2⁻¹⁴`. QSGD's bucket norms and ATOMO's
+//! ℓ₂ norm are computed as `m·‖v/m‖` with `m = max|v|`, so tiny entries do not underflow them
+//! to zero nor large ones overflow them when squared; a norm beyond f32's range is
+//! [`CompressError::Overflow`].
+//!
 //! ```
 //! use burn::tensor::{Device, Tensor};
 //! use kindling_compress::{Compressor, Payload, Qsgd};
@@ -58,7 +71,9 @@ pub use codec::{CodecId, CompressionStats, Compressor, as_matrix, matrix_view};
 pub use dense::{Half, HalfFormat, Identity};
 pub use error::{CompressError, DecodeError};
 pub use error_feedback::ErrorFeedback;
-pub use payload::{DTYPE_F32, FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload};
+pub use payload::{
+    DTYPE_F32, ENTRIES_PER_BYTE, FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload,
+};
 pub use qsgd::{LevelCoding, MAX_LEVELS, Qsgd, elias_gamma_bits};
 pub use random::uniforms;
 pub use sign::{ScaledSign, Sign, majority_vote};

@@ -23,13 +23,19 @@ pub const FORMAT_VERSION: u8 = 1;
 pub const MAX_RANK: usize = 8;
 /// Element-type byte for f32 gradients.
 pub const DTYPE_F32: u8 = 0;
-/// Largest number of entries a payload may describe by default (2²⁸, a 1 GiB f32 tensor).
-///
-/// Sparse formats (top-k, random-k, ATOMO) decode to dense tensors whose size the buffer cannot
-/// bound, so the header's shape is checked against a limit before anything is allocated. A
-/// receiver that knows what to expect should say so: [`Payload::from_bytes_with_limit`] lowers
-/// the limit, [`Payload::check_shape`] pins the exact shape.
+/// Largest number of entries any payload may describe (2²⁸, a 1 GiB f32 tensor).
 pub const MAX_ENTRIES: usize = 1 << 28;
+
+/// Entries per byte of payload that [`Payload::from_bytes`] accepts without a limit from the
+/// caller: a decoder then allocates at most `4 × 64 = 256` bytes of output per byte it was
+/// given.
+///
+/// Dense formats need far fewer bytes per entry (1 bit for signs, 1.6 for TernGrad), but sparse
+/// and low-rank formats (top-k, random-k, ATOMO) decode to dense tensors whose size the body
+/// cannot bound: 45 bytes could otherwise claim a 3 GB tensor. A receiver that expects a large,
+/// sparsely coded tensor says so with [`Payload::from_bytes_with_limit`] (the number of entries
+/// it expects), as `kindling-dist` does for every parameter.
+pub const ENTRIES_PER_BYTE: usize = 64;
 
 /// The parsed header of a payload.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -68,12 +74,29 @@ pub struct Payload {
 
 impl Payload {
     /// Parses and checks the header of `bytes` (the body is checked by the codec's decoder),
-    /// accepting up to [`MAX_ENTRIES`] entries.
+    /// accepting shapes of up to [`ENTRIES_PER_BYTE`] entries per byte of `bytes`, so that
+    /// decoding allocates in proportion to what was received. For a larger sparse or low-rank
+    /// payload, name the entries you expect with [`from_bytes_with_limit`](Self::from_bytes_with_limit).
+    ///
+    /// ```
+    /// use kindling_compress::{DecodeError, Payload};
+    ///
+    /// // 21 bytes claiming a [1, 2³²−1] tensor: refused before anything is allocated.
+    /// let mut bomb = vec![1, 1, 0, 0, 2];
+    /// bomb.extend_from_slice(&1u32.to_le_bytes());
+    /// bomb.extend_from_slice(&u32::MAX.to_le_bytes());
+    /// bomb.extend_from_slice(&[0; 8]);
+    /// assert!(matches!(Payload::from_bytes(bomb), Err(DecodeError::FieldOutOfRange { field: "shape", .. })));
+    /// ```
     pub fn from_bytes(bytes: Vec<u8>) -> Result<Self, DecodeError> {
-        Self::from_bytes_with_limit(bytes, MAX_ENTRIES)
+        let limit = bytes.len().saturating_mul(ENTRIES_PER_BYTE);
+        Self::from_bytes_with_limit(bytes, limit)
     }
 
-    /// As [`from_bytes`](Self::from_bytes), refusing shapes of more than `max_entries` entries.
+    /// As [`from_bytes`](Self::from_bytes), accepting shapes of up to `max_entries` entries
+    /// (never more than [`MAX_ENTRIES`]; a zero dimension counts as 1 here, so it cannot hide a
+    /// huge one) whatever the payload's length: for a receiver that knows the size of the tensor
+    /// it expects.
     pub fn from_bytes_with_limit(bytes: Vec<u8>, max_entries: usize) -> Result<Self, DecodeError> {
         let mut r = Reader::new(&bytes);
         let id = r.u8("codec id")?;
@@ -107,14 +130,11 @@ impl Payload {
         for _ in 0..rank {
             shape.push(r.u32("dimension")? as usize);
         }
-        let numel = shape
-            .iter()
-            .try_fold(1usize, |acc, &d| acc.checked_mul(d))
-            .unwrap_or(usize::MAX);
-        if numel > max_entries.min(MAX_ENTRIES) {
+        let extent = extent(&shape);
+        if extent > max_entries.min(MAX_ENTRIES) {
             return Err(DecodeError::FieldOutOfRange {
                 field: "shape",
-                value: numel as u64,
+                value: extent as u64,
                 reason: "more entries than the receiver's limit",
             });
         }
@@ -130,6 +150,14 @@ impl Payload {
             header_len,
             bytes,
         })
+    }
+
+    /// Parses `bytes` for a receiver that knows the shape of the tensor it expects (a parameter
+    /// of its own model): accepts exactly `shape`, whatever the payload's length.
+    pub fn from_bytes_expecting(bytes: Vec<u8>, shape: &[usize]) -> Result<Self, DecodeError> {
+        let payload = Self::from_bytes_with_limit(bytes, extent(shape))?;
+        payload.check_shape(shape)?;
+        Ok(payload)
     }
 
     /// Fails unless the payload describes a tensor of exactly `shape` (what a receiver that knows
@@ -271,7 +299,32 @@ impl Writer {
     }
 
     pub(crate) fn finish(self) -> Payload {
-        Payload::from_bytes(self.bytes).expect("a payload this crate wrote parses")
+        Payload::from_bytes_with_limit(self.bytes, MAX_ENTRIES)
+            .expect("a payload this crate wrote parses")
+    }
+}
+
+/// The product of the nonzero dimensions (saturating): it bounds every size a decoder derives
+/// from a shape (a matrix view's rows or columns too), so a zero dimension cannot hide an
+/// overflowing or huge one. Limits on entries are checked against it.
+fn extent(shape: &[usize]) -> usize {
+    shape
+        .iter()
+        .filter(|&&d| d > 0)
+        .try_fold(1usize, |acc, &d| acc.checked_mul(d))
+        .unwrap_or(usize::MAX)
+}
+
+/// `v`, or the error a decoder returns for a non-finite value read from the wire.
+pub(crate) fn finite(what: &'static str, v: f32) -> Result<f32, DecodeError> {
+    if v.is_finite() {
+        Ok(v)
+    } else {
+        Err(DecodeError::FieldOutOfRange {
+            field: what,
+            value: v.to_bits() as u64,
+            reason: "must be finite",
+        })
     }
 }
 
@@ -324,10 +377,12 @@ impl<'a> Reader<'a> {
         ))
     }
 
+    /// A finite little-endian f32 (no encoder writes NaN or ±Inf, so none is accepted).
     pub(crate) fn f32(&mut self, what: &'static str) -> Result<f32, DecodeError> {
-        Ok(f32::from_le_bytes(
-            self.take(what, 4)?.try_into().expect("4 bytes"),
-        ))
+        finite(
+            what,
+            f32::from_le_bytes(self.take(what, 4)?.try_into().expect("4 bytes")),
+        )
     }
 
     /// `n` 4-byte words; the length is checked before anything is allocated.
@@ -347,9 +402,11 @@ impl<'a> Reader<'a> {
             .map(|c| c.try_into().expect("4 bytes")))
     }
 
-    /// `n` little-endian f32 values; the length is checked before allocating.
+    /// `n` finite little-endian f32 values; the length is checked before allocating.
     pub(crate) fn f32s(&mut self, what: &'static str, n: usize) -> Result<Vec<f32>, DecodeError> {
-        Ok(self.words(what, n)?.map(f32::from_le_bytes).collect())
+        self.words(what, n)?
+            .map(|w| finite(what, f32::from_le_bytes(w)))
+            .collect()
     }
 
     /// `n` little-endian u32 values; the length is checked before allocating.

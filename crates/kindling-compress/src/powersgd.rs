@@ -32,7 +32,8 @@ pub struct PowerSgdConfig {
     pub rank: usize,
     /// Compress a matrix only if its compression rate exceeds this (default 2).
     pub min_compression_rate: f64,
-    /// Norm below which Gram–Schmidt treats a column as zero (default 1e-8).
+    /// Norm below which Gram–Schmidt treats a column as zero (default 1e-8); a column that keeps
+    /// less than [`RELATIVE_TOLERANCE`] of its norm after projection is zero too.
     pub epsilon: f32,
     /// Seed of the initial `Q` (the same on every worker).
     pub seed: u64,
@@ -84,19 +85,32 @@ pub fn compression_rate(rows: usize, cols: usize, rank: usize) -> f64 {
     (rows * cols) as f64 / ((rows + cols) * rank) as f64
 }
 
-/// Orthonormalises the columns of `p` by modified Gram–Schmidt; a column whose norm falls below
-/// `epsilon` becomes zero instead of being divided by ~0.
+/// Fraction of its own norm a column must keep after being projected off the previous ones to
+/// count as independent (a column in their span keeps only rounding residue, ~1e-7 of it in
+/// f32).
+pub const RELATIVE_TOLERANCE: f32 = 1e-5;
+
+/// Orthonormalises the columns of `p` by modified Gram–Schmidt with one re-orthogonalisation
+/// pass ("twice is enough"). A column that is (numerically) in the span of the previous ones —
+/// its norm after projection below `epsilon` or below [`RELATIVE_TOLERANCE`] of its norm
+/// before — becomes zero, instead of normalising rounding residue into a non-orthogonal
+/// column. So a rank-deficient `p` (a batch-of-1 linear layer's gradient is rank 1) gives
+/// orthonormal columns followed by zero ones. Runs on `p`'s device without a host sync.
 pub fn orthonormalize(p: Tensor<2>, epsilon: f32) -> Tensor<2> {
-    let [_, r] = p.dims();
+    let [rows, r] = p.dims();
     let mut cols: Vec<Tensor<2>> = Vec::with_capacity(r);
     for j in 0..r {
-        let mut c = p.clone().slice([0..p.dims()[0], j..j + 1]);
-        for q in &cols {
-            let proj = q.clone().mul(c.clone()).sum();
-            c = c - q.clone().mul(proj.unsqueeze());
+        let mut c = p.clone().slice([0..rows, j..j + 1]);
+        let before = c.clone().square().sum().sqrt();
+        for _pass in 0..2 {
+            for q in &cols {
+                let proj = q.clone().mul(c.clone()).sum();
+                c = c - q.clone().mul(proj.unsqueeze());
+            }
         }
         let norm = c.clone().square().sum().sqrt();
-        let keep = norm.clone().greater_equal_elem(epsilon).float();
+        let floor = before.mul_scalar(RELATIVE_TOLERANCE).clamp_min(epsilon);
+        let keep = norm.clone().greater_equal(floor).float();
         c = c.mul((keep / norm.clamp_min(epsilon)).unsqueeze());
         cols.push(c);
     }

@@ -226,8 +226,12 @@ impl Compressor for Qsgd {
         };
         let v = padded.reshape([nb, b]);
         // The bucket norms double as the finiteness check: a NaN or ±Inf entry makes its
-        // bucket's norm non-finite (the entries are only counted then).
-        let norms = v.clone().square().sum_dim(1).sqrt();
+        // bucket's norm non-finite (the entries are only counted then). Each is computed as
+        // m·‖v/m‖ with m = max|v| of the bucket, so tiny or huge entries neither underflow to a
+        // zero norm nor overflow when squared.
+        let max = v.clone().abs().max_dim(1);
+        let unit = max.clone().mask_fill(max.clone().equal_elem(0.0), 1.0);
+        let norms = v.clone().div(unit).square().sum_dim(1).sqrt().mul(max);
         let norms_host: Vec<f32> = norms
             .clone()
             .reshape([nb])

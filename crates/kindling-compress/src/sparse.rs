@@ -133,13 +133,6 @@ impl SparseVec {
             positions
         };
         let values = r.f32s("sparse values", k)?;
-        if let Some(v) = values.iter().find(|v| !v.is_finite()) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "sparse value",
-                value: v.to_bits() as u64,
-                reason: "must be finite",
-            });
-        }
         Ok(Self { positions, values })
     }
 

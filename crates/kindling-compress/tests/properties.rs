@@ -1,5 +1,9 @@
 //! Property tests of the wire formats: random shapes round-trip through bytes with the right
-//! shape, and decoding arbitrary or mutated bytes returns an error instead of panicking.
+//! shape, and decoding arbitrary or mutated bytes — any header, any dimensions — returns an error
+//! or finite values, never panics, and never allocates more than the bytes justify.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::cell::Cell;
 
 use burn::tensor::{Tensor, TensorData};
 use kindling_compress::*;
@@ -8,20 +12,69 @@ use proptest::prelude::*;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-/// Decodes `bytes` with every codec at ranks 1, 2 and 3; any outcome but a panic is fine. The
-/// receiver's limit (4096 entries) stands for a receiver that knows its parameter sizes: a
-/// mutated dimension must not make it allocate gigabytes of zeros.
+/// The system allocator, recording the largest single allocation made on each thread.
+struct Largest;
+
+thread_local! {
+    static LARGEST: Cell<usize> = const { Cell::new(0) };
+}
+
+// SAFETY: every call is forwarded unchanged to the system allocator; the bookkeeping touches
+// only a thread-local `Cell` (const-initialised, so it never allocates).
+unsafe impl GlobalAlloc for Largest {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(layout.size())));
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let _ = LARGEST.try_with(|m| m.set(m.get().max(new_size)));
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Largest = Largest;
+
+/// What a decoder may allocate at once for `len` bytes of input: a dense f32 output of
+/// `ENTRIES_PER_BYTE` entries per byte, twice over for intermediates and index tensors, plus a
+/// fixed 1 MiB for the backend's own buffers.
+fn ceiling(len: usize) -> usize {
+    (1 << 20) + 2 * 4 * ENTRIES_PER_BYTE * len
+}
+
+/// Decodes `bytes` as a receiver that knows nothing would (`Payload::from_bytes`, the safe
+/// default) with every codec at ranks 1 to 4: each outcome is an error or finite values, and
+/// no single allocation exceeds [`ceiling`].
 fn decode_everything(bytes: &[u8]) {
     let device = device();
-    let Ok(payload) = Payload::from_bytes_with_limit(bytes.to_vec(), 4096) else {
+    LARGEST.with(|m| m.set(0));
+    let Ok(payload) = Payload::from_bytes(bytes.to_vec()) else {
         return;
     };
+    macro_rules! rank {
+        ($codec:expr, $d:literal) => {{
+            if let Ok(t) = $codec.decompress::<$d>(&payload, &device) {
+                let values = kindling_testing::to_vec(&t);
+                assert!(
+                    values.iter().all(|v| v.is_finite()),
+                    "{:?} decoded to non-finite values",
+                    payload.header()
+                );
+            }
+        }};
+    }
     macro_rules! all_ranks {
         ($codec:expr) => {{
             let c = $codec;
-            let _ = c.decompress::<1>(&payload, &device);
-            let _ = c.decompress::<2>(&payload, &device);
-            let _ = c.decompress::<3>(&payload, &device);
+            rank!(c, 1);
+            rank!(c, 2);
+            rank!(c, 3);
+            rank!(c, 4);
         }};
     }
     all_ranks!(Identity);
@@ -35,6 +88,110 @@ fn decode_everything(bytes: &[u8]) {
     all_ranks!(Atomo::new(EntryWise, Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap());
+    let largest = LARGEST.with(Cell::get);
+    assert!(
+        largest <= ceiling(bytes.len()),
+        "{} input bytes ({:?}) made a {largest}-byte allocation",
+        bytes.len(),
+        payload.header()
+    );
+}
+
+/// A header for `codec` over `dims`, then `body`.
+fn payload_bytes(codec: u8, flags: u8, dims: &[u32], body: &[u8]) -> Vec<u8> {
+    let mut bytes = vec![codec, FORMAT_VERSION, flags, 0, dims.len() as u8];
+    for d in dims {
+        bytes.extend_from_slice(&d.to_le_bytes());
+    }
+    bytes.extend_from_slice(body);
+    bytes
+}
+
+/// The hostile inputs found by hand: a 45-byte sparse payload and a 25-byte Fourier one that
+/// claimed gigabyte tensors, and a 21-byte shape whose zero dimension hid an overflowing
+/// product. Each is refused at the header, before any allocation.
+#[test]
+fn hostile_headers_are_refused_before_anything_is_allocated() {
+    let sparse = payload_bytes(7, 0, &[1 << 14, 1 << 14], &[0; 32]);
+    let fourier = payload_bytes(11, 0, &[1 << 31], &[0; 16]);
+    let overflow = payload_bytes(1, 0, &[0, u32::MAX, u32::MAX, u32::MAX], &[]);
+    for bytes in [sparse, fourier, overflow] {
+        assert!(
+            matches!(
+                Payload::from_bytes(bytes.clone()),
+                Err(DecodeError::FieldOutOfRange { field: "shape", .. })
+            ),
+            "{} bytes accepted",
+            bytes.len()
+        );
+        decode_everything(&bytes);
+    }
+    // A receiver that expects the big tensor says so, and still gets an error for a short body.
+    let sparse = payload_bytes(7, 0, &[1 << 10, 1 << 10], &[0; 32]);
+    let p = Payload::from_bytes_with_limit(sparse, 1 << 20).unwrap();
+    let device = device();
+    assert!(
+        TopK::new(Count::Entries(1))
+            .unwrap()
+            .decompress::<2>(&p, &device)
+            .is_err()
+    );
+}
+
+/// Finite values that overflow when combined: a spectral atom whose coefficient times its
+/// vectors exceeds f32, and Fourier coefficients whose inverse transform would. Both are
+/// errors, not tensors of ±Inf; so are NaN and ±Inf values in every float field.
+#[test]
+fn overflowing_or_non_finite_values_are_errors() {
+    let device = device();
+    let big = 3e38_f32.to_le_bytes();
+    let mut atom = Vec::new();
+    atom.extend_from_slice(&1u32.to_le_bytes());
+    for _ in 0..5 {
+        atom.extend_from_slice(&big);
+    }
+    let spectral = Payload::from_bytes(payload_bytes(10, 0, &[2, 2], &atom)).unwrap();
+    let atomo = Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap();
+    assert!(atomo.decompress::<2>(&spectral, &device).is_err());
+
+    let mut coefficients = Vec::new();
+    coefficients.extend_from_slice(&2u32.to_le_bytes());
+    coefficients.extend_from_slice(&0u32.to_le_bytes());
+    coefficients.extend_from_slice(&1u32.to_le_bytes());
+    coefficients.extend_from_slice(&big);
+    coefficients.extend_from_slice(&big);
+    let fourier = Payload::from_bytes(payload_bytes(11, 0, &[4], &coefficients)).unwrap();
+    let atomo = Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap();
+    assert!(atomo.decompress::<1>(&fourier, &device).is_err());
+
+    for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut body = Vec::new();
+        body.extend_from_slice(&1.0f32.to_le_bytes());
+        body.extend_from_slice(&bad.to_le_bytes());
+        let identity = Payload::from_bytes(payload_bytes(1, 0, &[2], &body)).unwrap();
+        assert!(
+            Identity.decompress::<1>(&identity, &device).is_err(),
+            "{bad}"
+        );
+    }
+    for bits in [0x7e00u16, 0x7c00, 0xfc00] {
+        let half = Payload::from_bytes(payload_bytes(2, 0, &[1], &bits.to_le_bytes())).unwrap();
+        assert!(
+            Half::default().decompress::<1>(&half, &device).is_err(),
+            "{bits:#x}"
+        );
+    }
+    let mut random_k = Vec::new();
+    random_k.extend_from_slice(&1u32.to_le_bytes());
+    random_k.extend_from_slice(&0u64.to_le_bytes());
+    random_k.extend_from_slice(&f32::NAN.to_le_bytes());
+    let p = Payload::from_bytes(payload_bytes(8, 0, &[4], &random_k)).unwrap();
+    assert!(
+        RandomK::new(Count::Entries(1))
+            .unwrap()
+            .decompress::<1>(&p, &device)
+            .is_err()
+    );
 }
 
 /// One valid payload of each codec for a small gradient (to mutate).
@@ -85,26 +242,26 @@ fn valid_payloads(values: &[f32], seed: u64) -> Vec<Payload> {
 }
 
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 64, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {
         decode_everything(&bytes);
     }
 
+    /// Unrestricted shapes: any rank up to 8, dimensions anywhere in `u32` (mostly small, often
+    /// zero, sometimes huge), any codec and flags, any body.
     #[test]
     fn headers_with_random_bodies_never_panic(
         codec in 1u8..=11,
         flags in 0u8..4,
-        dims in proptest::collection::vec(0u32..6, 1..4),
-        body in proptest::collection::vec(any::<u8>(), 0..96),
+        dims in proptest::collection::vec(
+            prop_oneof![0u32..6, Just(0u32), any::<u32>(), Just(u32::MAX)],
+            1..=8,
+        ),
+        body in proptest::collection::vec(any::<u8>(), 0..160),
     ) {
-        let mut bytes = vec![codec, FORMAT_VERSION, flags, 0, dims.len() as u8];
-        for d in &dims {
-            bytes.extend_from_slice(&d.to_le_bytes());
-        }
-        bytes.extend_from_slice(&body);
-        decode_everything(&bytes);
+        decode_everything(&payload_bytes(codec, flags, &dims, &body));
     }
 
     #[test]

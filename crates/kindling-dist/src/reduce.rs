@@ -164,11 +164,8 @@ fn decode_mean<const D: usize, C: Compressor>(
             param: index,
             reason,
         };
-        let payload = Payload::from_bytes_with_limit(bytes, dims.iter().product())
-            .map_err(|e| fail(e.to_string()))?;
-        payload
-            .check_shape(&dims)
-            .map_err(|e| fail(e.to_string()))?;
+        let payload =
+            Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(e.to_string()))?;
         let t: Tensor<D> = codec
             .decompress(&payload, device)
             .map_err(|e| fail(e.to_string()))?;
@@ -359,10 +356,7 @@ impl GradOp for VoteOp<'_> {
                         param: index,
                         reason,
                     };
-                    let p = Payload::from_bytes_with_limit(bytes, dims.iter().product())
-                        .map_err(|e| fail(e.to_string()))?;
-                    p.check_shape(&dims).map_err(|e| fail(e.to_string()))?;
-                    Ok(p)
+                    Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, DistError>>()?;
             majority_vote(&payloads, &device).map_err(|e| DistError::Decode {

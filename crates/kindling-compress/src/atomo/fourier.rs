@@ -125,6 +125,17 @@ impl Compressor for Atomo<Fourier> {
         let big = padded_len(n);
         let sparse = SparseVec::read(&mut r, header.flags, big)?;
         r.finish()?;
+        // The spectrum holds each coefficient times at most √N, and every partial sum of the
+        // inverse transform is bounded by the sum of the spectrum's magnitudes; the output by
+        // √(2/N)·Σ|λ|. Below f32::MAX, finite coefficients rebuild a finite gradient.
+        let bound = (big as f64).sqrt() * sparse.values.iter().map(|v| v.abs() as f64).sum::<f64>();
+        if bound >= f32::MAX as f64 {
+            return Err(DecodeError::FieldOutOfRange {
+                field: "fourier coefficients",
+                value: sparse.values.len() as u64,
+                reason: "their inverse transform would overflow f32",
+            });
+        }
         if n == 0 {
             return Ok(Tensor::zeros(shape, device));
         }

@@ -189,11 +189,19 @@ pub(crate) fn norms(lambda: &Tensor<1>) -> (f64, f64, f64) {
         return (0.0, 0.0, 0.0);
     }
     let abs = lambda.clone().abs();
-    (
-        abs.clone().sum().into_scalar::<f64>(),
-        lambda.clone().square().sum().into_scalar::<f64>().sqrt(),
-        abs.max().into_scalar::<f64>(),
-    )
+    let linf = abs.clone().max().into_scalar::<f64>();
+    // ℓ₂ of λ/‖λ‖∞ (entries in [-1, 1]) cannot overflow or underflow f32 as λ² can
+    // (|λ| above ~1.8e19 or below ~1e-23).
+    let scale = if linf > 0.0 { linf } else { 1.0 };
+    let l2 = abs
+        .clone()
+        .div_scalar(scale)
+        .square()
+        .sum()
+        .into_scalar::<f64>()
+        .sqrt()
+        * scale;
+    (abs.sum().into_scalar::<f64>(), l2, linf)
 }
 
 #[cfg(test)]

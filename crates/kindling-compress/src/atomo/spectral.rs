@@ -280,11 +280,21 @@ impl Compressor for Atomo<Spectral> {
         let per_atom = rows + cols + 1;
         let floats = r.f32s("spectral atoms", k * per_atom)?;
         r.finish()?;
-        if let Some(v) = floats.iter().find(|v| !v.is_finite()) {
+        // |Σ_k c_k u_k v_kᵀ| ≤ Σ_k |c_k|·max|u_k|·max|v_k| bounds every entry and every partial
+        // sum of the product (and each scaled v_k), so finite atoms whose bound stays below
+        // f32::MAX rebuild a finite gradient.
+        let bound: f64 = floats
+            .chunks_exact(per_atom)
+            .map(|atom| {
+                let max = |xs: &[f32]| xs.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+                (atom[0].abs() as f64) * max(&atom[1..=rows]) * max(&atom[rows + 1..])
+            })
+            .sum();
+        if bound >= f32::MAX as f64 {
             return Err(DecodeError::FieldOutOfRange {
-                field: "spectral atom",
-                value: v.to_bits() as u64,
-                reason: "must be finite",
+                field: "spectral atoms",
+                value: k as u64,
+                reason: "their sum would overflow f32",
             });
         }
         if k == 0 {
