@@ -258,7 +258,9 @@ impl KdEmbeddingConfig {
 
     /// The module with parameters drawn from `device`'s random generator, like burn's
     /// `init(&device)`: the same values after the same `device.seed(s)`. For a seed of your own
-    /// that gives the same values on every backend, use [`init_with_seed`](Self::init_with_seed).
+    /// that gives the same code logits and tables on every backend, use
+    /// [`init_with_seed`](Self::init_with_seed) (the composition's layers are burn layers, drawn
+    /// from the device's generator either way).
     ///
     /// # Panics
     /// When the configuration is invalid (see [`try_init`](Self::try_init)).
