@@ -70,12 +70,12 @@ fn an_optimizer_inside_learner() {
 fn a_codec_on_its_own() {
     let device = kindling_testing::device();
     // ANCHOR: codec
+    use kindling_compress::rand::{SeedableRng, rngs::ChaCha8Rng};
     use kindling_compress::{Compressor, Payload, Qsgd};
-    use rand::SeedableRng;
 
     let grad = Tensor::<2>::random([256, 64], burn::tensor::Distribution::Default, &device);
     let mut codec = Qsgd::new(16).unwrap().with_bucket(512).unwrap();
-    let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(0);
+    let mut rng = ChaCha8Rng::seed_from_u64(0); // kindling_compress re-exports burn's rand
     let payload = codec.compress(grad.clone(), &mut rng).unwrap();
     let bytes = payload.into_bytes(); // what crosses the network: 4.6 bits per entry here
     let decoded: Tensor<2> = codec

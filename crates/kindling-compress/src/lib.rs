@@ -37,12 +37,12 @@
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};
+//! use kindling_compress::rand::{SeedableRng, rngs::ChaCha8Rng};
 //! use kindling_compress::{Compressor, Payload, Qsgd};
-//! use rand::SeedableRng;
 //!
 //! let device = Device::flex();
 //! let grad = Tensor::<2>::from_floats([[0.5, -1.0, 0.25], [2.0, 0.0, -0.75]], &device);
-//! let mut rng = rand::rngs::ChaCha8Rng::seed_from_u64(7);
+//! let mut rng = ChaCha8Rng::seed_from_u64(7);
 //! let mut qsgd = Qsgd::new(4).unwrap();
 //! let payload = qsgd.compress(grad, &mut rng).unwrap();
 //! let bytes = payload.into_bytes(); // send these
@@ -64,6 +64,10 @@ mod random;
 mod sign;
 mod sparse;
 mod terngrad;
+
+/// The `rand` the codecs take their randomness from (burn 0.22's, 0.10), re-exported so a seeded
+/// generator never needs a version matched by hand: `kindling_compress::rand::rngs::ChaCha8Rng`.
+pub use rand;
 
 pub use atomo::{Atomo, Budget, EntryWise, Fourier, Spectral};
 pub use bits::packed_len;
