@@ -100,7 +100,7 @@ fn compressed_data_parallel_training() {
 
     // Four workers (threads here; `CompressedDdp::with_communicator(Mpi::init()?, …)` for one
     // process per rank under mpirun), each on its own shard, agreeing through QSGD.
-    let qsgd = Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd");
+    let qsgd = Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap());
     let ddp = Arc::new(CompressedDdp::new(vec![device.clone(); 4], qsgd).unwrap());
     let result = SupervisedTraining::new(&dir, loader(&train), loader(&valid))
         .num_epochs(3)

@@ -51,6 +51,29 @@ impl CodecId {
         .into_iter()
         .find(|c| *c as u8 == v)
     }
+
+    /// A short name for reports: `"qsgd"`, `"top-k"`, `"atomo spectral"`, …
+    pub fn name(self) -> &'static str {
+        match self {
+            CodecId::Identity => "identity",
+            CodecId::Half => "half",
+            CodecId::Sign => "sign",
+            CodecId::ScaledSign => "scaled sign",
+            CodecId::Qsgd => "qsgd",
+            CodecId::TernGrad => "terngrad",
+            CodecId::TopK => "top-k",
+            CodecId::RandomK => "random-k",
+            CodecId::AtomoEntryWise => "atomo entry-wise",
+            CodecId::AtomoSpectral => "atomo spectral",
+            CodecId::AtomoFourier => "atomo fourier",
+        }
+    }
+}
+
+impl std::fmt::Display for CodecId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
 }
 
 /// A gradient codec: a tensor becomes a self-describing [`Payload`] and back.
@@ -63,6 +86,12 @@ impl CodecId {
 pub trait Compressor {
     /// The codec id written in headers.
     fn codec(&self) -> CodecId;
+
+    /// A short name for reports (a protocol's default name in `kindling-dist`): the codec id's
+    /// name unless the codec wraps another.
+    fn name(&self) -> String {
+        self.codec().name().to_string()
+    }
 
     /// Whether `E[decode(encode(g))] = g` for every `g`.
     fn is_unbiased(&self) -> bool;

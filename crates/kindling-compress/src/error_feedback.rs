@@ -64,6 +64,10 @@ impl<C: Compressor> Compressor for ErrorFeedback<C> {
         self.inner.codec()
     }
 
+    fn name(&self) -> String {
+        format!("error feedback + {}", self.inner.name())
+    }
+
     fn is_unbiased(&self) -> bool {
         false
     }

@@ -76,7 +76,7 @@ fn dense(b: divan::Bencher) {
 #[divan::bench(sample_count = 10)]
 fn qsgd_s16_b512(b: divan::Bencher) {
     bench(b, || {
-        Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd")
+        Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap())
     });
 }
 
@@ -93,10 +93,9 @@ fn majority_vote(b: divan::Bencher) {
 #[divan::bench(sample_count = 10)]
 fn ef_top_k_1pct(b: divan::Bencher) {
     bench(b, || {
-        Gathered::new(
-            ErrorFeedback::new(TopK::new(Count::Fraction(0.01)).unwrap()),
-            "ef top-k",
-        )
+        Gathered::new(ErrorFeedback::new(
+            TopK::new(Count::Fraction(0.01)).unwrap(),
+        ))
     });
 }
 

@@ -34,7 +34,7 @@
 //! let fingerprints = run_workers(4, Duration::from_secs(30), |group| {
 //!     let device = Device::flex().autodiff();
 //!     let mut model = Linear { weight: Param::from_data(TensorData::new(vec![0.0f32; 4], [4, 1]), &device), bias: None };
-//!     let mut trainer = DataParallel::new(group, Gathered::new(Qsgd::new(4).unwrap(), "qsgd"), 7);
+//!     let mut trainer = DataParallel::new(group, Gathered::new(Qsgd::new(4).unwrap()), 7);
 //!     let mut optim = SgdConfig::new().init();
 //!     for step in 0..3 {
 //!         // each rank sees its own shard of the data

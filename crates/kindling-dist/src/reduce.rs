@@ -191,13 +191,20 @@ pub struct Gathered<C> {
 }
 
 impl<C: Compressor + Clone + Send> Gathered<C> {
-    /// The protocol for `codec`, named `name` in reports.
-    pub fn new(codec: C, name: impl Into<String>) -> Self {
+    /// The protocol for `codec`, named after it in reports (`codec.name()`: "qsgd", "error
+    /// feedback + top-k", …).
+    pub fn new(codec: C) -> Self {
         Self {
+            name: codec.name(),
             prototype: codec,
             codecs: HashMap::new(),
-            name: name.into(),
         }
+    }
+
+    /// The same protocol under another name in reports.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = name.into();
+        self
     }
 }
 

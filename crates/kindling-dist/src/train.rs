@@ -98,7 +98,7 @@ enum Workers {
 ///
 /// # fn demo<M: LearnerModel>(model: M, optim: ModuleOptimizer, train: TrainLoader<M>, valid: ValidLoader<M>) {
 /// let devices = vec![Device::flex().autodiff(); 4];
-/// let ddp = Arc::new(CompressedDdp::new(devices, Gathered::new(Qsgd::new(16).unwrap(), "qsgd")).unwrap());
+/// let ddp = Arc::new(CompressedDdp::new(devices, Gathered::new(Qsgd::new(16).unwrap())).unwrap());
 /// let result = SupervisedTraining::new("/tmp/run", train, valid)
 ///     .num_epochs(5)
 ///     .metric_train_numeric(ExchangeMetric::wire_megabytes(&ddp))

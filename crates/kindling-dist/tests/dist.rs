@@ -6,7 +6,9 @@ use std::time::{Duration, Instant};
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use kindling_compress::powersgd::PowerSgdConfig;
-use kindling_compress::{Count, ErrorFeedback, Qsgd, ScaledSign, TopK};
+use kindling_compress::{
+    Atomo, Budget, Count, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TopK,
+};
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
 
@@ -158,7 +160,7 @@ fn a_corrupt_payload_names_rank_and_parameter() {
                         let rank = g.rank();
                         let mut trainer = DataParallel::new(
                             Corrupting(g),
-                            Gathered::new(Qsgd::new(2).unwrap(), "qsgd"),
+                            Gathered::new(Qsgd::new(2).unwrap()),
                             1,
                         );
                         let model = Mlp::new(8, 0, &device);
@@ -214,7 +216,7 @@ fn majority_vote_is_robust_where_averaging_is_not() {
         7,
         60,
         0.1,
-        || Gathered::new(ScaledSign, "mean of scaled signs"),
+        || Gathered::new(ScaledSign).with_name("mean of scaled signs"),
         sgd,
         huge,
     )
@@ -281,10 +283,9 @@ fn resume_reproduces_the_uninterrupted_run() {
         )
     });
     check("ef top-k", || {
-        Gathered::new(
-            ErrorFeedback::new(TopK::new(Count::Fraction(0.05)).unwrap()),
-            "ef top-k",
-        )
+        Gathered::new(ErrorFeedback::new(
+            TopK::new(Count::Fraction(0.05)).unwrap(),
+        ))
     });
 }
 
@@ -293,10 +294,7 @@ fn resume_reproduces_the_uninterrupted_run() {
 fn a_mismatched_reducer_state_is_rejected() {
     let device = kindling_testing::device();
     let state = vec![("0.state".to_string(), vec![1.0f32; 6])];
-    let mut ef = Gathered::new(
-        ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap()),
-        "ef",
-    );
+    let mut ef = Gathered::new(ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap()));
     assert!(matches!(
         ef.load_state(state.clone(), &device),
         Err(DistError::Protocol(m)) if m.contains("no shape")
@@ -305,6 +303,17 @@ fn a_mismatched_reducer_state_is_rejected() {
     with_shape.push(("0.shape".to_string(), vec![2.0, 3.0]));
     ef.load_state(with_shape.clone(), &device).unwrap();
     assert_eq!(ef.state(), with_shape);
-    let mut stateless = Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
+    let mut stateless = Gathered::new(Qsgd::new(4).unwrap());
     assert!(stateless.load_state(with_shape, &device).is_err());
+}
+
+/// A gathered protocol is named after its codec unless given a name.
+#[test]
+fn gathered_protocols_are_named_after_their_codec() {
+    assert_eq!(Gathered::new(Qsgd::new(4).unwrap()).name(), "qsgd");
+    let ef = Gathered::new(ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap()));
+    assert_eq!(ef.name(), "error feedback + top-k");
+    let spectral = Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap());
+    assert_eq!(spectral.name(), "atomo spectral");
+    assert_eq!(Gathered::new(Sign).with_name("votes").name(), "votes");
 }

@@ -62,7 +62,7 @@ fn qsgd_trains_the_digits_inside_a_learner_and_reports_its_traffic() {
     let data = data();
     let dir = scratch("learner-qsgd");
     let ddp = Arc::new(
-        CompressedDdp::new(devices(), Gathered::new(Qsgd::new(16).unwrap(), "qsgd"))
+        CompressedDdp::new(devices(), Gathered::new(Qsgd::new(16).unwrap()))
             .unwrap()
             .seed(3),
     );
@@ -241,7 +241,7 @@ fn a_failing_worker_ends_the_run_with_its_rank_in_the_error() {
     data.train[2 * per + 5].pixels[7] = f32::NAN;
     let dir = scratch("learner-fault");
     let ddp = Arc::new(
-        CompressedDdp::new(devices(), Gathered::new(Qsgd::new(4).unwrap(), "qsgd"))
+        CompressedDdp::new(devices(), Gathered::new(Qsgd::new(4).unwrap()))
             .unwrap()
             .timeout(std::time::Duration::from_secs(30)),
     );

@@ -103,7 +103,7 @@ fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
 fn mpi_matches_a_local_group(mpi: &mut Mpi) {
     let w = mpi.world_size();
     let (data, test) = shards(w);
-    let make = || Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
+    let make = || Gathered::new(Qsgd::new(4).unwrap());
     let (over_mpi, _) =
         train_rank(&mut *mpi, make(), &data, &test, 3, 0.1, sgd(), no_tamper).unwrap();
     if mpi.rank() == 0 {
@@ -121,7 +121,7 @@ fn a_learner_over_mpi_matches_worker_threads(mpi: Mpi) -> Box<dyn Communicator> 
     let (rank, w) = (mpi.rank(), mpi.world_size());
     let data = data();
     let device = kindling_testing::autodiff_device();
-    let make = || Gathered::new(Qsgd::new(4).unwrap(), "qsgd");
+    let make = || Gathered::new(Qsgd::new(4).unwrap());
     let train = |ddp: Arc<CompressedDdp<Gathered<Qsgd>>>, name: &str| {
         let dir = scratch(&format!("{name}-rank{rank}"));
         // Each rank builds a different model: the strategy starts every replica from rank 0's.

@@ -269,16 +269,13 @@ fn with_protocol<J: WithReducer>(protocol: Protocol, job: J) -> (String, J::Outp
     let output = match protocol {
         Protocol::Dense => job.with(|| Dense),
         Protocol::Qsgd => {
-            job.with(|| Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), "qsgd"))
+            job.with(|| Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap()))
         }
         Protocol::Terngrad => job.with(|| TernGradShared::new(TernGrad::new())),
         Protocol::Sign => job.with(|| MajorityVote),
-        Protocol::Atomo => job.with(|| {
-            Gathered::new(
-                Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
-                "atomo",
-            )
-        }),
+        Protocol::Atomo => {
+            job.with(|| Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap()))
+        }
         Protocol::Powersgd => job.with(|| PowerSgd::new(PowerSgdConfig::new(2).unwrap())),
     };
     (name(protocol).to_string(), output)

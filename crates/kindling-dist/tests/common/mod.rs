@@ -74,18 +74,12 @@ pub trait EachProtocol {
 /// vote, TernGrad with a shared scale, PowerSGD.
 pub fn each_protocol(v: &mut impl EachProtocol) {
     v.visit("dense", || Dense);
-    v.visit("qsgd", || Gathered::new(Qsgd::new(4).unwrap(), "qsgd"));
+    v.visit("qsgd", || Gathered::new(Qsgd::new(4).unwrap()));
     v.visit("ef top-k", || {
-        Gathered::new(
-            ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()),
-            "ef top-k",
-        )
+        Gathered::new(ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()))
     });
     v.visit("spectral atomo", || {
-        Gathered::new(
-            Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
-            "atomo",
-        )
+        Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap())
     });
     v.visit("majority vote", || MajorityVote);
     v.visit("terngrad shared", || TernGradShared::new(TernGrad::new()));
