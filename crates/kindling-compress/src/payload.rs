@@ -328,6 +328,19 @@ pub(crate) fn finite(what: &'static str, v: f32) -> Result<f32, DecodeError> {
     }
 }
 
+/// `v`, or the error a decoder returns for a negative scale or norm.
+fn non_negative(what: &'static str, v: f32) -> Result<f32, DecodeError> {
+    if v >= 0.0 {
+        Ok(v)
+    } else {
+        Err(DecodeError::FieldOutOfRange {
+            field: what,
+            value: v.to_bits() as u64,
+            reason: "must be finite and ≥ 0",
+        })
+    }
+}
+
 /// Bounds-checked reader over a byte slice: every read says what it needed on failure.
 pub(crate) struct Reader<'a> {
     buf: &'a [u8],
@@ -412,6 +425,19 @@ impl<'a> Reader<'a> {
     /// `n` little-endian u32 values; the length is checked before allocating.
     pub(crate) fn u32s(&mut self, what: &'static str, n: usize) -> Result<Vec<u32>, DecodeError> {
         Ok(self.words(what, n)?.map(u32::from_le_bytes).collect())
+    }
+
+    /// A finite little-endian f32 that must be `≥ 0` (a scale or a norm).
+    pub(crate) fn scale(&mut self, what: &'static str) -> Result<f32, DecodeError> {
+        non_negative(what, self.f32(what)?)
+    }
+
+    /// `n` finite little-endian f32 values that must be `≥ 0` (norms).
+    pub(crate) fn scales(&mut self, what: &'static str, n: usize) -> Result<Vec<f32>, DecodeError> {
+        self.f32s(what, n)?
+            .into_iter()
+            .map(|v| non_negative(what, v))
+            .collect()
     }
 
     /// Fails unless every byte was consumed.

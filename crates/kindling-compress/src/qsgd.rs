@@ -311,14 +311,7 @@ impl Compressor for Qsgd {
         } else {
             bucket.unwrap_or(n).min(n)
         };
-        let norms = r.f32s("bucket norms", nb)?;
-        if let Some(bad) = norms.iter().find(|x| !x.is_finite() || **x < 0.0) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "bucket norm",
-                value: bad.to_bits() as u64,
-                reason: "must be finite and ≥ 0",
-            });
-        }
+        let norms = r.scales("bucket norms", nb)?;
         let width = 1 + (32 - s.leading_zeros());
         let signed: Tensor<1> = match header.flags {
             0 => {

@@ -118,14 +118,7 @@ impl Compressor for ScaledSign {
     ) -> Result<Tensor<D>, DecodeError> {
         let (header, shape, mut r) = payload.open::<D>(CodecId::ScaledSign)?;
         let n = header.numel();
-        let scale = r.f32("scale")?;
-        if !scale.is_finite() || scale < 0.0 {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "scale",
-                value: scale.to_bits() as u64,
-                reason: "must be finite and ≥ 0",
-            });
-        }
+        let scale = r.scale("scale")?;
         let bits = r.take("sign bits", packed_len(n, 1))?;
         r.finish()?;
         Ok(unflatten(signs_from_bits(bits, n, scale, device), shape))

@@ -191,14 +191,7 @@ impl Compressor for TernGrad {
     ) -> Result<Tensor<D>, DecodeError> {
         let (header, shape, mut r) = payload.open::<D>(CodecId::TernGrad)?;
         let n = header.numel();
-        let scale = r.f32("scale")?;
-        if !(scale.is_finite() && scale >= 0.0) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "scale",
-                value: scale.to_bits() as u64,
-                reason: "must be finite and ≥ 0",
-            });
-        }
+        let scale = r.scale("scale")?;
         if n == 0 && header.flags <= BASE3 {
             r.finish()?;
             return Ok(Tensor::zeros(shape, device));

@@ -1033,3 +1033,38 @@ fn qsgd_norms_survive_tiny_and_huge_entries() {
         );
     }
 }
+
+/// bf16 rounding would carry f32::MAX past bf16's largest finite value: the encoder clamps, so
+/// the payload decodes (to ±bf16::MAX) instead of holding ±Inf.
+#[test]
+fn bf16_saturates_instead_of_overflowing() {
+    let device = device();
+    let mut bf16 = Half::new(HalfFormat::Bf16);
+    let g = tensor(vec![f32::MAX, -f32::MAX, 1.0], [3], &device);
+    let payload = bf16.compress(g, &mut rng(0)).unwrap();
+    let out = to_vec(&bf16.decompress::<1>(&payload, &device).unwrap());
+    assert!(out.iter().all(|v| v.is_finite()), "{out:?}");
+    assert!(out[0] > 3e38 && out[1] < -3e38, "{out:?}");
+}
+
+/// ATOMO's budget depends on ℓ₁/ℓ₂, which is scale-free: entries of 1e20 (whose squares overflow
+/// f32) keep exactly the atoms, rescaled, that the same gradient at scale 1 keeps.
+#[test]
+fn atomo_budget_is_scale_free() {
+    let device = device();
+    let g = gaussian(64, 9);
+    let decode = |scale: f32| {
+        let mut atomo = Atomo::new(EntryWise, Budget::QsgdEquivalent).unwrap();
+        let v: Vec<f32> = g.iter().map(|x| x * scale).collect();
+        let p = atomo
+            .compress(tensor(v, [64], &device), &mut rng(4))
+            .unwrap();
+        to_vec(&atomo.decompress::<1>(&p, &device).unwrap())
+    };
+    let (small, big) = (decode(1.0), decode(1e20));
+    let kept = |v: &[f32]| v.iter().filter(|x| **x != 0.0).count();
+    assert!(kept(&small) > 0);
+    assert_eq!(kept(&small), kept(&big));
+    let rescaled: Vec<f32> = big.iter().map(|x| x / 1e20).collect();
+    assert_slices_close(&rescaled, &small, 1e-4);
+}

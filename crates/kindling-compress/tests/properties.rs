@@ -181,6 +181,15 @@ fn overflowing_or_non_finite_values_are_errors() {
             "{bits:#x}"
         );
     }
+    // A scale or norm must also be ≥ 0: a negative one would flip every decoded sign.
+    let mut scaled = (-1.0f32).to_le_bytes().to_vec();
+    scaled.push(0b1);
+    let p = Payload::from_bytes(payload_bytes(4, 0, &[1], &scaled)).unwrap();
+    assert!(ScaledSign.decompress::<1>(&p, &device).is_err());
+    let mut tern = (-1.0f32).to_le_bytes().to_vec();
+    tern.push(0b01);
+    let p = Payload::from_bytes(payload_bytes(6, 0, &[1], &tern)).unwrap();
+    assert!(TernGrad::new().decompress::<1>(&p, &device).is_err());
     let mut random_k = Vec::new();
     random_k.extend_from_slice(&1u32.to_le_bytes());
     random_k.extend_from_slice(&0u64.to_le_bytes());
