@@ -213,7 +213,8 @@ pub(crate) fn unpack_int(
     }
 }
 
-/// The fields of a packed stream on the host (for validation and host-side codes).
+/// The fields of a packed stream, one bit at a time (the definition the tests check against).
+#[cfg(test)]
 pub(crate) fn host_fields(
     bytes: &[u8],
     count: usize,

@@ -1,7 +1,7 @@
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
-use crate::{CompressError, DecodeError, Payload};
+use crate::{CompressError, DecodeError, Payload, PayloadRef};
 
 /// The codec that wrote a payload (the first header byte).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -78,10 +78,17 @@ impl std::fmt::Display for CodecId {
 
 /// A gradient codec: a tensor becomes a self-describing [`Payload`] and back.
 ///
-/// Encoding runs on the gradient's device and moves only packed bytes to the host; decoding
-/// unpacks on the requested device. Randomised codecs draw from the caller's RNG (one per worker,
-/// seeded), so runs are reproducible. A codec with state (error feedback) keeps it per tensor:
-/// use one instance per parameter.
+/// Where the work runs follows the device ([`is_host_device`](crate::is_host_device)): on a
+/// host-memory device (Flex, NdArray) the gradient is read once and encoded by fused,
+/// multi-threaded host kernels, and decoding writes each value once; on a GPU device (wgpu, CUDA)
+/// packing and unpacking run on the device and only the payload crosses to the host. Both paths
+/// write the same format and draw the same random numbers. [`decode_into`](Self::decode_into)
+/// and [`decode_add`](Self::decode_add) decode a borrowed [`PayloadRef`] straight into a buffer
+/// of yours (a mean of several workers' payloads accumulates in one buffer).
+///
+/// Randomised codecs draw from the caller's RNG (one per worker, seeded), so runs are
+/// reproducible, for any number of threads. A codec with state (error feedback) keeps it per
+/// tensor: use one instance per parameter.
 // ANCHOR: compressor
 pub trait Compressor {
     /// The codec id written in headers.
@@ -110,6 +117,35 @@ pub trait Compressor {
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError>;
 
+    /// Encodes `values` (row-major entries of a tensor of `shape`) that are already in host
+    /// memory with the codec's host kernel, reading them in place. `None` for codecs without a
+    /// host kernel (spectral and Fourier ATOMO decompose through burn).
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        let _ = (values, shape, rng);
+        None
+    }
+
+    /// Decodes into `out` (one slot per entry, row-major), overwriting it, on the host, in
+    /// parallel. The body is validated before the first value is written, so an error leaves
+    /// `out` as it was. Nothing proportional to the tensor is allocated, except Fourier ATOMO's
+    /// FFT buffer of the padded length.
+    fn decode_into(&self, payload: &PayloadRef<'_>, out: &mut [f32]) -> Result<(), DecodeError>;
+
+    /// Adds `weight · decode(payload)` to `out` (one slot per entry), on the host: the mean of
+    /// `W` workers' payloads is `W` calls with `weight = 1/W` into one buffer. As with
+    /// [`decode_into`](Self::decode_into), a refused payload leaves `out` untouched.
+    fn decode_add(
+        &self,
+        payload: &PayloadRef<'_>,
+        weight: f32,
+        out: &mut [f32],
+    ) -> Result<(), DecodeError>;
+
     /// What the codec carries from one step to the next (the error-feedback residual) as
     /// flattened f32 values and the shape they belong to, for checkpoints; `None` for stateless
     /// codecs and before the first step.
@@ -136,6 +172,60 @@ pub trait Compressor {
     }
 }
 // ANCHOR_END: compressor
+
+/// Implements [`Compressor::decode_into`] and [`Compressor::decode_add`] from one host decoder
+/// generic over its [`Sink`](crate::host::Sink):
+/// `host_decoders!(payload, out, sink => decode(payload, out, sink));`.
+macro_rules! host_decoders {
+    ($payload:ident, $out:ident, $sink:ident => $body:expr) => {
+        fn decode_into(
+            &self,
+            $payload: &$crate::PayloadRef<'_>,
+            $out: &mut [f32],
+        ) -> Result<(), $crate::DecodeError> {
+            let $sink = $crate::host::Set;
+            $body
+        }
+
+        fn decode_add(
+            &self,
+            $payload: &$crate::PayloadRef<'_>,
+            weight: f32,
+            $out: &mut [f32],
+        ) -> Result<(), $crate::DecodeError> {
+            let $sink = $crate::host::AddScaled(weight);
+            $body
+        }
+    };
+}
+pub(crate) use host_decoders;
+
+/// Encodes on a host device through the codec's host kernel: the tensor's buffer is read in
+/// place (taken, not copied, when the tensor owns it).
+pub(crate) fn compress_on_host<C: Compressor + ?Sized, const D: usize>(
+    codec: &mut C,
+    grad: Tensor<D>,
+    rng: &mut dyn Rng,
+) -> Result<Payload, CompressError> {
+    let shape = grad.dims();
+    let host = crate::host::HostGrad::read(grad);
+    codec
+        .compress_host(host.values(), &shape, rng)
+        .expect("a codec with a host path has a host kernel")
+}
+
+/// Decodes on a host device through the codec's host decoder: one buffer, written once, becomes
+/// the tensor.
+pub(crate) fn decompress_on_host<C: Compressor + ?Sized, const D: usize>(
+    codec: &C,
+    payload: &Payload,
+    device: &Device,
+) -> Result<Tensor<D>, DecodeError> {
+    let shape: [usize; D] = payload.dims()?;
+    let mut out = vec![0.0f32; payload.header().numel()];
+    codec.decode_into(&payload.borrow(), &mut out)?;
+    Ok(crate::host::tensor(out, shape, device))
+}
 
 /// Sizes of one or more encoded gradients.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

@@ -1,38 +1,54 @@
 //! Baselines that keep every entry: [`Identity`] (f32) and [`Half`] (f16 or bf16).
 
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 use rand::Rng;
+use rayon::prelude::*;
 
-use crate::codec::invalid;
+use crate::codec::host_decoders;
+use crate::codec::{compress_on_host, decompress_on_host};
+use crate::host::{CHUNK, Sink, max_abs};
 use crate::payload::{Writer, finite};
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
-/// Reads a gradient back to the host as f32, counting NaN/±Inf entries on the way.
-fn host_values<const D: usize>(grad: Tensor<D>) -> Result<Vec<f32>, CompressError> {
-    let values: Vec<f32> = grad
-        .into_data()
-        .convert::<f32>()
-        .try_into_vec()
-        .map_err(|_| {
-            invalid(
-                "dense",
-                "gradient",
-                "unreadable",
-                "must be a readable float tensor",
-            )
-        })?;
-    let bad = values.iter().filter(|v| !v.is_finite()).count();
-    if bad > 0 {
-        return Err(CompressError::NonFinite {
-            bad,
-            total: values.len(),
+/// Little-endian words of `W` bytes, one per value, in parallel.
+fn encode_words<const W: usize>(
+    values: &[f32],
+    out: &mut [u8],
+    word: impl Fn(f32) -> [u8; W] + Sync,
+) {
+    out.par_chunks_mut(W * CHUNK)
+        .zip(values.par_chunks(CHUNK))
+        .for_each(|(bytes, vals)| {
+            for (dst, &v) in bytes.chunks_exact_mut(W).zip(vals) {
+                dst.copy_from_slice(&word(v));
+            }
         });
-    }
-    Ok(values)
 }
 
-fn to_tensor<const D: usize>(values: Vec<f32>, shape: [usize; D], device: &Device) -> Tensor<D> {
-    Tensor::from_data(TensorData::new(values, shape), device)
+/// Decodes little-endian words of `W` bytes to finite values through `sink`: validated first
+/// (so a bad payload leaves `out` untouched), then written, in parallel.
+fn decode_words<const W: usize, S: Sink>(
+    what: &'static str,
+    bytes: &[u8],
+    out: &mut [f32],
+    sink: S,
+    value: impl Fn([u8; W]) -> f32 + Sync,
+) -> Result<(), DecodeError> {
+    let word = |c: &[u8]| value(c.try_into().expect("W bytes"));
+    let bad = bytes
+        .par_chunks(W * CHUNK)
+        .find_map_any(|c| c.chunks_exact(W).map(word).find(|v| !v.is_finite()));
+    if let Some(v) = bad {
+        finite(what, v)?;
+    }
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(W * CHUNK))
+        .for_each(|(vals, c)| {
+            for (slot, w) in vals.iter_mut().zip(c.chunks_exact(W)) {
+                sink.put(slot, word(w));
+            }
+        });
+    Ok(())
 }
 
 /// Sends every entry as an f32: the uncompressed baseline (unbiased, exact).
@@ -53,13 +69,18 @@ impl Compressor for Identity {
     fn compress<const D: usize>(
         &mut self,
         grad: Tensor<D>,
-        _rng: &mut dyn Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
-        let shape = grad.dims();
-        let values = host_values(grad)?;
-        let mut w = Writer::new(CodecId::Identity, 0, &shape, 4 * values.len())?;
-        w.f32s(&values);
-        Ok(w.finish())
+        compress_on_host(self, grad, rng)
+    }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        _rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(identity_payload(values, shape))
     }
 
     fn decompress<const D: usize>(
@@ -67,15 +88,32 @@ impl Compressor for Identity {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::Identity)?;
-        let values = r.f32s("values", header.numel())?;
-        r.finish()?;
-        Ok(to_tensor(values, shape, device))
+        decompress_on_host(self, payload, device)
     }
+
+    host_decoders!(payload, out, sink => decode_identity(payload, out, sink));
+}
+
+fn identity_payload(values: &[f32], shape: &[usize]) -> Result<Payload, CompressError> {
+    max_abs(values)?;
+    let mut w = Writer::new(CodecId::Identity, 0, shape, 4 * values.len())?;
+    encode_words(values, w.zeroed(4 * values.len()), f32::to_le_bytes);
+    Ok(w.finish())
+}
+
+fn decode_identity<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (_, mut r) = payload.open_into(CodecId::Identity, out)?;
+    let bytes = r.take("values", out.len().saturating_mul(4))?;
+    r.finish()?;
+    decode_words::<4, S>("values", bytes, out, sink, f32::from_le_bytes)
 }
 
 /// The 16-bit float formats [`Half`] can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum HalfFormat {
     /// IEEE binary16 (range ±65504; larger finite values saturate to ±65504).
     #[default]
@@ -114,29 +152,18 @@ impl Compressor for Half {
     fn compress<const D: usize>(
         &mut self,
         grad: Tensor<D>,
-        _rng: &mut dyn Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
-        let shape = grad.dims();
-        let values = host_values(grad)?;
-        let flag = match self.format {
-            HalfFormat::F16 => 0,
-            HalfFormat::Bf16 => 1,
-        };
-        let mut w = Writer::new(CodecId::Half, flag, &shape, 2 * values.len())?;
-        let mut body = Vec::with_capacity(2 * values.len());
-        for v in values {
-            let bits = match self.format {
-                HalfFormat::F16 => half::f16::from_f32(v.clamp(-65504.0, 65504.0)).to_bits(),
-                // Rounding can carry the largest f32s past bf16's largest finite value.
-                HalfFormat::Bf16 => {
-                    let max = half::bf16::MAX.to_f32();
-                    half::bf16::from_f32(v.clamp(-max, max)).to_bits()
-                }
-            };
-            body.extend_from_slice(&bits.to_le_bytes());
-        }
-        w.bytes(&body);
-        Ok(w.finish())
+        compress_on_host(self, grad, rng)
+    }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        _rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(self.payload(values, shape))
     }
 
     fn decompress<const D: usize>(
@@ -144,25 +171,60 @@ impl Compressor for Half {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::Half)?;
-        let n = header.numel();
-        let bytes = r.take("half values", n.saturating_mul(2))?;
-        r.finish()?;
-        let decode: fn(u16) -> f32 = match header.flags {
-            0 => |b| half::f16::from_bits(b).to_f32(),
-            1 => |b| half::bf16::from_bits(b).to_f32(),
-            f => {
-                return Err(DecodeError::FieldOutOfRange {
-                    field: "half format flag",
-                    value: f as u64,
-                    reason: "must be 0 (f16) or 1 (bf16)",
-                });
-            }
+        decompress_on_host(self, payload, device)
+    }
+
+    host_decoders!(payload, out, sink => decode_half(payload, out, sink));
+}
+
+impl Half {
+    fn payload(&self, values: &[f32], shape: &[usize]) -> Result<Payload, CompressError> {
+        max_abs(values)?;
+        let flag = match self.format {
+            HalfFormat::F16 => 0,
+            HalfFormat::Bf16 => 1,
         };
-        let values = bytes
-            .chunks_exact(2)
-            .map(|c| finite("half values", decode(u16::from_le_bytes([c[0], c[1]]))))
-            .collect::<Result<_, _>>()?;
-        Ok(to_tensor(values, shape, device))
+        let mut w = Writer::new(CodecId::Half, flag, shape, 2 * values.len())?;
+        let body = w.zeroed(2 * values.len());
+        match self.format {
+            HalfFormat::F16 => encode_words(values, body, |v| {
+                half::f16::from_f32(v.clamp(-65504.0, 65504.0))
+                    .to_bits()
+                    .to_le_bytes()
+            }),
+            // Rounding can carry the largest f32s past bf16's largest finite value.
+            HalfFormat::Bf16 => {
+                let max = half::bf16::MAX.to_f32();
+                encode_words(values, body, |v| {
+                    half::bf16::from_f32(v.clamp(-max, max))
+                        .to_bits()
+                        .to_le_bytes()
+                })
+            }
+        }
+        Ok(w.finish())
+    }
+}
+
+fn decode_half<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, mut r) = payload.open_into(CodecId::Half, out)?;
+    let bytes = r.take("half values", out.len().saturating_mul(2))?;
+    r.finish()?;
+    match header.flags {
+        0 => decode_words::<2, S>("half values", bytes, out, sink, |b| {
+            half::f16::from_bits(u16::from_le_bytes(b)).to_f32()
+        }),
+        1 => decode_words::<2, S>("half values", bytes, out, sink, |b| {
+            half::bf16::from_bits(u16::from_le_bytes(b)).to_f32()
+        }),
+        f => Err(DecodeError::FieldOutOfRange {
+            field: "half format flag",
+            value: f as u64,
+            reason: "must be 0 (f16) or 1 (bf16)",
+        }),
     }
 }

@@ -91,6 +91,14 @@ pub enum DecodeError {
         /// The rule it breaks.
         reason: &'static str,
     },
+    /// A caller's output buffer does not hold one slot per entry of the payload.
+    #[error("output buffer holds {found} values, the payload has {expected} entries")]
+    OutputLength {
+        /// Entries in the payload.
+        expected: usize,
+        /// Length of the buffer given.
+        found: usize,
+    },
     /// The payload's shape is not the one asked for.
     #[error("payload has shape {found:?}, expected rank {expected_rank}")]
     ShapeMismatch {

@@ -17,10 +17,23 @@
 //! | [`ErrorFeedback`]`<C>` | Karimireddy et al. 2019 | no | as `C` |
 //! | [`powersgd`] (math) | PowerSGD (Vogels et al. 2019) | no | `32·r·(rows+cols)/(rows·cols)` |
 //!
-//! Every codec implements [`Compressor`]: encoding runs on the gradient's device and moves only
-//! the packed bytes to the host; decoding unpacks on the device you name. Randomness comes from
-//! the caller's seeded RNG. NaN/Inf gradients are refused ([`CompressError::NonFinite`]) and
-//! malformed bytes decode to a [`DecodeError`], never a panic.
+//! Every codec implements [`Compressor`]. **Where it runs follows the device**
+//! ([`is_host_device`]): on burn's Flex or NdArray backend the gradient is read once into host
+//! memory (no copy when the tensor owns its buffer) and encoded by fused, chunked kernels on
+//! rayon's thread pool that write the packed bytes straight into the payload; decoding writes each
+//! value once. On a GPU device (wgpu, CUDA) packing and unpacking run on the device and only the
+//! payload crosses to the host. Both paths write the same format and draw the same random
+//! numbers, so either decodes the other's payloads. [`Compressor::decode_into`] and
+//! [`Compressor::decode_add`] decode a borrowed [`PayloadRef`] (a receive buffer) straight into a
+//! buffer of yours, so the mean of several workers' payloads accumulates in one buffer with no
+//! copy. Each codec also has a burn-style config ([`QsgdConfig`], [`TernGradConfig`],
+//! [`SparsifyConfig`], [`AtomoConfig`], [`HalfConfig`]).
+//!
+//! **Randomness** comes from the caller's seeded RNG (one per worker): each encoding draws one
+//! 64-bit key, and uniform `i` is a pure function of `(key, i)` (SplitMix64 in counter mode), so
+//! a payload is the same bytes for any number of threads and on every backend. NaN/Inf gradients
+//! are refused ([`CompressError::NonFinite`]) and malformed bytes decode to a [`DecodeError`],
+//! never a panic.
 //!
 //! **Untrusted bytes.** [`Payload::from_bytes`] accepts shapes of at most [`ENTRIES_PER_BYTE`]
 //! entries per byte received, so a decoder allocates in proportion to its input (a receiver
@@ -54,9 +67,13 @@
 pub mod atomo;
 mod bits;
 mod codec;
+mod config;
 mod dense;
 mod error;
 mod error_feedback;
+mod host;
+#[cfg(test)]
+mod paths_tests;
 mod payload;
 pub mod powersgd;
 mod qsgd;
@@ -72,11 +89,13 @@ pub use rand;
 pub use atomo::{Atomo, Budget, EntryWise, Fourier, Spectral};
 pub use bits::packed_len;
 pub use codec::{CodecId, CompressionStats, Compressor, as_matrix, matrix_view};
+pub use config::{AtomoConfig, HalfConfig, QsgdConfig, SparsifyConfig, TernGradConfig};
 pub use dense::{Half, HalfFormat, Identity};
 pub use error::{CompressError, DecodeError};
 pub use error_feedback::ErrorFeedback;
+pub use host::is_host_device;
 pub use payload::{
-    DTYPE_F32, ENTRIES_PER_BYTE, FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload,
+    DTYPE_F32, ENTRIES_PER_BYTE, FORMAT_VERSION, Header, MAX_ENTRIES, MAX_RANK, Payload, PayloadRef,
 };
 pub use qsgd::{LevelCoding, MAX_LEVELS, Qsgd, elias_gamma_bits};
 pub use random::uniforms;

@@ -98,55 +98,9 @@ impl Payload {
     /// huge one) whatever the payload's length: for a receiver that knows the size of the tensor
     /// it expects.
     pub fn from_bytes_with_limit(bytes: Vec<u8>, max_entries: usize) -> Result<Self, DecodeError> {
-        let mut r = Reader::new(&bytes);
-        let id = r.u8("codec id")?;
-        let codec = CodecId::from_u8(id).ok_or(DecodeError::UnknownCodec(id))?;
-        let version = r.u8("version")?;
-        if version != FORMAT_VERSION {
-            return Err(DecodeError::UnsupportedVersion {
-                codec,
-                version,
-                supported: FORMAT_VERSION,
-            });
-        }
-        let flags = r.u8("flags")?;
-        let dtype = r.u8("dtype")?;
-        if dtype != DTYPE_F32 {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "dtype",
-                value: dtype as u64,
-                reason: "only f32 (0) gradients are encoded by this release",
-            });
-        }
-        let rank = r.u8("rank")? as usize;
-        if rank == 0 || rank > MAX_RANK {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "rank",
-                value: rank as u64,
-                reason: "must be in 1..=8",
-            });
-        }
-        let mut shape = Vec::with_capacity(rank);
-        for _ in 0..rank {
-            shape.push(r.u32("dimension")? as usize);
-        }
-        let extent = extent(&shape);
-        if extent > max_entries.min(MAX_ENTRIES) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "shape",
-                value: extent as u64,
-                reason: "more entries than the receiver's limit",
-            });
-        }
-        let header_len = r.position();
+        let (header, header_len) = parse_header(&bytes, max_entries)?;
         Ok(Self {
-            header: Header {
-                codec,
-                version,
-                flags,
-                dtype,
-                shape,
-            },
+            header,
             header_len,
             bytes,
         })
@@ -176,6 +130,15 @@ impl Payload {
     /// The parsed header.
     pub fn header(&self) -> &Header {
         &self.header
+    }
+
+    /// A borrowed view of this payload, for the `decode_into` / `decode_add` decoders.
+    pub fn borrow(&self) -> PayloadRef<'_> {
+        PayloadRef {
+            header: self.header.clone(),
+            header_len: self.header_len,
+            bytes: &self.bytes,
+        }
     }
 
     /// The codec's body (everything after the header).
@@ -210,16 +173,160 @@ impl Payload {
                 found: self.header.codec,
             });
         }
-        let shape: [usize; D] =
-            self.header
-                .shape
-                .clone()
-                .try_into()
-                .map_err(|found| DecodeError::ShapeMismatch {
-                    expected_rank: D,
-                    found,
-                })?;
-        Ok((&self.header, shape, Reader::new(self.body())))
+        Ok((&self.header, self.dims()?, Reader::new(self.body())))
+    }
+
+    /// The shape as a rank-`D` array, or the mismatch.
+    pub(crate) fn dims<const D: usize>(&self) -> Result<[usize; D], DecodeError> {
+        self.header
+            .shape
+            .clone()
+            .try_into()
+            .map_err(|found| DecodeError::ShapeMismatch {
+                expected_rank: D,
+                found,
+            })
+    }
+}
+
+/// Parses and checks a header (see [`Payload::from_bytes_with_limit`]); returns it and its length.
+fn parse_header(bytes: &[u8], max_entries: usize) -> Result<(Header, usize), DecodeError> {
+    let mut r = Reader::new(bytes);
+    let id = r.u8("codec id")?;
+    let codec = CodecId::from_u8(id).ok_or(DecodeError::UnknownCodec(id))?;
+    let version = r.u8("version")?;
+    if version != FORMAT_VERSION {
+        return Err(DecodeError::UnsupportedVersion {
+            codec,
+            version,
+            supported: FORMAT_VERSION,
+        });
+    }
+    let flags = r.u8("flags")?;
+    let dtype = r.u8("dtype")?;
+    if dtype != DTYPE_F32 {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "dtype",
+            value: dtype as u64,
+            reason: "only f32 (0) gradients are encoded by this release",
+        });
+    }
+    let rank = r.u8("rank")? as usize;
+    if rank == 0 || rank > MAX_RANK {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "rank",
+            value: rank as u64,
+            reason: "must be in 1..=8",
+        });
+    }
+    let mut shape = Vec::with_capacity(rank);
+    for _ in 0..rank {
+        shape.push(r.u32("dimension")? as usize);
+    }
+    let extent = extent(&shape);
+    if extent > max_entries.min(MAX_ENTRIES) {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "shape",
+            value: extent as u64,
+            reason: "more entries than the receiver's limit",
+        });
+    }
+    let header = Header {
+        codec,
+        version,
+        flags,
+        dtype,
+        shape,
+    };
+    Ok((header, r.position()))
+}
+
+/// A payload borrowed from a byte buffer (a receive buffer, a memory map): the header is parsed
+/// and checked with the same rules as [`Payload`], the body is not copied. Decode it with
+/// [`Compressor::decode_into`](crate::Compressor::decode_into) or
+/// [`decode_add`](crate::Compressor::decode_add) straight into a buffer of your own.
+///
+/// ```
+/// use kindling_compress::{Compressor, PayloadRef, Sign};
+/// use kindling_compress::rand::{SeedableRng, rngs::ChaCha8Rng};
+/// use burn::tensor::{Device, Tensor};
+///
+/// let device = Device::flex();
+/// let grad = Tensor::<1>::from_floats([0.5, -2.0, 0.0], &device);
+/// let bytes = Sign.compress(grad, &mut ChaCha8Rng::seed_from_u64(0)).unwrap().into_bytes();
+/// let mut mean = vec![0.0f32; 3];
+/// for received in [&bytes, &bytes] {
+///     let payload = PayloadRef::parse_expecting(received, &[3]).unwrap();
+///     Sign.decode_add(&payload, 0.5, &mut mean).unwrap(); // mean of two workers
+/// }
+/// assert_eq!(mean, [1.0, -1.0, 1.0]);
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PayloadRef<'a> {
+    header: Header,
+    header_len: usize,
+    bytes: &'a [u8],
+}
+
+impl<'a> PayloadRef<'a> {
+    /// Parses the header of `bytes` under [`Payload::from_bytes`]'s default limit
+    /// ([`ENTRIES_PER_BYTE`] entries per byte).
+    pub fn parse(bytes: &'a [u8]) -> Result<Self, DecodeError> {
+        Self::parse_with_limit(bytes, bytes.len().saturating_mul(ENTRIES_PER_BYTE))
+    }
+
+    /// As [`Payload::from_bytes_with_limit`]: shapes of up to `max_entries` entries.
+    pub fn parse_with_limit(bytes: &'a [u8], max_entries: usize) -> Result<Self, DecodeError> {
+        let (header, header_len) = parse_header(bytes, max_entries)?;
+        Ok(Self {
+            header,
+            header_len,
+            bytes,
+        })
+    }
+
+    /// As [`Payload::from_bytes_expecting`]: exactly `shape`, whatever the payload's length.
+    pub fn parse_expecting(bytes: &'a [u8], shape: &[usize]) -> Result<Self, DecodeError> {
+        let payload = Self::parse_with_limit(bytes, extent(shape))?;
+        if payload.header.shape != shape {
+            return Err(DecodeError::ShapeMismatch {
+                expected_rank: shape.len(),
+                found: payload.header.shape.clone(),
+            });
+        }
+        Ok(payload)
+    }
+
+    /// The parsed header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+
+    /// The codec's body (everything after the header).
+    pub fn body(&self) -> &'a [u8] {
+        &self.bytes[self.header_len..]
+    }
+
+    /// The whole buffer.
+    pub fn as_bytes(&self) -> &'a [u8] {
+        self.bytes
+    }
+
+    /// Checks the payload belongs to `codec` and that `out` holds one slot per entry; returns
+    /// the header and a reader over the body.
+    pub(crate) fn open_into(
+        &self,
+        codec: CodecId,
+        out: &[f32],
+    ) -> Result<(&Header, Reader<'a>), DecodeError> {
+        if self.header.codec != codec {
+            return Err(DecodeError::WrongCodec {
+                expected: codec,
+                found: self.header.codec,
+            });
+        }
+        crate::host::check_output(out, self.header.numel())?;
+        Ok((&self.header, Reader::new(self.body())))
     }
 }
 
@@ -296,6 +403,33 @@ impl Writer {
 
     pub(crate) fn bytes(&mut self, vs: &[u8]) {
         self.bytes.extend_from_slice(vs);
+    }
+
+    /// Sets the header's flags byte (for a coding chosen after the body was written).
+    pub(crate) fn set_flags(&mut self, flags: u8) {
+        self.bytes[2] = flags;
+    }
+
+    /// Bytes written so far, header included.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// Drops everything after the first `len` bytes.
+    pub(crate) fn truncate(&mut self, len: usize) {
+        self.bytes.truncate(len);
+    }
+
+    /// The bytes from `start` on.
+    pub(crate) fn tail(&self, start: usize) -> &[u8] {
+        &self.bytes[start..]
+    }
+
+    /// Appends `len` zero bytes and returns them, for a kernel to write in place.
+    pub(crate) fn zeroed(&mut self, len: usize) -> &mut [u8] {
+        let start = self.bytes.len();
+        self.bytes.resize(start + len, 0);
+        &mut self.bytes[start..]
     }
 
     pub(crate) fn finish(self) -> Payload {

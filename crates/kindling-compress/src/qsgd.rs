@@ -5,11 +5,17 @@
 use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 
-use crate::bits::{host_fields, pack_fields, packed_len, unpack_mapped};
-use crate::codec::{check_count, flatten, invalid, l1_norm_checked};
-use crate::payload::Writer;
-use crate::random::uniforms;
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::bits::{pack_fields, packed_len, unpack_mapped};
+use crate::codec::host_decoders;
+use crate::codec::{
+    check_count, compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked,
+};
+use crate::host::{self, BLOCK, CHUNK, Set, Sink, is_host_device, pack_random};
+use crate::payload::{Reader, Writer};
+use crate::random::{Stream, uniforms};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
+use rayon::prelude::*;
+use std::ops::Range;
 
 /// Header flag: the levels are Elias-gamma coded (otherwise fixed width).
 const ELIAS: u8 = 1;
@@ -17,7 +23,7 @@ const ELIAS: u8 = 1;
 pub const MAX_LEVELS: u32 = (1 << 15) - 1;
 
 /// How the levels are written.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum LevelCoding {
     /// Whichever of the two below is smaller for this tensor (flagged in the header).
     #[default]
@@ -49,9 +55,9 @@ pub enum LevelCoding {
 ///   Elias-gamma code of `level + 1` (`⌊log₂(level+1)⌋` zeros, then `level + 1` most significant
 ///   bit first), followed by the sign bit when `level > 0`.
 ///
-/// [`LevelCoding::Smallest`] (the default) computes both sizes and writes the smaller; the
-/// Elias path is considered only when its lower bound `64 + n + 3·nnz` bits beats fixed width, and
-/// then only the non-zero levels and a bitmap leave the device.
+/// [`LevelCoding::Smallest`] (the default) writes the smaller of the two. The Elias stream is
+/// recoded from the fixed-width fields, chunks in parallel; the host kernel builds it only when
+/// its lower bound `64 + n + 3·nnz` bits beats fixed width.
 #[derive(Debug, Clone, Copy)]
 pub struct Qsgd {
     levels: u32,
@@ -107,6 +113,156 @@ impl Qsgd {
     }
 }
 
+impl Qsgd {
+    /// The host kernel: bucket norms in one parallel pass (a bucket is read twice while in
+    /// cache), then one pass quantising with the counter-based uniforms straight into the
+    /// fixed-width fields of the payload; the Elias-gamma form, when chosen, is recoded from
+    /// those fields chunk by chunk.
+    fn encode_host(
+        &self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Result<Payload, CompressError> {
+        let n = values.len();
+        let s = self.levels;
+        let nb = buckets(n, self.bucket);
+        let b = self.bucket.unwrap_or(n).min(n).max(1);
+        // Buckets are normed in parallel, each sequentially (in cache).
+        let norm_of = |bucket: &[f32]| -> Result<f32, CompressError> {
+            let (_, norm, _) = host::norms(bucket)?;
+            if norm > f32::MAX as f64 {
+                return Err(CompressError::Overflow);
+            }
+            Ok(norm as f32)
+        };
+        let norms: Vec<f32> = if nb == 1 {
+            vec![norm_of(values)?]
+        } else {
+            values
+                .par_chunks(b)
+                .map(norm_of)
+                .collect::<Result<_, _>>()
+                .map_err(|e| match e {
+                    CompressError::NonFinite { .. } => host::max_abs(values).err().unwrap_or(e),
+                    e => e,
+                })?
+        };
+        let width = self.field_width();
+        let fixed_len = packed_len(n, width);
+        let mut w = Writer::new(CodecId::Qsgd, 0, shape, 8 + 4 * nb + fixed_len)?;
+        w.u32(s);
+        w.u32(self.bucket.unwrap_or(0) as u32);
+        w.f32s(&norms);
+        let body_start = w.len();
+        // a_i = g_i·(s/‖v‖) as on the device; level ⌊|a| + u⌋ ≤ s, field level << 1 | (a < 0).
+        let factors: Vec<f32> = norms
+            .iter()
+            .map(|&m| (1.0 / if m == 0.0 { 1.0 } else { m }) * s as f32)
+            .collect();
+        let stream = Stream::new(rng);
+        let level_of = move |v: f32, u: f32, factor: f32| -> (u32, u32) {
+            let a = v * factor;
+            // |a| + u ≥ 0: clamping in f32, then truncating, is ⌊|a| + u⌋ capped at s.
+            let level = (a.abs() + u).min(s as f32) as i32 as u32;
+            (level, (a < 0.0) as u32)
+        };
+        let nonzero = {
+            let body = w.zeroed(fixed_len);
+            let per_block = BLOCK * width as usize / 8;
+            pack_random(values, stream, per_block, body, |start, vs, us, out| {
+                let mut fields = [0u32; BLOCK];
+                let fields = &mut fields[..vs.len()];
+                for_bucket_runs(start, vs.len(), b, |bucket, run| {
+                    let factor = factors[bucket];
+                    for ((field, &v), &u) in fields[run.clone()]
+                        .iter_mut()
+                        .zip(&vs[run.clone()])
+                        .zip(&us[run])
+                    {
+                        let (level, negative) = level_of(v, u, factor);
+                        *field = level << 1 | negative;
+                    }
+                });
+                let count = fields.iter().filter(|&&f| f > 1).count();
+                host::pack_fields(fields, width, out);
+                count
+            })
+        };
+        let use_elias = match self.coding {
+            LevelCoding::Fixed => false,
+            LevelCoding::EliasGamma => true,
+            // Elias-gamma needs at least 64 + n + 3·nnz bits; only then is the exact size computed.
+            LevelCoding::Smallest => 64 + n as u64 + 3 * nonzero as u64 <= 8 * fixed_len as u64,
+        };
+        if use_elias {
+            let stream = elias_stream(w.tail(body_start), n, width, s);
+            if self.coding == LevelCoding::EliasGamma
+                || 8 + stream.bits.div_ceil(8) < fixed_len as u64
+            {
+                w.truncate(body_start);
+                w.set_flags(ELIAS);
+                w.u64(stream.bits);
+                w.bytes(&stream.bytes);
+            }
+        }
+        Ok(w.finish())
+    }
+}
+
+/// Calls `f(bucket, run)` for the runs of entries `start .. start + len` that share a bucket of
+/// `size`, with `run` relative to `start`: one division per run, none per entry.
+#[inline]
+fn for_bucket_runs(start: usize, len: usize, size: usize, mut f: impl FnMut(usize, Range<usize>)) {
+    let mut j = 0;
+    while j < len {
+        let bucket = (start + j) / size;
+        let end = ((bucket + 1) * size - start).min(len);
+        f(bucket, j..end);
+        j = end;
+    }
+}
+
+/// The bucket of consecutive entries from a start index on, without a division per entry.
+struct Buckets {
+    bucket: usize,
+    left: usize,
+    size: usize,
+}
+
+impl Buckets {
+    fn starting_at(start: usize, size: usize) -> Self {
+        Self {
+            bucket: start / size,
+            left: size - start % size,
+            size,
+        }
+    }
+
+    /// Skips `k` entries.
+    #[inline(always)]
+    fn skip(&mut self, k: usize) {
+        if k <= self.left {
+            self.left -= k;
+        } else {
+            let past = k - self.left;
+            self.bucket += past.div_ceil(self.size);
+            self.left = (self.size - past % self.size) % self.size;
+        }
+    }
+
+    /// The bucket of the next entry.
+    #[inline(always)]
+    fn next(&mut self) -> usize {
+        if self.left == 0 {
+            self.bucket += 1;
+            self.left = self.size;
+        }
+        self.left -= 1;
+        self.bucket
+    }
+}
+
 fn buckets(n: usize, bucket: Option<usize>) -> usize {
     match (n, bucket) {
         (0, _) => 0,
@@ -134,61 +290,61 @@ impl BitWriter {
         self.acc |= value << self.filled;
         self.filled += len;
         self.bits += len as u64;
-        while self.filled >= 8 {
-            self.bytes.push(self.acc as u8);
-            self.acc >>= 8;
-            self.filled -= 8;
+        if self.filled >= 32 {
+            self.bytes
+                .extend_from_slice(&(self.acc as u32).to_le_bytes());
+            self.acc >>= 32;
+            self.filled -= 32;
+        }
+    }
+
+    fn with_capacity(bytes: usize) -> Self {
+        Self {
+            bytes: Vec::with_capacity(bytes),
+            ..Self::default()
+        }
+    }
+
+    /// Appends `k` one bits (`k` zero levels).
+    fn ones(&mut self, mut k: usize) {
+        while k >= 32 {
+            self.push(u32::MAX as u64, 32);
+            k -= 32;
+        }
+        if k > 0 {
+            self.push((1u64 << k) - 1, k as u32);
+        }
+    }
+
+    /// Appends another stream's bits, 32 at a time.
+    fn append(&mut self, other: &EliasStream) {
+        let whole = (other.bits / 8) as usize;
+        let mut words = other.bytes[..whole].chunks_exact(4);
+        for word in &mut words {
+            self.push(
+                u32::from_le_bytes(word.try_into().expect("4 bytes")) as u64,
+                32,
+            );
+        }
+        for &byte in words.remainder() {
+            self.push(byte as u64, 8);
+        }
+        let rest = (other.bits % 8) as u32;
+        if rest > 0 {
+            self.push(other.bytes[whole] as u64 & ((1 << rest) - 1), rest);
         }
     }
 
     fn finish(mut self) -> EliasStream {
-        if self.filled > 0 {
+        while self.filled > 0 {
             self.bytes.push(self.acc as u8);
+            self.acc >>= 8;
+            self.filled = self.filled.saturating_sub(8);
         }
         EliasStream {
             bytes: self.bytes,
             bits: self.bits,
         }
-    }
-}
-
-struct BitReader<'a> {
-    bytes: &'a [u8],
-    pos: u64,
-    len: u64,
-}
-
-impl BitReader<'_> {
-    fn bit(&mut self) -> Result<bool, DecodeError> {
-        if self.pos >= self.len {
-            return Err(DecodeError::Truncated {
-                what: "Elias-gamma level",
-                needed: 1,
-                available: 0,
-            });
-        }
-        let b = (self.bytes[(self.pos / 8) as usize] >> (self.pos % 8)) & 1 == 1;
-        self.pos += 1;
-        Ok(b)
-    }
-
-    fn gamma(&mut self) -> Result<u32, DecodeError> {
-        let mut zeros = 0;
-        while !self.bit()? {
-            zeros += 1;
-            if zeros > 15 {
-                return Err(DecodeError::FieldOutOfRange {
-                    field: "Elias-gamma prefix",
-                    value: zeros,
-                    reason: "a level above 32767 cannot occur",
-                });
-            }
-        }
-        let mut m = 1u32;
-        for _ in 0..zeros {
-            m = (m << 1) | self.bit()? as u32;
-        }
-        Ok(m)
     }
 }
 
@@ -207,6 +363,9 @@ impl Compressor for Qsgd {
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
         let shape = grad.dims();
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let n = grad.dims().iter().product::<usize>();
         let device = grad.device();
         let s = self.levels;
@@ -291,61 +450,29 @@ impl Compressor for Qsgd {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::Qsgd)?;
-        let n = header.numel();
-        let s = r.u32("levels")?;
-        if !(1..=MAX_LEVELS).contains(&s) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "levels",
-                value: s as u64,
-                reason: "must be in 1..=32767",
-            });
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
         }
-        let bucket = match r.u32("bucket")? {
-            0 => None,
-            b => Some(b as usize),
-        };
-        let nb = buckets(n, bucket);
-        let b = if n == 0 {
-            0
-        } else {
-            bucket.unwrap_or(n).min(n)
-        };
-        let norms = r.scales("bucket norms", nb)?;
-        let width = 1 + (32 - s.leading_zeros());
-        let signed: Tensor<1> = match header.flags {
-            0 => {
-                let bytes = r.take("levels", packed_len(n, width))?;
-                r.finish()?;
-                if let Some(level) = host_fields(bytes, n, width)
-                    .map(|f| f >> 1)
-                    .find(|&l| l > s)
-                {
-                    return Err(DecodeError::FieldOutOfRange {
-                        field: "level",
-                        value: level as u64,
-                        reason: "exceeds the number of levels",
-                    });
-                }
+        let (header, shape, r) = payload.open::<D>(CodecId::Qsgd)?;
+        let n = header.numel();
+        let Body {
+            s,
+            nb,
+            b,
+            norms,
+            levels,
+        } = Body::read(r, header.flags, n)?;
+        let signed: Tensor<1> = match levels {
+            Levels::Fixed { bytes, width } => {
                 let table: Vec<f32> = (0..1u32 << width)
                     .map(|f| (f >> 1) as f32 * if f & 1 == 1 { -1.0 } else { 1.0 })
                     .collect();
                 unpack_mapped(bytes, n, width, &table, device)
             }
-            ELIAS => {
-                let bits = r.u64("Elias-gamma bit count")?;
-                let bytes = r.take("Elias-gamma levels", (bits.div_ceil(8)) as usize)?;
-                r.finish()?;
-                check_count("entries", n, bytes.len(), 1)?;
-                let levels = read_elias(bytes, bits, n, s)?;
+            Levels::Elias { reader, .. } => {
+                let mut levels = vec![0.0f32; n];
+                reader.decode(&mut levels, &[1.0], n.max(1), Set);
                 Tensor::from_data(TensorData::new(levels, [n]), device)
-            }
-            f => {
-                return Err(DecodeError::FieldOutOfRange {
-                    field: "qsgd flags",
-                    value: f as u64,
-                    reason: "only bit 0 (Elias-gamma) is defined",
-                });
             }
         };
         if n == 0 {
@@ -368,6 +495,337 @@ impl Compressor for Qsgd {
             .slice(0..n)
             .reshape(shape))
     }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(self.encode_host(values, shape, rng))
+    }
+
+    host_decoders!(payload, out, sink => decode_host(payload, out, sink));
+}
+
+/// A validated QSGD body.
+struct Body<'a> {
+    s: u32,
+    nb: usize,
+    b: usize,
+    norms: Vec<f32>,
+    levels: Levels<'a>,
+}
+
+/// Validated levels, in either coding.
+enum Levels<'a> {
+    Fixed { bytes: &'a [u8], width: u32 },
+    Elias { reader: EliasLevels<'a> },
+}
+
+impl<'a> Body<'a> {
+    /// Reads and validates everything after the header (levels in range, codes complete), before
+    /// any value is written.
+    fn read(mut r: Reader<'a>, flags: u8, n: usize) -> Result<Self, DecodeError> {
+        let s = r.u32("levels")?;
+        if !(1..=MAX_LEVELS).contains(&s) {
+            return Err(DecodeError::FieldOutOfRange {
+                field: "levels",
+                value: s as u64,
+                reason: "must be in 1..=32767",
+            });
+        }
+        let bucket = match r.u32("bucket")? {
+            0 => None,
+            b => Some(b as usize),
+        };
+        let nb = buckets(n, bucket);
+        let b = if n == 0 {
+            1
+        } else {
+            bucket.unwrap_or(n).min(n)
+        };
+        let norms = r.scales("bucket norms", nb)?;
+        let width = 1 + (32 - s.leading_zeros());
+        let levels = match flags {
+            0 => {
+                let bytes = r.take("levels", packed_len(n, width))?;
+                r.finish()?;
+                if let Some(field) = host::any_field(bytes, n, width, |f| f >> 1 > s) {
+                    return Err(level_error(field >> 1));
+                }
+                Levels::Fixed { bytes, width }
+            }
+            ELIAS => {
+                let bits = r.u64("Elias-gamma bit count")?;
+                let bytes = r.take("Elias-gamma levels", (bits.div_ceil(8)) as usize)?;
+                r.finish()?;
+                check_count("entries", n, bytes.len(), 1)?;
+                Levels::Elias {
+                    reader: EliasLevels::validate(bytes, bits, n, s)?,
+                }
+            }
+            f => {
+                return Err(DecodeError::FieldOutOfRange {
+                    field: "qsgd flags",
+                    value: f as u64,
+                    reason: "only bit 0 (Elias-gamma) is defined",
+                });
+            }
+        };
+        Ok(Self {
+            s,
+            nb,
+            b,
+            norms,
+            levels,
+        })
+    }
+}
+
+fn level_error(level: u32) -> DecodeError {
+    DecodeError::FieldOutOfRange {
+        field: "level",
+        value: level as u64,
+        reason: "exceeds the number of levels",
+    }
+}
+
+/// The host decoder: validated first, then each value `±level·‖v‖/s` written once.
+fn decode_host<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, r) = payload.open_into(CodecId::Qsgd, out)?;
+    let body = Body::read(r, header.flags, out.len())?;
+    let scales: Vec<f32> = body.norms.iter().map(|x| x / body.s as f32).collect();
+    let b = body.b;
+    match body.levels {
+        Levels::Fixed { bytes, width } => {
+            host::par_field_blocks(bytes, width, out, |start, fields, vals| {
+                for_bucket_runs(start, vals.len(), b, |bucket, run| {
+                    let scale = scales[bucket];
+                    for (slot, &f) in vals[run.clone()].iter_mut().zip(&fields[run]) {
+                        let level = (f >> 1) as f32 * scale;
+                        sink.put(slot, if f & 1 == 1 { -level } else { level });
+                    }
+                });
+            })
+        }
+        Levels::Elias { reader } => reader.decode(out, &scales, b, sink),
+    }
+    Ok(())
+}
+
+/// An Elias-gamma level stream, validated, with the bit position of every chunk's first entry
+/// so that chunks decode in parallel.
+struct EliasLevels<'a> {
+    bytes: &'a [u8],
+    starts: Vec<u64>,
+}
+
+/// 64 stream bits from bit `pos` on (zeros past the end).
+#[inline(always)]
+fn window(bytes: &[u8], pos: u64) -> u64 {
+    let byte = (pos / 8) as usize;
+    if let Some(word) = bytes.get(byte..byte + 8) {
+        return u64::from_le_bytes(word.try_into().expect("8 bytes")) >> (pos % 8);
+    }
+    let mut word = [0u8; 8];
+    let end = (byte + 8).min(bytes.len());
+    if byte < end {
+        word[..end - byte].copy_from_slice(&bytes[byte..end]);
+    }
+    u64::from_le_bytes(word) >> (pos % 8)
+}
+
+/// A reading position in an Elias-gamma stream with the next bits cached: at least 33 valid
+/// bits (the longest code with its sign is 32) whenever a code is read.
+struct Cursor<'a> {
+    bytes: &'a [u8],
+    pos: u64,
+    bits: u64,
+    valid: u32,
+}
+
+impl<'a> Cursor<'a> {
+    fn at(bytes: &'a [u8], pos: u64) -> Self {
+        let valid = 64 - (pos % 8) as u32;
+        Self {
+            bytes,
+            pos,
+            bits: window(bytes, pos),
+            valid,
+        }
+    }
+
+    #[inline(always)]
+    fn refill(&mut self) {
+        if self.valid < 33 {
+            *self = Self::at(self.bytes, self.pos);
+        }
+    }
+
+    /// How many zero levels (single `1` bits) come next, at most `max`.
+    #[inline(always)]
+    fn zero_run(&mut self, max: usize) -> usize {
+        self.refill();
+        (self.bits.trailing_ones() as usize).min(max)
+    }
+
+    #[inline(always)]
+    fn skip(&mut self, len: u32) {
+        self.bits = self.bits.checked_shr(len).unwrap_or(0);
+        self.valid -= len;
+        self.pos += len as u64;
+    }
+
+    /// The next signed level (after [`zero_run`](Self::zero_run) returned 0).
+    #[inline(always)]
+    fn level(&mut self) -> Result<i32, DecodeError> {
+        let (level, len) = elias_level(self.bits)?;
+        self.skip(len as u32);
+        Ok(level)
+    }
+}
+
+/// The signed level at the start of window `w` and its code length (`γ(level + 1)`, then a
+/// sign bit when `level > 0`), or the reason it is malformed. Reads at most 32 bits.
+#[inline(always)]
+fn elias_level(w: u64) -> Result<(i32, u64), DecodeError> {
+    let zeros = w.trailing_zeros();
+    if zeros > 15 {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "Elias-gamma prefix",
+            value: zeros.min(16) as u64,
+            reason: "a level above 32767 cannot occur",
+        });
+    }
+    // After the zeros, m = level + 1 most significant bit first (zeros + 1 bits).
+    let m = (((w >> zeros) & ((1 << (zeros + 1)) - 1)) as u32).reverse_bits() >> (31 - zeros);
+    let level = m as i32 - 1;
+    let len = 2 * zeros as u64 + 1;
+    if level > 0 && (w >> len) & 1 == 1 {
+        Ok((-level, len + 1))
+    } else {
+        Ok((level, len + (level > 0) as u64))
+    }
+}
+
+/// Bits the validation looks up at once.
+const STEP_BITS: u32 = 12;
+
+/// What the next [`STEP_BITS`] bits of an Elias-gamma stream hold: how many complete codes,
+/// their bits and their largest level (codes: 0 when the first code is longer).
+#[derive(Clone, Copy, Default)]
+struct Step {
+    codes: u8,
+    bits: u8,
+    max_level: u8,
+}
+
+/// The validation's lookup table, indexed by the next [`STEP_BITS`] bits.
+fn steps() -> &'static [Step] {
+    static STEPS: std::sync::OnceLock<Vec<Step>> = std::sync::OnceLock::new();
+    STEPS.get_or_init(|| {
+        (0..1u64 << STEP_BITS)
+            .map(|pattern| {
+                let mut step = Step::default();
+                let mut pos = 0u32;
+                while pos < STEP_BITS {
+                    let w = pattern >> pos;
+                    if w.trailing_zeros() >= STEP_BITS - pos {
+                        break;
+                    }
+                    let Ok((level, len)) = elias_level(w) else {
+                        break;
+                    };
+                    if pos + len as u32 > STEP_BITS {
+                        break;
+                    }
+                    step.codes += 1;
+                    step.max_level = step.max_level.max(level.unsigned_abs() as u8);
+                    pos += len as u32;
+                }
+                step.bits = pos as u8;
+                step
+            })
+            .collect()
+    })
+}
+
+impl<'a> EliasLevels<'a> {
+    /// Walks the whole stream once (serially: code boundaries are only known by reading),
+    /// checking every code and recording where each chunk starts. A run of zero levels (one
+    /// `1` bit each) is taken a window at a time.
+    fn validate(bytes: &'a [u8], bits: u64, n: usize, s: u32) -> Result<Self, DecodeError> {
+        let mut starts = Vec::with_capacity(n.div_ceil(CHUNK));
+        let mut cursor = Cursor::at(bytes, 0);
+        let mut i = 0;
+        while i < n {
+            if i % CHUNK == 0 && starts.len() == i / CHUNK {
+                starts.push(cursor.pos);
+            }
+            let room = (n - i).min(CHUNK - i % CHUNK);
+            let ones = cursor.zero_run(room);
+            let step = steps()[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
+            if ones >= STEP_BITS as usize || ones == room {
+                cursor.skip(ones as u32);
+                i += ones;
+            } else if step.codes > 0 && step.codes as usize <= room {
+                if step.max_level as u32 > s {
+                    return Err(level_error(step.max_level as u32));
+                }
+                cursor.skip(step.bits as u32);
+                i += step.codes as usize;
+            } else {
+                let level = cursor.level()?;
+                if level.unsigned_abs() > s {
+                    return Err(level_error(level.unsigned_abs()));
+                }
+                i += 1;
+            }
+            if cursor.pos > bits {
+                return Err(DecodeError::Truncated {
+                    what: "Elias-gamma level",
+                    needed: cursor.pos.div_ceil(8) as usize,
+                    available: bytes.len(),
+                });
+            }
+        }
+        if cursor.pos != bits {
+            return Err(DecodeError::TrailingBytes {
+                extra: ((bits - cursor.pos) as usize).div_ceil(8),
+            });
+        }
+        Ok(Self { bytes, starts })
+    }
+
+    /// Writes `level_i · scales[i / bucket]` through `sink`, chunks in parallel.
+    fn decode<S: Sink>(&self, out: &mut [f32], scales: &[f32], bucket: usize, sink: S) {
+        out.par_chunks_mut(CHUNK)
+            .zip(&self.starts)
+            .enumerate()
+            .for_each(|(c, (vals, &start))| {
+                let mut cursor = Cursor::at(self.bytes, start);
+                let mut buckets = Buckets::starting_at(c * CHUNK, bucket);
+                let mut j = 0;
+                while j < vals.len() {
+                    let ones = cursor.zero_run(vals.len() - j);
+                    if ones > 0 {
+                        sink.zeros(&mut vals[j..j + ones]);
+                        buckets.skip(ones);
+                        cursor.skip(ones as u32);
+                        j += ones;
+                    } else {
+                        let level = cursor.level().expect("validated");
+                        sink.put(&mut vals[j], level as f32 * scales[buckets.next()]);
+                        j += 1;
+                    }
+                }
+            });
+    }
 }
 
 struct EliasStream {
@@ -376,7 +834,8 @@ struct EliasStream {
 }
 
 /// Elias-gamma stream of `n` levels read from the packed fixed-width fields (`level << 1 |
-/// sign`): per entry `γ(level + 1)`, then the sign bit when `level > 0`.
+/// sign`): per entry `γ(level + 1)`, then the sign bit when `level > 0`. Chunks are coded in
+/// parallel and their bit streams concatenated.
 fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
     // Code words by level, bits in stream order (the γ code's leading zeros are the low bits).
     let codes: Vec<(u64, u32)> = (0..=s)
@@ -387,47 +846,41 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
             (reversed << top, 2 * top + 1)
         })
         .collect();
-    let mut w = BitWriter::default();
-    for field in host_fields(fixed, n, width) {
-        let level = (field >> 1).min(s);
-        let (code, len) = codes[level as usize];
-        w.push(code, len);
-        if level > 0 {
-            w.push((field & 1) as u64, 1);
-        }
+    let block_bytes = BLOCK * width as usize / 8;
+    let chunks: Vec<EliasStream> = (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .map(|c| {
+            let count = CHUNK.min(n - c * CHUNK);
+            let start = c * host::chunk_bytes(width);
+            let bytes = &fixed[start..start + packed_len(count, width)];
+            let mut w = BitWriter::with_capacity(bytes.len());
+            // A zero level is the single bit 1: runs of them are written 32 bits at a time.
+            let mut zeros = 0usize;
+            let mut fields = [0u32; BLOCK];
+            for (b, block) in bytes.chunks(block_bytes).enumerate() {
+                let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
+                host::unpack_fields(block, width, fields);
+                for &field in fields.iter() {
+                    let level = (field >> 1).min(s);
+                    if level == 0 {
+                        zeros += 1;
+                        continue;
+                    }
+                    w.ones(zeros);
+                    zeros = 0;
+                    let (code, len) = codes[level as usize];
+                    w.push(code | ((field & 1) as u64) << len, len + 1);
+                }
+            }
+            w.ones(zeros);
+            w.finish()
+        })
+        .collect();
+    let mut out = BitWriter::default();
+    for chunk in chunks {
+        out.append(&chunk);
     }
-    w.finish()
-}
-
-fn read_elias(bytes: &[u8], bits: u64, n: usize, s: u32) -> Result<Vec<i64>, DecodeError> {
-    let mut r = BitReader {
-        bytes,
-        pos: 0,
-        len: bits,
-    };
-    let mut out = Vec::with_capacity(n);
-    for _ in 0..n {
-        let level = r.gamma()? - 1;
-        if level > s {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "level",
-                value: level as u64,
-                reason: "exceeds the number of levels",
-            });
-        }
-        let negative = level > 0 && r.bit()?;
-        out.push(if negative {
-            -(level as i64)
-        } else {
-            level as i64
-        });
-    }
-    if r.pos != bits {
-        return Err(DecodeError::TrailingBytes {
-            extra: ((bits - r.pos) as usize).div_ceil(8),
-        });
-    }
-    Ok(out)
+    out.finish()
 }
 
 /// Exact Elias-gamma bit count for the given levels (for tests and budgeting).
@@ -436,4 +889,76 @@ pub fn elias_gamma_bits(levels: &[u32]) -> u64 {
         .iter()
         .map(|&l| gamma_len(l + 1) + (l > 0) as u64)
         .sum()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stream of `levels` (signed) as the encoder writes it.
+    fn stream(levels: &[i32]) -> EliasStream {
+        let mut w = BitWriter::default();
+        for &l in levels {
+            let m = l.unsigned_abs() + 1;
+            let top = 31 - m.leading_zeros();
+            let code = ((m.reverse_bits() >> (31 - top)) as u64) << top;
+            w.push(code, 2 * top + 1);
+            if l != 0 {
+                w.push((l < 0) as u64, 1);
+            }
+        }
+        w.finish()
+    }
+
+    #[test]
+    fn elias_validation_refuses_levels_above_s_by_table_and_by_code() {
+        let cases: [Vec<i32>; 4] = [
+            vec![0, 2, 0],
+            vec![0; 30],
+            vec![1, -1, 0, 3, 0, 0, 1],
+            vec![0, 40, -2],
+        ];
+        for levels in cases {
+            let s_needed = levels.iter().map(|l| l.unsigned_abs()).max().unwrap();
+            let st = stream(&levels);
+            let ok =
+                EliasLevels::validate(&st.bytes, st.bits, levels.len(), s_needed.max(1)).unwrap();
+            let mut out = vec![0.0; levels.len()];
+            ok.decode(&mut out, &[1.0], levels.len(), Set);
+            assert_eq!(out, levels.iter().map(|&l| l as f32).collect::<Vec<_>>());
+            if s_needed > 1 {
+                let err = EliasLevels::validate(&st.bytes, st.bits, levels.len(), s_needed - 1);
+                assert!(matches!(
+                    err,
+                    Err(DecodeError::FieldOutOfRange { field: "level", .. })
+                ));
+            }
+            let short =
+                EliasLevels::validate(&st.bytes, st.bits - 1, levels.len(), s_needed.max(1));
+            assert!(short.is_err());
+            let more = EliasLevels::validate(&st.bytes, st.bits, levels.len() - 1, s_needed.max(1));
+            assert!(more.is_err());
+        }
+    }
+
+    #[test]
+    fn bucket_runs_and_skips_match_entry_by_entry_counting() {
+        for size in [1usize, 3, 7, 512] {
+            for start in [0usize, 1, 5, 511, 512, 1000] {
+                let mut one = Buckets::starting_at(start, size);
+                let mut jumped = Buckets::starting_at(start, size);
+                for k in [0usize, 1, 2, 5, 600, 1] {
+                    for _ in 0..k {
+                        one.next();
+                    }
+                    jumped.skip(k);
+                    assert_eq!(one.next(), jumped.next(), "size {size} start {start} k {k}");
+                }
+                let mut runs = Vec::new();
+                for_bucket_runs(start, 40, size, |b, r| runs.extend(r.map(|_| b)));
+                let expected: Vec<usize> = (start..start + 40).map(|i| i / size).collect();
+                assert_eq!(runs, expected);
+            }
+        }
+    }
 }

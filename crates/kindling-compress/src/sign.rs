@@ -5,9 +5,11 @@ use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use crate::bits::{pack_fields, packed_len, unpack_mapped};
-use crate::codec::{flatten, l1_norm_checked, unflatten};
+use crate::codec::host_decoders;
+use crate::codec::{compress_on_host, decompress_on_host, flatten, l1_norm_checked, unflatten};
+use crate::host::{self, Sink, is_host_device, pack_small, unpack_small};
 use crate::payload::Writer;
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
 /// Header flag: every entry of the gradient was exactly zero.
 const ALL_ZERO: u8 = 1;
@@ -15,6 +17,39 @@ const ALL_ZERO: u8 = 1;
 /// Sign bits of a flat gradient: bit set iff `g_i < 0`, packed on the device.
 fn sign_bits(flat: Tensor<1>) -> Vec<u8> {
     pack_fields(flat.lower_elem(0.0).float(), 1)
+}
+
+/// Sign bits on the host (bit set iff `g_i < 0`; `−0.0` is not negative), the bits of `max|g|`
+/// and, when `SUM`, `‖g‖₁`, in one parallel pass that also checks every entry is finite.
+fn host_sign_bits<const SUM: bool>(values: &[f32]) -> Result<(Vec<u8>, u32, f64), CompressError> {
+    let mut bits = vec![0u8; packed_len(values.len(), 1)];
+    let (max, l1) = pack_small::<1, SUM, _>(values, &mut bits, |v| (v < 0.0) as u8);
+    if max >= 0x7F80_0000 {
+        return Err(host::non_finite(values));
+    }
+    Ok((bits, max, l1))
+}
+
+/// A [`Sign`] or [`ScaledSign`] payload from host values: one pass.
+fn host_payload(codec: CodecId, values: &[f32], shape: &[usize]) -> Result<Payload, CompressError> {
+    let n = values.len();
+    let (bits, mut w) = if codec == CodecId::Sign {
+        let (bits, max, _) = host_sign_bits::<false>(values)?;
+        let flags = if max == 0 { ALL_ZERO } else { 0 };
+        (bits, Writer::new(codec, flags, shape, packed_len(n, 1))?)
+    } else {
+        let (bits, _, l1) = host_sign_bits::<true>(values)?;
+        let mut w = Writer::new(codec, 0, shape, 4 + packed_len(n, 1))?;
+        w.f32(scaled_sign_scale(l1, n));
+        (bits, w)
+    };
+    w.bytes(&bits);
+    Ok(w.finish())
+}
+
+/// `‖g‖₁/n`, the scale of the scaled sign.
+fn scaled_sign_scale(l1: f64, n: usize) -> f32 {
+    if n == 0 { 0.0 } else { (l1 / n as f64) as f32 }
 }
 
 /// `±scale` from packed sign bits (bit set → −scale), on `device`.
@@ -55,8 +90,11 @@ impl Compressor for Sign {
     fn compress<const D: usize>(
         &mut self,
         grad: Tensor<D>,
-        _rng: &mut dyn Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let shape = grad.dims();
         let n = grad.dims().iter().product::<usize>();
         let l1 = l1_norm_checked(&grad)?;
@@ -71,6 +109,9 @@ impl Compressor for Sign {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
+        }
         let (header, shape, mut r) = payload.open::<D>(CodecId::Sign)?;
         let n = header.numel();
         let bits = r.take("sign bits", packed_len(n, 1))?;
@@ -78,13 +119,45 @@ impl Compressor for Sign {
         match header.flags {
             0 => Ok(unflatten(signs_from_bits(bits, n, 1.0, device), shape)),
             ALL_ZERO => Ok(Tensor::zeros(shape, device)),
-            f => Err(DecodeError::FieldOutOfRange {
-                field: "sign flags",
-                value: f as u64,
-                reason: "only bit 0 (all zero) is defined",
-            }),
+            f => Err(sign_flags_error(f)),
         }
     }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        _rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(host_payload(CodecId::Sign, values, shape))
+    }
+
+    host_decoders!(payload, out, sink => decode_sign(payload, out, sink));
+}
+
+fn sign_flags_error(flags: u8) -> DecodeError {
+    DecodeError::FieldOutOfRange {
+        field: "sign flags",
+        value: flags as u64,
+        reason: "only bit 0 (all zero) is defined",
+    }
+}
+
+fn decode_sign<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, mut r) = payload.open_into(CodecId::Sign, out)?;
+    let bits = r.take("sign bits", packed_len(out.len(), 1))?;
+    r.finish()?;
+    let scale = match header.flags {
+        0 => 1.0,
+        ALL_ZERO => 0.0,
+        f => return Err(sign_flags_error(f)),
+    };
+    unpack_small::<1, _>(bits, out, sink, &[scale, -scale]);
+    Ok(())
 }
 
 impl Compressor for ScaledSign {
@@ -99,14 +172,16 @@ impl Compressor for ScaledSign {
     fn compress<const D: usize>(
         &mut self,
         grad: Tensor<D>,
-        _rng: &mut dyn Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let shape = grad.dims();
         let n = grad.dims().iter().product::<usize>();
         let l1 = l1_norm_checked(&grad)?;
-        let scale = if n == 0 { 0.0 } else { (l1 / n as f64) as f32 };
         let mut w = Writer::new(CodecId::ScaledSign, 0, &shape, 4 + packed_len(n, 1))?;
-        w.f32(scale);
+        w.f32(scaled_sign_scale(l1, n));
         w.bytes(&sign_bits(flatten(grad)));
         Ok(w.finish())
     }
@@ -116,6 +191,9 @@ impl Compressor for ScaledSign {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
+        }
         let (header, shape, mut r) = payload.open::<D>(CodecId::ScaledSign)?;
         let n = header.numel();
         let scale = r.scale("scale")?;
@@ -123,6 +201,30 @@ impl Compressor for ScaledSign {
         r.finish()?;
         Ok(unflatten(signs_from_bits(bits, n, scale, device), shape))
     }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        _rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(host_payload(CodecId::ScaledSign, values, shape))
+    }
+
+    host_decoders!(payload, out, sink => decode_scaled_sign(payload, out, sink));
+}
+
+fn decode_scaled_sign<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (_, mut r) = payload.open_into(CodecId::ScaledSign, out)?;
+    let scale = r.scale("scale")?;
+    let bits = r.take("sign bits", packed_len(out.len(), 1))?;
+    r.finish()?;
+    unpack_small::<1, _>(bits, out, sink, &[scale, -scale]);
+    Ok(())
 }
 
 /// The majority vote over workers' [`Sign`] payloads: `sign(Σ_m sign(g_m))`, ties → +1.

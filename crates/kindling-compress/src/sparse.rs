@@ -1,16 +1,23 @@
 //! Sparse gradients: the shared wire format of a sparse vector, and the [`TopK`] and [`RandomK`]
 //! codecs.
 
+use std::cmp::Ordering;
 use std::collections::HashSet;
+use std::hash::{BuildHasherDefault, Hasher};
 
 use burn::tensor::{Device, IndexingUpdateOp, Int, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{Rng, RngExt, SeedableRng};
+use rayon::prelude::*;
 
 use crate::bits::pack_fields;
-use crate::codec::{check_count, flatten, invalid, l1_norm_checked, unflatten};
+use crate::codec::host_decoders;
+use crate::codec::{
+    check_count, compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked, unflatten,
+};
+use crate::host::{self, CHUNK, Sink, is_host_device};
 use crate::payload::{Reader, Writer};
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
 /// Header flag of the sparse format: positions as a bitmap (otherwise u32 indices).
 pub(crate) const BITMAP: u8 = 1;
@@ -29,12 +36,24 @@ pub const fn sparse_body_bytes(len: usize, k: usize) -> usize {
     4 + if bitmap < indices { bitmap } else { indices } + 4 * k
 }
 
-/// Positions of the set bits of a little-endian bitmap.
+/// Positions of the set bits of a little-endian bitmap (bits at or past `len` are ignored),
+/// eight bytes at a time.
 fn bitmap_positions(map: &[u8], len: usize) -> Vec<u32> {
-    (0..len)
-        .filter(|&i| (map[i / 8] >> (i % 8)) & 1 == 1)
-        .map(|i| i as u32)
-        .collect()
+    let mut positions = Vec::new();
+    for (w, word) in map.chunks(8).enumerate() {
+        let mut bytes = [0u8; 8];
+        bytes[..word.len()].copy_from_slice(word);
+        let mut bits = u64::from_le_bytes(bytes);
+        while bits != 0 {
+            let i = 64 * w + bits.trailing_zeros() as usize;
+            if i >= len {
+                break;
+            }
+            positions.push(i as u32);
+            bits &= bits - 1;
+        }
+    }
+    positions
 }
 
 impl SparseVec {
@@ -136,6 +155,14 @@ impl SparseVec {
         Ok(Self { positions, values })
     }
 
+    /// Writes the dense vector into `out` through `sink` (untouched entries: zero, or kept).
+    pub(crate) fn write_into<S: Sink>(&self, out: &mut [f32], sink: S) {
+        sink.clear(out);
+        for (&p, &v) in self.positions.iter().zip(&self.values) {
+            sink.put(&mut out[p as usize], v);
+        }
+    }
+
     /// The dense vector of length `len` on `device`.
     pub(crate) fn to_dense(&self, len: usize, device: &Device) -> Tensor<1> {
         let k = self.positions.len();
@@ -153,7 +180,7 @@ impl SparseVec {
 }
 
 /// How many entries a sparsifier keeps.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Count {
     /// Exactly `k` entries (at most `n`).
     Entries(usize),
@@ -213,40 +240,31 @@ impl Compressor for TopK {
     fn compress<const D: usize>(
         &mut self,
         grad: Tensor<D>,
-        _rng: &mut dyn Rng,
+        rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
-        let shape = grad.dims();
-        let n = grad.dims().iter().product::<usize>();
-        l1_norm_checked(&grad)?;
-        let k = self.count.of(n);
         // burn 0.22's `topk` sorts the whole tensor on some backends (≈ 0.5 s for 4 M entries
-        // on Flex), so the selection runs on the host: one read-back and an O(n) selection.
-        let values: Vec<f32> = flatten(grad)
-            .into_data()
-            .try_into_vec()
-            .expect("gradient values");
-        let mut order: Vec<u32> = (0..n as u32).collect();
-        if k > 0 && k < n {
-            order.select_nth_unstable_by(k - 1, |&a, &b| {
-                values[b as usize]
-                    .abs()
-                    .total_cmp(&values[a as usize].abs())
-            });
-        }
-        let mut positions: Vec<u32> = order[..k].to_vec();
-        positions.sort_unstable();
-        let sparse = SparseVec {
-            values: positions.iter().map(|&p| values[p as usize]).collect(),
-            positions,
-        };
-        let mut w = Writer::new(
-            CodecId::TopK,
-            sparse.flags(n),
-            &shape,
-            sparse_body_bytes(n, k),
-        )?;
-        sparse.write(&mut w, n);
-        Ok(w.finish())
+        // on Flex), so the selection always runs on the host: one read-back, then a radix
+        // selection in a few parallel passes.
+        compress_on_host(self, grad, rng)
+    }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        _rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        let n = values.len();
+        Some(top_k(values, self.count.of(n)).and_then(|sparse| {
+            let mut w = Writer::new(
+                CodecId::TopK,
+                sparse.flags(n),
+                shape,
+                sparse_body_bytes(n, sparse.positions.len()),
+            )?;
+            sparse.write(&mut w, n);
+            Ok(w.finish())
+        }))
     }
 
     fn decompress<const D: usize>(
@@ -254,16 +272,197 @@ impl Compressor for TopK {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        decode_sparse(payload, CodecId::TopK, device)
+        decode_sparse(self, payload, CodecId::TopK, device)
     }
+
+    host_decoders!(payload, out, sink => decode_sparse_into(payload, CodecId::TopK, out, sink));
 }
 
-/// Decodes a payload in the sparse format whose atoms are the tensor's entries.
-pub(crate) fn decode_sparse<const D: usize>(
+/// Bits of `|v|` (ordered like `|v|`; NaN and ±Inf at `0x7F80_0000` and above).
+#[inline(always)]
+fn abs_bits(v: f32) -> u32 {
+    v.to_bits() & 0x7FFF_FFFF
+}
+
+/// Most candidates the selection sorts; beyond, it refines the threshold by another radix pass.
+const CANDIDATES: usize = 1 << 16;
+
+/// The `k` entries of largest magnitude (ties: lower index first), in position order, or
+/// [`CompressError::NonFinite`]. A radix selection on the bits of `|v|`: a parallel histogram of
+/// the top 11 bits finds the bin holding the `k`-th largest (refined by 10 more bits at a time
+/// while the bin holds many entries), then one parallel pass gathers the entries above the bin
+/// and the bin's candidates, of which the largest are kept; the first histogram doubles as the
+/// finiteness check. No allocation proportional to `n`.
+pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError> {
+    let n = values.len();
+    if k == 0 || k >= n {
+        host::max_abs(values)?;
+    }
+    let mut shift = 20u32; // bits of |v| below the current digit
+    let mut prefix = 0u32; // the digits chosen so far (bits >> (shift + digit width))
+    let mut digit = 11u32;
+    let mut above = 0usize; // entries strictly above the threshold region
+    let mut bin_count = n;
+    if k > 0 && k < n {
+        loop {
+            let bins = 1usize << digit;
+            let hist = values
+                .par_chunks(CHUNK)
+                .fold(
+                    || vec![0usize; bins],
+                    |mut h, chunk| {
+                        for &v in chunk {
+                            let b = abs_bits(v);
+                            if b >> (shift + digit) == prefix {
+                                h[((b >> shift) as usize) & (bins - 1)] += 1;
+                            }
+                        }
+                        h
+                    },
+                )
+                .reduce(
+                    || vec![0usize; bins],
+                    |mut a, b| {
+                        a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
+                        a
+                    },
+                );
+            // The first round sees every entry: NaN and ±Inf land in the bins from 0x7F8 on.
+            if digit == 11 && hist[0x7F8..].iter().any(|&c| c > 0) {
+                return Err(host::non_finite(values));
+            }
+            let mut bin = bins - 1;
+            while above + hist[bin] < k {
+                above += hist[bin];
+                bin -= 1;
+            }
+            prefix = prefix << digit | bin as u32;
+            bin_count = hist[bin];
+            if bin_count <= CANDIDATES || shift == 0 {
+                break;
+            }
+            digit = shift.min(10);
+            shift -= digit;
+        }
+    }
+    let need = k.saturating_sub(above).min(bin_count);
+    let region = |v: f32| -> Ordering {
+        if k >= n {
+            Ordering::Greater
+        } else {
+            (abs_bits(v) >> shift).cmp(&prefix)
+        }
+    };
+    // Entries above the threshold region, and of the region the largest `need`: the few
+    // candidates sorted, or (when the region is one bit pattern) the first `need` ties.
+    let positions: Vec<u32> = if k == 0 {
+        Vec::new()
+    } else if k >= n || need == 0 {
+        split_positions(values, region).0
+    } else if bin_count > CANDIDATES {
+        // The region is one bit pattern (every radix digit resolved): ties, the first `need`.
+        let ties: Vec<u32> = values
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| region(**v).is_eq())
+            .map(|(i, _)| i as u32)
+            .take(need)
+            .collect();
+        // Only the entries above the region: its own (many) entries are not collected.
+        let (above, _) = split_positions(values, |v| match region(v) {
+            Ordering::Greater => Ordering::Greater,
+            _ => Ordering::Less,
+        });
+        merge_sorted(&above, &ties)
+    } else {
+        // One pass gathers the entries above the region and the region's few candidates.
+        let (kept, mut candidates) = split_positions(values, region);
+        candidates.sort_unstable_by(|&a, &b| {
+            abs_bits(values[b as usize])
+                .cmp(&abs_bits(values[a as usize]))
+                .then(a.cmp(&b))
+        });
+        candidates.truncate(need);
+        candidates.sort_unstable();
+        merge_sorted(&kept, &candidates)
+    };
+    let values = positions.iter().map(|&p| values[p as usize]).collect();
+    Ok(SparseVec { positions, values })
+}
+
+/// The positions of the entries `classify` puts `Greater` and those it puts `Equal` (the rest
+/// are skipped), each increasing; chunks in parallel.
+fn split_positions(
+    values: &[f32],
+    classify: impl Fn(f32) -> Ordering + Sync,
+) -> (Vec<u32>, Vec<u32>) {
+    let parts: Vec<(Vec<u32>, Vec<u32>)> = values
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let (mut greater, mut equal) = (Vec::new(), Vec::new());
+            for (i, &v) in chunk.iter().enumerate() {
+                let position = (c * CHUNK + i) as u32;
+                match classify(v) {
+                    Ordering::Greater => greater.push(position),
+                    Ordering::Equal => equal.push(position),
+                    Ordering::Less => {}
+                }
+            }
+            (greater, equal)
+        })
+        .collect();
+    let (mut greater, mut equal) = (Vec::new(), Vec::new());
+    for (g, e) in parts {
+        greater.extend(g);
+        equal.extend(e);
+    }
+    (greater, equal)
+}
+
+/// The union of two increasing, disjoint position lists, increasing.
+fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
+    let mut out = Vec::with_capacity(a.len() + b.len());
+    let (mut i, mut j) = (0, 0);
+    while i < a.len() && j < b.len() {
+        if a[i] < b[j] {
+            out.push(a[i]);
+            i += 1;
+        } else {
+            out.push(b[j]);
+            j += 1;
+        }
+    }
+    out.extend_from_slice(&a[i..]);
+    out.extend_from_slice(&b[j..]);
+    out
+}
+
+/// Decodes, on the host, a payload in the sparse format whose atoms are the tensor's entries.
+pub(crate) fn decode_sparse_into<S: Sink>(
+    payload: &PayloadRef<'_>,
+    codec: CodecId,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, mut r) = payload.open_into(codec, out)?;
+    let sparse = SparseVec::read(&mut r, header.flags, out.len())?;
+    r.finish()?;
+    sparse.write_into(out, sink);
+    Ok(())
+}
+
+/// Decodes a payload in the sparse format whose atoms are the tensor's entries: through the
+/// host decoder on a host device, by a scatter on the device otherwise.
+pub(crate) fn decode_sparse<C: Compressor, const D: usize>(
+    codec_impl: &C,
     payload: &Payload,
     codec: CodecId,
     device: &Device,
 ) -> Result<Tensor<D>, DecodeError> {
+    if is_host_device(device) {
+        return decompress_on_host(codec_impl, payload, device);
+    }
     let (header, shape, mut r) = payload.open::<D>(codec)?;
     let n = header.numel();
     let sparse = SparseVec::read(&mut r, header.flags, n)?;
@@ -275,7 +474,8 @@ pub(crate) fn decode_sparse<const D: usize>(
 /// positions [`RandomK`] keeps. Encoder and decoder call it with the payload's seed.
 pub fn random_positions(seed: u64, n: usize, k: usize) -> Vec<u32> {
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
-    let mut chosen = HashSet::with_capacity(k);
+    let mut chosen: HashSet<usize, BuildHasherDefault<MixHasher>> =
+        HashSet::with_capacity_and_hasher(k, Default::default());
     for j in n - k..n {
         let t = rng.random_range(0..=j);
         if !chosen.insert(t) {
@@ -285,6 +485,33 @@ pub fn random_positions(seed: u64, n: usize, k: usize) -> Vec<u32> {
     let mut positions: Vec<u32> = chosen.into_iter().map(|i| i as u32).collect();
     positions.sort_unstable();
     positions
+}
+
+/// A multiplicative hasher for positions (they are uniform already; SipHash's DoS resistance is
+/// not needed for a set the encoder fills itself).
+#[derive(Default)]
+struct MixHasher(u64);
+
+impl Hasher for MixHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.write_u64(b as u64);
+        }
+    }
+
+    fn write_usize(&mut self, i: usize) {
+        self.write_u64(i as u64);
+    }
+
+    fn write_u64(&mut self, i: u64) {
+        self.0 = (self.0 ^ i)
+            .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+            .rotate_left(26);
+    }
 }
 
 /// Random-k: keeps `k` entries chosen uniformly without replacement, scaled by `n/k`: unbiased,
@@ -323,10 +550,14 @@ impl Compressor for RandomK {
         grad: Tensor<D>,
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let shape = grad.dims();
         let n = grad.dims().iter().product::<usize>();
-        l1_norm_checked(&grad)?;
         let k = self.count.of(n);
+        let scale = n as f64 / k.max(1) as f64;
+        l1_norm_checked(&grad)?;
         let seed = rng.next_u64();
         let positions = random_positions(seed, n, k);
         let values: Vec<f32> = if k == 0 {
@@ -339,7 +570,7 @@ impl Compressor for RandomK {
             );
             flatten(grad)
                 .select(0, idx)
-                .mul_scalar(n as f64 / k as f64)
+                .mul_scalar(scale)
                 .try_into_vec_as()
                 .expect("values")
         };
@@ -355,23 +586,142 @@ impl Compressor for RandomK {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::RandomK)?;
-        let n = header.numel();
-        let k = r.u32("k")? as usize;
-        if k > n {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "k",
-                value: k as u64,
-                reason: "exceeds the number of entries",
-            });
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
         }
-        let seed = r.u64("seed")?;
-        let values = r.f32s("values", k)?;
-        r.finish()?;
-        let sparse = SparseVec {
-            positions: random_positions(seed, n, k),
-            values,
-        };
-        Ok(unflatten(sparse.to_dense(n, device), shape))
+        let (header, shape, r) = payload.open::<D>(CodecId::RandomK)?;
+        let sparse = read_random_k(r, header.numel())?;
+        Ok(unflatten(sparse.to_dense(header.numel(), device), shape))
+    }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(self.encode_host(values, shape, rng))
+    }
+
+    host_decoders!(payload, out, sink => decode_random_k(payload, out, sink));
+}
+
+impl RandomK {
+    /// The host kernel: a finiteness pass, then a gather of the `k` positions.
+    fn encode_host(
+        &self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Result<Payload, CompressError> {
+        let n = values.len();
+        let k = self.count.of(n);
+        host::max_abs(values)?;
+        let seed = rng.next_u64();
+        let positions = random_positions(seed, n, k);
+        let mut w = Writer::new(CodecId::RandomK, 0, shape, 12 + 4 * k)?;
+        w.u32(k as u32);
+        w.u64(seed);
+        let scale = (n as f64 / k.max(1) as f64) as f32;
+        for (dst, &p) in w.zeroed(4 * k).chunks_exact_mut(4).zip(&positions) {
+            dst.copy_from_slice(&(values[p as usize] * scale).to_le_bytes());
+        }
+        Ok(w.finish())
+    }
+}
+
+/// Reads a random-k body over `n` entries: the count, the seed, the values.
+fn read_random_k(mut r: Reader<'_>, n: usize) -> Result<SparseVec, DecodeError> {
+    let k = r.u32("k")? as usize;
+    if k > n {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "k",
+            value: k as u64,
+            reason: "exceeds the number of entries",
+        });
+    }
+    let seed = r.u64("seed")?;
+    let values = r.f32s("values", k)?;
+    r.finish()?;
+    Ok(SparseVec {
+        positions: random_positions(seed, n, k),
+        values,
+    })
+}
+
+fn decode_random_k<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (_, r) = payload.open_into(CodecId::RandomK, out)?;
+    read_random_k(r, out.len())?.write_into(out, sink);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The definition: the `k` largest `|v|`, ties by lower index, in position order.
+    fn reference(values: &[f32], k: usize) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..values.len() as u32).collect();
+        order.sort_by(|&a, &b| {
+            values[b as usize]
+                .abs()
+                .total_cmp(&values[a as usize].abs())
+                .then(a.cmp(&b))
+        });
+        let mut kept = order[..k].to_vec();
+        kept.sort_unstable();
+        kept
+    }
+
+    #[test]
+    fn radix_selection_matches_the_definition_with_ties_and_narrow_bins() {
+        let n = 200_000;
+        let cases: Vec<(&str, Vec<f32>)> = vec![
+            // every magnitude equal: all candidates tie, the first k win
+            (
+                "ties",
+                (0..n)
+                    .map(|i| if i % 3 == 0 { -1.5 } else { 1.5 })
+                    .collect(),
+            ),
+            // mostly zeros: the threshold region is the zeros
+            (
+                "zeros",
+                (0..n)
+                    .map(|i| {
+                        if i % 997 == 0 {
+                            (i % 13) as f32 - 6.0
+                        } else {
+                            0.0
+                        }
+                    })
+                    .collect(),
+            ),
+            // a narrow band of magnitudes: the first histogram bin holds most entries
+            (
+                "narrow",
+                (0..n).map(|i| 1.0 + (i % 1000) as f32 * 1e-6).collect(),
+            ),
+            (
+                "spread",
+                (0..n).map(|i| ((i as f32) * 0.618).sin() * 1e3).collect(),
+            ),
+        ];
+        for (name, values) in cases {
+            for k in [1, 77, 1000, 150_000, n - 1, n] {
+                let got = top_k(&values, k).unwrap();
+                assert_eq!(got.positions, reference(&values, k), "{name}, k = {k}");
+                assert!(
+                    got.positions
+                        .iter()
+                        .zip(&got.values)
+                        .all(|(&p, &v)| values[p as usize] == v)
+                );
+            }
+        }
     }
 }

@@ -6,16 +6,21 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::bits::{pack_fields, packed_len, unpack_mapped};
-use crate::codec::{flatten, invalid, l1_norm_checked, unflatten};
+use crate::codec::host_decoders;
+use crate::codec::{
+    compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked, unflatten,
+};
+use crate::host::{self, BLOCK, CHUNK, HostGrad, Sink, is_host_device, pack_random};
 use crate::payload::Writer;
-use crate::random::uniforms;
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::random::{Stream, uniforms};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
+use rayon::prelude::*;
 
 /// Header flag: trits packed base 3 (5 a byte) instead of 2 bits each.
 const BASE3: u8 = 1;
 
 /// How the ternaries are packed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
 pub enum TritPacking {
     /// 2 bits per entry, 4 entries a byte: field 0 = 0, 1 = +1, 2 = −1.
     #[default]
@@ -82,9 +87,33 @@ impl TernGrad {
         }
     }
 
+    /// The clipping bound `c·σ` of host values (`f32::MAX` without clipping), and their
+    /// `max |g_i|` after clipping; checks every entry is finite.
+    fn host_bound_and_scale(&self, values: &[f32]) -> Result<(f32, f32), CompressError> {
+        let max = host::max_abs(values)?;
+        let Some(c) = self.clip else {
+            return Ok((f32::MAX, max));
+        };
+        let (sum, sq) = values
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                chunk.iter().fold((0f64, 0f64), |(s, q), &v| {
+                    (s + v as f64, q + (v as f64) * (v as f64))
+                })
+            })
+            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let n = values.len().max(1) as f64;
+        let mean = sum / n;
+        let bound = (c as f64 * (sq / n - mean * mean).max(0.0).sqrt()) as f32;
+        Ok((bound, max.min(bound)))
+    }
+
     /// This worker's scale `max |g_i|` (after clipping): the value to all-reduce with `max` for
     /// scalar sharing.
     pub fn local_scale<const D: usize>(&self, grad: Tensor<D>) -> Result<f32, CompressError> {
+        if is_host_device(&grad.device()) {
+            return Ok(self.host_bound_and_scale(HostGrad::read(grad).values())?.1);
+        }
         l1_norm_checked(&grad)?;
         if grad.dims().iter().product::<usize>() == 0 {
             return Ok(0.0);
@@ -100,17 +129,93 @@ impl TernGrad {
         scale: f32,
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
-        l1_norm_checked(&grad)?;
-        let local = self.local_scale(grad.clone())?;
-        if !(scale.is_finite() && scale >= local) {
-            return Err(invalid(
-                "TernGrad",
-                "scale",
-                scale,
-                "must be finite and at least the gradient's own max |g| (the max over workers)",
-            ));
+        let check = |local: f32| {
+            if scale.is_finite() && scale >= local {
+                Ok(())
+            } else {
+                Err(invalid(
+                    "TernGrad",
+                    "scale",
+                    scale,
+                    "must be finite and at least the gradient's own max |g| (the max over workers)",
+                ))
+            }
+        };
+        if is_host_device(&grad.device()) {
+            let shape = grad.dims();
+            let host = HostGrad::read(grad);
+            let (bound, local) = self.host_bound_and_scale(host.values())?;
+            check(local)?;
+            return self.encode_host(host.values(), &shape, bound, scale, rng);
         }
+        l1_norm_checked(&grad)?;
+        check(self.local_scale(grad.clone())?)?;
         self.encode(self.clipped(grad), scale, rng)
+    }
+
+    /// The host kernel: one pass over `values` (clipped to `±bound` on the fly) writing the
+    /// packed ternaries into the payload, with the counter-based uniforms of [`uniforms`].
+    fn encode_host(
+        &self,
+        values: &[f32],
+        shape: &[usize],
+        bound: f32,
+        scale: f32,
+        rng: &mut dyn Rng,
+    ) -> Result<Payload, CompressError> {
+        let n = values.len();
+        let stream = Stream::new(rng);
+        let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+        // b_i ~ Bernoulli(|a_i|) with a = g/s: u < a keeps +1, u < −a keeps −1 (as on the device).
+        let trit = move |v: f32, u: f32| {
+            let a = v.clamp(-bound, bound) * inv;
+            ((u < a) as u8, (u < -a) as u8)
+        };
+        let (flags, body_len) = match self.packing {
+            TritPacking::TwoBits => (0, packed_len(n, 2)),
+            TritPacking::Base3 => (BASE3, n.div_ceil(5)),
+        };
+        let mut w = Writer::new(CodecId::TernGrad, flags, shape, 4 + body_len)?;
+        w.f32(scale);
+        let body = w.zeroed(body_len);
+        match self.packing {
+            // field: 0 = zero, 1 = +1, 2 = −1
+            TritPacking::TwoBits => {
+                pack_random(values, stream, BLOCK / 4, body, |_, vs, us, out| {
+                    let mut fields = [0u8; BLOCK];
+                    for ((field, &v), &u) in fields.iter_mut().zip(vs).zip(us) {
+                        let (plus, minus) = trit(v, u);
+                        *field = plus | minus << 1;
+                    }
+                    for (byte, four) in out.iter_mut().zip(fields[..vs.len()].chunks(4)) {
+                        *byte = four
+                            .iter()
+                            .enumerate()
+                            .fold(0, |b, (t, &f)| b | f << (2 * t));
+                    }
+                    0
+                })
+            }
+            // digit (trit + 1): 0 = −1, 1 = 0, 2 = +1; the padding digit is 1
+            TritPacking::Base3 => pack_random(values, stream, BLOCK / 5, body, |_, vs, us, out| {
+                for (byte, (vs, us)) in out.iter_mut().zip(vs.chunks(5).zip(us.chunks(5))) {
+                    let mut b = 0u8;
+                    for j in (0..5).rev() {
+                        let digit = match vs.get(j) {
+                            Some(&v) => {
+                                let (plus, minus) = trit(v, us[j]);
+                                1 + plus - minus
+                            }
+                            None => 1,
+                        };
+                        b = 3 * b + digit;
+                    }
+                    *byte = b;
+                }
+                0
+            }),
+        };
+        Ok(w.finish())
     }
 
     fn encode<const D: usize>(
@@ -180,6 +285,9 @@ impl Compressor for TernGrad {
         grad: Tensor<D>,
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let scale = self.local_scale(grad.clone())?;
         self.encode(self.clipped(grad), scale, rng)
     }
@@ -189,6 +297,9 @@ impl Compressor for TernGrad {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
+        }
         let (header, shape, mut r) = payload.open::<D>(CodecId::TernGrad)?;
         let n = header.numel();
         let scale = r.scale("scale")?;
@@ -200,27 +311,14 @@ impl Compressor for TernGrad {
             0 => {
                 let bytes = r.take("ternaries", packed_len(n, 2))?;
                 r.finish()?;
-                // A field of 3 (both bits set) is not a ternary.
-                if bytes.iter().any(|b| b & (b >> 1) & 0x55 != 0) {
-                    return Err(DecodeError::FieldOutOfRange {
-                        field: "ternary",
-                        value: 3,
-                        reason: "2-bit fields must be 0, 1 or 2",
-                    });
-                }
+                check_two_bit(bytes)?;
                 unpack_mapped(bytes, n, 2, &[0.0, scale, -scale, 0.0], device)
             }
             BASE3 => {
                 let groups = n.div_ceil(5);
                 let bytes = r.take("base-3 ternaries", groups)?;
                 r.finish()?;
-                if let Some(&b) = bytes.iter().find(|&&b| b > 242) {
-                    return Err(DecodeError::FieldOutOfRange {
-                        field: "base-3 byte",
-                        value: b as u64,
-                        reason: "must be at most 3⁵ − 1 = 242",
-                    });
-                }
+                check_base3(bytes)?;
                 // One gather: row b of the table holds the five decoded values of byte b.
                 let table: Vec<f32> = (0..243usize * 5)
                     .map(|i| {
@@ -233,14 +331,92 @@ impl Compressor for TernGrad {
                 let index = Tensor::<1, Int>::from_data(TensorData::new(index, [groups]), device);
                 table.select(0, index).reshape([groups * 5]).slice(0..n)
             }
-            f => {
-                return Err(DecodeError::FieldOutOfRange {
-                    field: "terngrad flags",
-                    value: f as u64,
-                    reason: "only bit 0 (base 3) is defined",
-                });
-            }
+            f => return Err(flags_error(f)),
         };
         Ok(unflatten(values, shape))
     }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(
+            self.host_bound_and_scale(values)
+                .and_then(|(bound, scale)| self.encode_host(values, shape, bound, scale, rng)),
+        )
+    }
+
+    host_decoders!(payload, out, sink => decode_host(payload, out, sink));
+}
+
+fn flags_error(flags: u8) -> DecodeError {
+    DecodeError::FieldOutOfRange {
+        field: "terngrad flags",
+        value: flags as u64,
+        reason: "only bit 0 (base 3) is defined",
+    }
+}
+
+/// A 2-bit field of 3 (both bits set) is not a ternary.
+fn check_two_bit(bytes: &[u8]) -> Result<(), DecodeError> {
+    if bytes.par_iter().any(|b| b & (b >> 1) & 0x55 != 0) {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "ternary",
+            value: 3,
+            reason: "2-bit fields must be 0, 1 or 2",
+        });
+    }
+    Ok(())
+}
+
+fn check_base3(bytes: &[u8]) -> Result<(), DecodeError> {
+    if let Some(&b) = bytes.par_iter().find_any(|&&b| b > 242) {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "base-3 byte",
+            value: b as u64,
+            reason: "must be at most 3⁵ − 1 = 242",
+        });
+    }
+    Ok(())
+}
+
+/// The host decoder: validated, then each value written once through `sink`, in parallel.
+fn decode_host<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, mut r) = payload.open_into(CodecId::TernGrad, out)?;
+    let n = out.len();
+    let scale = r.scale("scale")?;
+    match header.flags {
+        0 => {
+            let bytes = r.take("ternaries", packed_len(n, 2))?;
+            r.finish()?;
+            check_two_bit(bytes)?;
+            host::unpack_small::<2, _>(bytes, out, sink, &[0.0, scale, -scale, 0.0]);
+        }
+        BASE3 => {
+            let bytes = r.take("base-3 ternaries", n.div_ceil(5))?;
+            r.finish()?;
+            check_base3(bytes)?;
+            let table: Vec<[f32; 5]> = (0..243u32)
+                .map(|b| std::array::from_fn(|j| ((b / 3u32.pow(j as u32)) % 3) as f32 - 1.0))
+                .map(|digits: [f32; 5]| digits.map(|d| d * scale))
+                .collect();
+            out.par_chunks_mut(CHUNK)
+                .zip(bytes.par_chunks(CHUNK / 5))
+                .for_each(|(vals, bytes)| {
+                    for (group, &b) in vals.chunks_mut(5).zip(bytes) {
+                        for (slot, &v) in group.iter_mut().zip(&table[b as usize]) {
+                            sink.put(slot, v);
+                        }
+                    }
+                });
+        }
+        f => return Err(flags_error(f)),
+    }
+    Ok(())
 }

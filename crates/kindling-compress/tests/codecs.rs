@@ -1068,3 +1068,62 @@ fn atomo_budget_is_scale_free() {
     let rescaled: Vec<f32> = big.iter().map(|x| x / 1e20).collect();
     assert_slices_close(&rescaled, &small, 1e-4);
 }
+
+/// The mean of several workers' payloads accumulates in one buffer, decoded from the received
+/// bytes with no copy, and equals the mean of the decoded tensors; a payload of the wrong shape
+/// or codec is refused without touching the buffer.
+#[test]
+fn the_mean_of_payloads_accumulates_in_one_buffer() {
+    let device = device();
+    let shape = [24, 17];
+    let workers: Vec<Vec<u8>> = (0..4)
+        .map(|w| {
+            let g = tensor(gaussian(24 * 17, 40 + w), shape, &device);
+            let mut qsgd = QsgdConfig::new(16).with_bucket(Some(64)).init();
+            qsgd.compress(g, &mut rng(w)).unwrap().into_bytes()
+        })
+        .collect();
+    let qsgd = QsgdConfig::new(16).with_bucket(Some(64)).init();
+    // ANCHOR: mean_of_payloads
+    let mut mean = vec![0.0f32; 24 * 17];
+    for received in &workers {
+        // The receiver knows the parameter's shape: it is the only shape it accepts.
+        let payload = PayloadRef::parse_expecting(received, &[24, 17]).unwrap();
+        qsgd.decode_add(&payload, 1.0 / workers.len() as f32, &mut mean)
+            .unwrap();
+    }
+    // ANCHOR_END: mean_of_payloads
+    let mut expected = vec![0.0f32; 24 * 17];
+    for received in &workers {
+        let decoded: Tensor<2> = qsgd
+            .decompress(&Payload::from_bytes(received.clone()).unwrap(), &device)
+            .unwrap();
+        for (e, d) in expected.iter_mut().zip(to_vec(&decoded)) {
+            *e += d / 4.0;
+        }
+    }
+    assert_slices_close(&mean, &expected, 1e-6);
+    let before = mean.clone();
+    let wrong_shape = PayloadRef::parse_expecting(&workers[0], &[17, 24]);
+    assert!(matches!(
+        wrong_shape,
+        Err(DecodeError::ShapeMismatch { .. })
+    ));
+    let payload = PayloadRef::parse(&workers[0]).unwrap();
+    assert!(matches!(
+        Sign.decode_add(&payload, 1.0, &mut mean),
+        Err(DecodeError::WrongCodec { .. })
+    ));
+    assert!(matches!(
+        qsgd.decode_add(&payload, 1.0, &mut mean[1..]),
+        Err(DecodeError::OutputLength {
+            expected: 408,
+            found: 407
+        })
+    ));
+    let mut truncated = workers[0].clone();
+    truncated.pop();
+    let payload = PayloadRef::parse(&truncated).unwrap();
+    assert!(qsgd.decode_add(&payload, 1.0, &mut mean).is_err());
+    assert_eq!(mean, before);
+}

@@ -88,6 +88,30 @@ fn decode_everything(bytes: &[u8]) {
     all_ranks!(Atomo::new(EntryWise, Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap());
+    // The borrowed host decoders: validated before anything is written, so a refused payload
+    // leaves the caller's accumulator exactly as it was.
+    let borrowed = PayloadRef::parse(bytes).expect("parses as Payload::from_bytes did");
+    let numel = borrowed.header().numel();
+    macro_rules! add {
+        ($codec:expr) => {{
+            let mut acc = vec![7.0f32; numel];
+            match $codec.decode_add(&borrowed, 0.5, &mut acc) {
+                Ok(()) => assert!(acc.iter().all(|v| v.is_finite())),
+                Err(_) => assert!(acc.iter().all(|&v| v == 7.0), "a refused payload wrote"),
+            }
+        }};
+    }
+    add!(Identity);
+    add!(Half::default());
+    add!(Sign);
+    add!(ScaledSign);
+    add!(Qsgd::new(3).unwrap());
+    add!(TernGrad::new());
+    add!(TopK::new(Count::Entries(1)).unwrap());
+    add!(RandomK::new(Count::Entries(1)).unwrap());
+    add!(Atomo::new(EntryWise, Budget::Atoms(1.0)).unwrap());
+    add!(Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap());
+    add!(Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap());
     let largest = LARGEST.with(Cell::get);
     assert!(
         largest <= ceiling(bytes.len()),

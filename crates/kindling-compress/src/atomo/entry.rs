@@ -1,10 +1,13 @@
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
-use super::{Atomo, EntryWise, norms, sample};
-use crate::codec::{flatten, l1_norm_checked};
+use super::{Atomo, EntryWise, norms, norms_host, sample, sample_host};
+use crate::codec::host_decoders;
+use crate::codec::{compress_on_host, flatten, l1_norm_checked};
+use crate::host::is_host_device;
 use crate::payload::Writer;
-use crate::sparse::{decode_sparse, sparse_body_bytes};
+use crate::random::Stream;
+use crate::sparse::{SparseVec, decode_sparse, decode_sparse_into, sparse_body_bytes};
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 
 /// Entry-wise ATOMO: atoms are the entries (`λ = g`). With
@@ -15,6 +18,20 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
 ///
 /// Wire: header (5 + 4·rank), then the sparse format of [`TopK`](crate::TopK): `k` (u32), the
 /// sent positions as a bitmap or u32 indices (whichever is smaller), the `k` values `λ_a/p_a`.
+/// The payload of sampled entries.
+fn write(sparse: SparseVec, shape: &[usize]) -> Result<Payload, CompressError> {
+    let n = shape.iter().product();
+    let k = sparse.positions.len();
+    let mut w = Writer::new(
+        CodecId::AtomoEntryWise,
+        sparse.flags(n),
+        shape,
+        sparse_body_bytes(n, k),
+    )?;
+    sparse.write(&mut w, n);
+    Ok(w.finish())
+}
+
 impl Compressor for Atomo<EntryWise> {
     fn codec(&self) -> CodecId {
         CodecId::AtomoEntryWise
@@ -29,22 +46,28 @@ impl Compressor for Atomo<EntryWise> {
         grad: Tensor<D>,
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let shape = grad.dims();
         let n = grad.dims().iter().product::<usize>();
         l1_norm_checked(&grad)?;
         let lambda = flatten(grad);
         let (l1, l2, linf) = norms(&lambda);
         let s = self.budget.resolve(n, l1, l2, linf);
-        let sparse = sample(lambda, s, rng);
-        let k = sparse.positions.len();
-        let mut w = Writer::new(
-            CodecId::AtomoEntryWise,
-            sparse.flags(n),
-            &shape,
-            sparse_body_bytes(n, k),
-        )?;
-        sparse.write(&mut w, n);
-        Ok(w.finish())
+        write(sample(lambda, s, rng), &shape)
+    }
+
+    fn compress_host(
+        &mut self,
+        values: &[f32],
+        shape: &[usize],
+        rng: &mut dyn Rng,
+    ) -> Option<Result<Payload, CompressError>> {
+        Some(norms_host(values).and_then(|(l1, l2, linf)| {
+            let s = self.budget.resolve(values.len(), l1, l2, linf);
+            write(sample_host(values, s, l1, Stream::new(rng)), shape)
+        }))
     }
 
     fn decompress<const D: usize>(
@@ -52,6 +75,8 @@ impl Compressor for Atomo<EntryWise> {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        decode_sparse(payload, CodecId::AtomoEntryWise, device)
+        decode_sparse(self, payload, CodecId::AtomoEntryWise, device)
     }
+
+    host_decoders!(payload, out, sink => decode_sparse_into(payload, CodecId::AtomoEntryWise, out, sink));
 }

@@ -2,10 +2,12 @@ use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use super::{Atomo, norms, sample};
+use crate::codec::host_decoders;
 use crate::codec::{flatten, l1_norm_checked, unflatten};
-use crate::payload::Writer;
+use crate::host::Sink;
+use crate::payload::{Reader, Writer};
 use crate::sparse::{SparseVec, sparse_body_bytes};
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
 /// Fourier atoms: the orthonormal real DFT basis of the flattened gradient.
 ///
@@ -120,25 +122,103 @@ impl Compressor for Atomo<Fourier> {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::AtomoFourier)?;
+        let (header, shape, r) = payload.open::<D>(CodecId::AtomoFourier)?;
         let n = header.numel();
         let big = padded_len(n);
-        let sparse = SparseVec::read(&mut r, header.flags, big)?;
-        r.finish()?;
-        // The spectrum holds each coefficient times at most √N, and every partial sum of the
-        // inverse transform is bounded by the sum of the spectrum's magnitudes; the output by
-        // √(2/N)·Σ|λ|. Below f32::MAX, finite coefficients rebuild a finite gradient.
-        let bound = (big as f64).sqrt() * sparse.values.iter().map(|v| v.abs() as f64).sum::<f64>();
-        if bound >= f32::MAX as f64 {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "fourier coefficients",
-                value: sparse.values.len() as u64,
-                reason: "their inverse transform would overflow f32",
-            });
-        }
+        let sparse = read_coefficients(r, header.flags, big)?;
         if n == 0 {
             return Ok(Tensor::zeros(shape, device));
         }
         Ok(unflatten(signal(sparse.to_dense(big, device), n), shape))
+    }
+
+    host_decoders!(payload, out, sink => decode_host(payload, out, sink));
+}
+
+/// Reads the sparse coefficients over `big` atoms and checks that their inverse transform stays
+/// finite.
+fn read_coefficients(mut r: Reader<'_>, flags: u8, big: usize) -> Result<SparseVec, DecodeError> {
+    let sparse = SparseVec::read(&mut r, flags, big)?;
+    r.finish()?;
+    // The spectrum holds each coefficient times at most √N, and every partial sum of the
+    // inverse transform is bounded by the sum of the spectrum's magnitudes; the output by
+    // √(2/N)·Σ|λ|. Below f32::MAX, finite coefficients rebuild a finite gradient.
+    let bound = (big as f64).sqrt() * sparse.values.iter().map(|v| v.abs() as f64).sum::<f64>();
+    if bound >= f32::MAX as f64 {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "fourier coefficients",
+            value: sparse.values.len() as u64,
+            reason: "their inverse transform would overflow f32",
+        });
+    }
+    Ok(sparse)
+}
+
+/// The host decoder: `x_j = Re Σ_a Y_a·e^{2πi·aj/N}` with `Y_0 = λ_0/√N`, `Y_{N/2} = λ_{N/2}/√N`
+/// and `Y_a = √(2/N)·(λ_a − i·λ_{N/2+a})` for `0 < a < N/2`: one complex FFT in f64.
+fn decode_host<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, r) = payload.open_into(CodecId::AtomoFourier, out)?;
+    let n = out.len();
+    let big = padded_len(n);
+    let sparse = read_coefficients(r, header.flags, big)?;
+    if n == 0 {
+        return Ok(());
+    }
+    let half = big / 2;
+    let edge = 1.0 / (big as f64).sqrt();
+    let mid = (2.0 / big as f64).sqrt();
+    let mut y = vec![(0f64, 0f64); big];
+    for (&a, &v) in sparse.positions.iter().zip(&sparse.values) {
+        let (a, v) = (a as usize, v as f64);
+        match a {
+            0 => y[0].0 = v * edge,
+            a if a == half => y[half].0 = v * edge,
+            a if a < half => y[a].0 = v * mid,
+            a => y[a - half].1 = -v * mid,
+        }
+    }
+    inverse_fft(&mut y);
+    for (slot, &(re, _)) in out.iter_mut().zip(&y) {
+        sink.put(slot, re as f32);
+    }
+    Ok(())
+}
+
+/// In place `y_j ← Σ_a y_a·e^{+2πi·aj/N}` (unnormalised), `N` a power of two: iterative radix 2.
+fn inverse_fft(y: &mut [(f64, f64)]) {
+    let n = y.len();
+    let bits = n.trailing_zeros();
+    if n < 2 {
+        return;
+    }
+    for i in 0..n {
+        let j = i.reverse_bits() >> (usize::BITS - bits);
+        if i < j {
+            y.swap(i, j);
+        }
+    }
+    let twiddles: Vec<(f64, f64)> = (0..n / 2)
+        .map(|k| {
+            let t = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
+            (t.cos(), t.sin())
+        })
+        .collect();
+    let mut len = 2;
+    while len <= n {
+        let step = n / len;
+        for block in y.chunks_mut(len) {
+            let (lo, hi) = block.split_at_mut(len / 2);
+            for (k, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
+                let (c, s) = twiddles[k * step];
+                let t = (b.0 * c - b.1 * s, b.0 * s + b.1 * c);
+                *b = (a.0 - t.0, a.1 - t.1);
+                *a = (a.0 + t.0, a.1 + t.1);
+            }
+        }
+        len *= 2;
     }
 }

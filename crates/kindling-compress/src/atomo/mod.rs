@@ -31,9 +31,12 @@ pub use spectral::Spectral;
 use burn::tensor::Tensor;
 use rand::Rng;
 
+use rayon::prelude::*;
+
 use crate::CompressError;
 use crate::codec::invalid;
-use crate::random::uniforms;
+use crate::host::{self, CHUNK};
+use crate::random::{Stream, uniforms};
 use crate::sparse::SparseVec;
 
 /// The standard basis: atoms `e_i`, coefficients `λ = g`.
@@ -68,7 +71,7 @@ impl<A> Atomo<A> {
 }
 
 /// The expected number of atoms ATOMO sends, `s = Σ_a p_a`.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub enum Budget {
     /// A fixed `s > 0` (capped at the number of non-zero atoms).
     Atoms(f64),
@@ -181,6 +184,70 @@ pub(crate) fn sample(lambda: Tensor<1>, s: f64, rng: &mut dyn Rng) -> SparseVec 
         let p = p.select(0, idx.clone());
         lambda.select(0, idx).div(p)
     })
+}
+
+/// [`water_level`] over host values, with the same f32 comparisons as the device version
+/// (`c` rounded to f32, `|λ|·c ≥ 1` saturated); one parallel pass per round.
+pub(crate) fn water_level_host(lambda: &[f32], s: f64, total: f64) -> f64 {
+    if total == 0.0 || s <= 0.0 {
+        return 0.0;
+    }
+    let mut c = s / total;
+    let mut saturated = 0usize;
+    loop {
+        let c32 = c as f32;
+        let (k, rest) = lambda
+            .par_chunks(CHUNK)
+            .map(|chunk| {
+                chunk.iter().fold((0usize, 0f64), |(k, rest), &v| {
+                    if v.abs() * c32 >= 1.0 {
+                        (k + 1, rest)
+                    } else {
+                        (k, rest + v.abs() as f64)
+                    }
+                })
+            })
+            .reduce(|| (0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+        if k == saturated && saturated > 0 || k == 0 {
+            return c;
+        }
+        if rest <= 0.0 {
+            return f64::INFINITY;
+        }
+        saturated = k;
+        c = (s - k as f64) / rest;
+    }
+}
+
+/// [`sample`] over host values, in one parallel pass: keep entry `a` when `u_a < p_a`
+/// (`p = min(1, c·|λ|)` in f32) and send `λ_a/p_a`, with the counter-based uniforms.
+pub(crate) fn sample_host(lambda: &[f32], s: f64, total: f64, stream: Stream) -> SparseVec {
+    let c = water_level_host(lambda, s, total).min(f32::MAX as f64) as f32;
+    let kept: Vec<(u32, f32)> = lambda
+        .par_chunks(CHUNK)
+        .enumerate()
+        .flat_map_iter(|(ci, chunk)| {
+            let mut u = vec![0f32; chunk.len()];
+            stream.fill(ci * CHUNK, &mut u);
+            chunk
+                .iter()
+                .zip(u)
+                .enumerate()
+                .filter_map(move |(i, (&v, u))| {
+                    let p = (v.abs() * c).min(1.0);
+                    (u < p).then(|| ((ci * CHUNK + i) as u32, v / p))
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    let (positions, values) = kept.into_iter().unzip();
+    SparseVec { positions, values }
+}
+
+/// `(‖λ‖₁, ‖λ‖₂, max|λ|)` of host values, or [`CompressError::NonFinite`]: one parallel pass.
+pub(crate) fn norms_host(lambda: &[f32]) -> Result<(f64, f64, f64), CompressError> {
+    let (linf, l2, l1) = host::norms(lambda)?;
+    Ok((l1, l2, linf as f64))
 }
 
 /// `(‖λ‖₁, ‖λ‖₂, max|λ|)` on the host.

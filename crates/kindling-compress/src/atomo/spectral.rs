@@ -1,10 +1,14 @@
-use burn::tensor::{Device, Int, Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::{Rng, RngExt};
 
+use rayon::prelude::*;
+
 use super::{Atomo, probabilities};
-use crate::codec::{as_matrix, invalid, l1_norm_checked, matrix_view};
-use crate::payload::Writer;
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload};
+use crate::codec::host_decoders;
+use crate::codec::{as_matrix, decompress_on_host, invalid, l1_norm_checked, matrix_view};
+use crate::host::{self, HostGrad, Sink, is_host_device};
+use crate::payload::{Reader, Writer};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
 /// Spectral atoms: the singular vectors of the gradient's [matrix view](crate::matrix_view),
 /// `G = Σ_i σ_i u_i v_iᵀ`, atoms `u_i v_iᵀ`, `λ = σ`.
@@ -86,6 +90,15 @@ impl Spectral {
     }
 }
 
+/// A decomposition's factors read back to the host, row-major.
+fn to_host((u, sigma, vt): (Tensor<2>, Vec<f32>, Tensor<2>)) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    (
+        u.try_into_vec_as().expect("U"),
+        sigma,
+        vt.try_into_vec_as().expect("V"),
+    )
+}
+
 /// Matrices whose smaller side is at most this are decomposed by one-sided Jacobi on the host;
 /// larger ones by burn's `linalg::svd`.
 const JACOBI_MAX: usize = 256;
@@ -98,6 +111,18 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
     let [rows, cols] = g.dims();
     let device = g.device();
     let values: Vec<f64> = g.try_into_vec_as::<f64>().expect("gradient values");
+    let (u, sigma, vt) = jacobi_svd(&values, rows, cols);
+    let k = sigma.len();
+    (
+        Tensor::from_data(TensorData::new(u, [rows, k]), &device),
+        sigma,
+        Tensor::from_data(TensorData::new(vt, [k, cols]), &device),
+    )
+}
+
+/// [`host_svd`] of a row-major `rows × cols` matrix: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
+/// `k = min(rows, cols)`, row-major f32.
+fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     // Work on the orientation with at least as many rows as columns: A = G or Gᵀ, m ≥ n.
     let transposed = rows < cols;
     let (m, n) = if transposed {
@@ -175,11 +200,7 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
         .iter()
         .flat_map(|col| col.iter().map(|&x| x as f32))
         .collect();
-    (
-        Tensor::from_data(TensorData::new(u, [rows, k]), &device),
-        order.iter().map(|&j| sigma[j] as f32).collect(),
-        Tensor::from_data(TensorData::new(vt, [k, cols]), &device),
-    )
+    (u, order.iter().map(|&j| sigma[j] as f32).collect(), vt)
 }
 
 /// Applies the Jacobi rotation `(c, s)` to columns `p < q`: `(x, y) ← (c·x − s·y, s·x + c·y)`.
@@ -190,6 +211,103 @@ fn rotate(cols: &mut [Vec<f64>], p: usize, q: usize, c: f64, s: f64) {
         *x = c * a - s * b;
         *y = s * a + c * b;
     }
+}
+
+/// The host randomized rank-`r` SVD of a row-major `rows × cols` matrix (the same draws and steps
+/// as the device path): `Y = GΩ`, `power_iterations` rounds of `Q ← orth(G·orth(GᵀQ))`, then the
+/// Jacobi SVD of the small `B = QᵀG`. Returns `(U [rows, r], σ [r], Vᵀ [r, cols])`, row-major.
+fn randomized_host(
+    g: &[f32],
+    rows: usize,
+    cols: usize,
+    r: usize,
+    power_iterations: usize,
+    rng: &mut dyn Rng,
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let l = r + 5;
+    let omega: Vec<f32> = (0..cols * l).map(|_| rng.random_range(-1.0..1.0)).collect();
+    let mut q = orthonormal_columns(g_times(g, rows, cols, &omega, l), rows, l);
+    for _ in 0..power_iterations {
+        let z = orthonormal_columns(gt_times(g, rows, cols, &q, l), cols, l);
+        q = orthonormal_columns(g_times(g, rows, cols, &z, l), rows, l);
+    }
+    // B = QᵀG = (GᵀQ)ᵀ: l × cols.
+    let bt = gt_times(g, rows, cols, &q, l);
+    let b: Vec<f64> = (0..l * cols)
+        .map(|i| bt[(i % cols) * l + i / cols] as f64)
+        .collect();
+    let (ub, sigma, vt) = jacobi_svd(&b, l, cols);
+    // U = Q·Ub, keeping the first r columns.
+    let mut u = vec![0f32; rows * r];
+    for (row, q_row) in u.chunks_mut(r).zip(q.chunks(l)) {
+        for (c, slot) in row.iter_mut().enumerate() {
+            *slot = (0..l).map(|t| q_row[t] * ub[t * l + c]).sum();
+        }
+    }
+    (u, sigma[..r].to_vec(), vt[..r * cols].to_vec())
+}
+
+/// `G·X` for row-major `G [rows, cols]` and `X [cols, l]`: `[rows, l]`, rows in parallel.
+fn g_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * l];
+    y.par_chunks_mut(l)
+        .zip(g.par_chunks(cols))
+        .for_each(|(y_row, g_row)| {
+            for (&gij, x_row) in g_row.iter().zip(x.chunks(l)) {
+                for (yt, &xt) in y_row.iter_mut().zip(x_row) {
+                    *yt += gij * xt;
+                }
+            }
+        });
+    y
+}
+
+/// `Gᵀ·X` for row-major `G [rows, cols]` and `X [rows, l]`: `[cols, l]`, column blocks in
+/// parallel.
+fn gt_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
+    const BLOCK: usize = 64;
+    let mut z = vec![0f32; cols * l];
+    z.par_chunks_mut(BLOCK * l)
+        .enumerate()
+        .for_each(|(b, z_block)| {
+            let start = b * BLOCK;
+            let width = z_block.len() / l;
+            for i in 0..rows {
+                let g_row = &g[i * cols + start..i * cols + start + width];
+                let x_row = &x[i * l..(i + 1) * l];
+                for (&gij, z_row) in g_row.iter().zip(z_block.chunks_mut(l)) {
+                    for (zt, &xt) in z_row.iter_mut().zip(x_row) {
+                        *zt += gij * xt;
+                    }
+                }
+            }
+        });
+    z
+}
+
+/// Orthonormal columns of a row-major `[rows, l]` matrix by two passes of modified Gram–Schmidt
+/// in f64; a column keeping less than 1e-5 of its norm after projection (rank deficiency) is
+/// zero, as PowerSGD's.
+fn orthonormal_columns(y: Vec<f32>, rows: usize, l: usize) -> Vec<f32> {
+    let mut cols: Vec<Vec<f64>> = (0..l)
+        .map(|c| (0..rows).map(|i| y[i * l + c] as f64).collect())
+        .collect();
+    for c in 0..l {
+        let before = cols[c].iter().map(|x| x * x).sum::<f64>().sqrt();
+        let (done, rest) = cols.split_at_mut(c);
+        let col = &mut rest[0];
+        for _ in 0..2 {
+            for prev in done.iter() {
+                let dot: f64 = prev.iter().zip(col.iter()).map(|(a, b)| a * b).sum();
+                col.iter_mut().zip(prev).for_each(|(x, p)| *x -= dot * p);
+            }
+        }
+        let after = col.iter().map(|x| x * x).sum::<f64>().sqrt();
+        let keep = after > 1e-5 * before && after > 0.0;
+        col.iter_mut()
+            .for_each(|x| *x = if keep { *x / after } else { 0.0 });
+    }
+    (0..rows * l).map(|i| cols[i % l][i / l] as f32).collect()
 }
 
 fn orthonormal_basis(y: Tensor<2>) -> Tensor<2> {
@@ -212,16 +330,38 @@ impl Compressor for Atomo<Spectral> {
     ) -> Result<Payload, CompressError> {
         let shape = grad.dims();
         let (rows, cols) = matrix_view(&shape);
-        l1_norm_checked(&grad)?;
-        let mut w;
         if rows * cols == 0 {
-            w = Writer::new(CodecId::AtomoSpectral, 0, &shape, 4)?;
+            l1_norm_checked(&grad)?;
+            let mut w = Writer::new(CodecId::AtomoSpectral, 0, &shape, 4)?;
             w.u32(0);
             return Ok(w.finish());
         }
-        let g = as_matrix(grad.detach());
-        let device = g.device();
-        let (u, sigma, vt) = self.atoms.decompose(g, rng);
+        // Host devices: the whole decomposition on host memory (Jacobi, or the randomized SVD
+        // with host matmuls); burn's SVD only for a full SVD beyond JACOBI_MAX.
+        let device = grad.device();
+        let (u, sigma, vt) = if is_host_device(&device) {
+            let host = HostGrad::read(grad);
+            let g = host.values();
+            host::max_abs(g)?;
+            match self.atoms.rank {
+                Some(r) if r + 5 < rows.min(cols) => {
+                    randomized_host(g, rows, cols, r, self.atoms.power_iterations, rng)
+                }
+                _ if rows.min(cols) <= JACOBI_MAX => {
+                    let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+                    jacobi_svd(&values, rows, cols)
+                }
+                _ => {
+                    let t =
+                        Tensor::<2>::from_data(TensorData::new(g.to_vec(), [rows, cols]), &device);
+                    to_host(self.atoms.decompose(t, rng))
+                }
+            }
+        } else {
+            l1_norm_checked(&grad)?;
+            to_host(self.atoms.decompose(as_matrix(grad.detach()), rng))
+        };
+        let m = sigma.len();
         let l1: f64 = sigma.iter().map(|&x| x as f64).sum();
         let l2: f64 = sigma
             .iter()
@@ -229,35 +369,25 @@ impl Compressor for Atomo<Spectral> {
             .sum::<f64>()
             .sqrt();
         let linf = sigma.first().copied().unwrap_or(0.0) as f64;
-        let s = self.budget.resolve(sigma.len(), l1, l2, linf);
+        let s = self.budget.resolve(m, l1, l2, linf);
         let p = probabilities(&sigma, s);
-        let sent: Vec<usize> = (0..sigma.len())
+        let sent: Vec<usize> = (0..m)
             .filter(|&i| p[i] > 0.0 && rng.random::<f64>() < p[i])
             .collect();
         let k = sent.len();
-        w = Writer::new(
+        let mut w = Writer::new(
             CodecId::AtomoSpectral,
             0,
             &shape,
             4 + 4 * k * (rows + cols + 1),
         )?;
         w.u32(k as u32);
-        if k > 0 {
-            let idx = Tensor::<1, Int>::from_data(
-                TensorData::new(sent.iter().map(|&i| i as i64).collect(), [k]),
-                &device,
-            );
-            let us: Vec<f32> = u
-                .select(1, idx.clone())
-                .transpose()
-                .try_into_vec_as()
-                .expect("U");
-            let vs: Vec<f32> = vt.select(0, idx).try_into_vec_as().expect("V");
-            for (j, &i) in sent.iter().enumerate() {
-                w.f32((sigma[i] as f64 / p[i]) as f32);
-                w.f32s(&us[j * rows..(j + 1) * rows]);
-                w.f32s(&vs[j * cols..(j + 1) * cols]);
-            }
+        let u_cols = u.len() / rows;
+        for &i in &sent {
+            w.f32((sigma[i] as f64 / p[i]) as f32);
+            let column: Vec<f32> = (0..rows).map(|row| u[row * u_cols + i]).collect();
+            w.f32s(&column);
+            w.f32s(&vt[i * cols..(i + 1) * cols]);
         }
         Ok(w.finish())
     }
@@ -267,36 +397,14 @@ impl Compressor for Atomo<Spectral> {
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
-        let (header, shape, mut r) = payload.open::<D>(CodecId::AtomoSpectral)?;
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
+        }
+        let (header, shape, r) = payload.open::<D>(CodecId::AtomoSpectral)?;
         let (rows, cols) = matrix_view(&header.shape);
-        let k = r.u32("atom count")? as usize;
-        if k > rows.min(cols) {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "atom count",
-                value: k as u64,
-                reason: "exceeds min(rows, cols)",
-            });
-        }
+        let floats = read_atoms(r, rows, cols)?;
         let per_atom = rows + cols + 1;
-        let floats = r.f32s("spectral atoms", k * per_atom)?;
-        r.finish()?;
-        // |Σ_k c_k u_k v_kᵀ| ≤ Σ_k |c_k|·max|u_k|·max|v_k| bounds every entry and every partial
-        // sum of the product (and each scaled v_k), so finite atoms whose bound stays below
-        // f32::MAX rebuild a finite gradient.
-        let bound: f64 = floats
-            .chunks_exact(per_atom)
-            .map(|atom| {
-                let max = |xs: &[f32]| xs.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
-                (atom[0].abs() as f64) * max(&atom[1..=rows]) * max(&atom[rows + 1..])
-            })
-            .sum();
-        if bound >= f32::MAX as f64 {
-            return Err(DecodeError::FieldOutOfRange {
-                field: "spectral atoms",
-                value: k as u64,
-                reason: "their sum would overflow f32",
-            });
-        }
+        let k = floats.len() / per_atom;
         if k == 0 {
             return Ok(Tensor::zeros(shape, device));
         }
@@ -311,4 +419,70 @@ impl Compressor for Atomo<Spectral> {
         let v = Tensor::<2>::from_data(TensorData::new(vs, [k, cols]), device);
         Ok(u.transpose().matmul(v).reshape(shape))
     }
+    host_decoders!(payload, out, sink => decode_host(payload, out, sink));
+}
+
+/// Reads and checks the atoms of a spectral body over a `rows × cols` matrix: per atom its
+/// coefficient, `u` and `v`, all finite, with a sum that cannot overflow f32.
+fn read_atoms(mut r: Reader<'_>, rows: usize, cols: usize) -> Result<Vec<f32>, DecodeError> {
+    let k = r.u32("atom count")? as usize;
+    if k > rows.min(cols) {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "atom count",
+            value: k as u64,
+            reason: "exceeds min(rows, cols)",
+        });
+    }
+    let per_atom = rows + cols + 1;
+    let floats = r.f32s("spectral atoms", k * per_atom)?;
+    r.finish()?;
+    // |Σ_k c_k u_k v_kᵀ| ≤ Σ_k |c_k|·max|u_k|·max|v_k| bounds every entry and every partial
+    // sum of the product (and each scaled v_k), so finite atoms whose bound stays below
+    // f32::MAX rebuild a finite gradient.
+    let bound: f64 = floats
+        .chunks_exact(per_atom)
+        .map(|atom| {
+            let max = |xs: &[f32]| xs.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+            (atom[0].abs() as f64) * max(&atom[1..=rows]) * max(&atom[rows + 1..])
+        })
+        .sum();
+    if bound >= f32::MAX as f64 {
+        return Err(DecodeError::FieldOutOfRange {
+            field: "spectral atoms",
+            value: k as u64,
+            reason: "their sum would overflow f32",
+        });
+    }
+    Ok(floats)
+}
+
+/// The host decoder: `Σ_k c_k·u_k v_kᵀ`, row by row in parallel.
+fn decode_host<S: Sink>(
+    payload: &PayloadRef<'_>,
+    out: &mut [f32],
+    sink: S,
+) -> Result<(), DecodeError> {
+    let (header, r) = payload.open_into(CodecId::AtomoSpectral, out)?;
+    let (rows, cols) = matrix_view(&header.shape);
+    let floats = read_atoms(r, rows, cols)?;
+    if out.is_empty() {
+        return Ok(());
+    }
+    let atoms: Vec<&[f32]> = floats.chunks_exact(rows + cols + 1).collect();
+    out.par_chunks_mut(cols).enumerate().for_each_init(
+        || vec![0f32; cols],
+        |acc, (i, row)| {
+            acc.fill(0.0);
+            for atom in &atoms {
+                let w = atom[0] * atom[1 + i];
+                for (a, &v) in acc.iter_mut().zip(&atom[rows + 1..]) {
+                    *a += w * v;
+                }
+            }
+            for (slot, &v) in row.iter_mut().zip(acc.iter()) {
+                sink.put(slot, v);
+            }
+        },
+    );
+    Ok(())
 }

@@ -1,0 +1,693 @@
+//! The host path: codecs as fused, chunked, multi-threaded Rust over host memory.
+//!
+//! **The device rule.** A gradient on a host-memory device (burn's Flex or NdArray backend,
+//! see [`is_host_device`]) is read once into host memory (no copy when the tensor owns its
+//! buffer) and encoded by the codec's host kernel: one or two passes in chunks of [`CHUNK`]
+//! entries on rayon's thread pool, writing the packed bytes straight into the payload. Decoding
+//! onto such a device writes each f32 once into a new buffer that becomes the tensor. On any
+//! other device (wgpu, CUDA, …) the codec packs on the device, so only the small payload crosses
+//! to the host. Both paths write the same wire format and draw the same random numbers (see
+//! [`uniforms`](crate::uniforms)), so either decodes the other's payloads.
+//!
+//! [`Compressor::decode_into`](crate::Compressor::decode_into) and
+//! [`decode_add`](crate::Compressor::decode_add) are the host decoders on their own: from a
+//! borrowed [`PayloadRef`](crate::PayloadRef) into a caller's buffer.
+
+use burn::tensor::{DType, Device, Tensor, TensorData};
+use rayon::prelude::*;
+
+use crate::random::Stream;
+use crate::{CompressError, DecodeError};
+
+/// Entries per chunk of the host kernels: a multiple of 8 (bit fields end on a byte) and of 5
+/// (base-3 groups end on a byte). Payload bytes never depend on it or on the thread count.
+pub(crate) const CHUNK: usize = 61_440;
+
+/// Whether `device` keeps tensors in host memory (burn's Flex and NdArray backends, with or
+/// without autodiff): the codecs then run their host kernels; on other devices they pack on the
+/// device.
+pub fn is_host_device(device: &Device) -> bool {
+    #[cfg(test)]
+    if DEVICE_PATH_ONLY.get() {
+        return false;
+    }
+    // burn 0.22 exposes the backend behind a `Device` only through its Debug form
+    // (`Device<Flex(..)>`) unless the backend's own feature is enabled in this crate.
+    let name = format!("{:?}", device.clone().inner());
+    ["Device<Flex", "Device<NdArray"]
+        .iter()
+        .any(|prefix| name.starts_with(prefix))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Unit tests set this to run the device path on a host device.
+    pub(crate) static DEVICE_PATH_ONLY: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// A gradient's values in host memory, with its shape. On a host device the tensor's own buffer
+/// is taken when the tensor owns it (else copied once).
+pub(crate) struct HostGrad {
+    data: TensorData,
+}
+
+impl HostGrad {
+    pub(crate) fn read<const D: usize>(grad: Tensor<D>) -> Self {
+        let data = grad.into_data();
+        let data = if data.dtype() == DType::F32 {
+            data
+        } else {
+            data.convert::<f32>()
+        };
+        Self { data }
+    }
+
+    pub(crate) fn values(&self) -> &[f32] {
+        self.data.as_slice::<f32>().expect("f32 values")
+    }
+
+    pub(crate) fn values_mut(&mut self) -> &mut [f32] {
+        self.data.as_mut_slice::<f32>().expect("f32 values")
+    }
+
+    /// The buffer as a tensor of `shape` on `device` (no copy on a host device).
+    pub(crate) fn into_tensor<const D: usize>(
+        self,
+        shape: [usize; D],
+        device: &Device,
+    ) -> Tensor<D> {
+        let (bytes, _, dtype) = self.data.into_parts();
+        Tensor::from_data(TensorData::from_bytes(bytes, shape, dtype), device)
+    }
+}
+
+/// A tensor of `shape` on `device` from host values (no copy on host devices).
+pub(crate) fn tensor<const D: usize>(
+    values: Vec<f32>,
+    shape: [usize; D],
+    device: &Device,
+) -> Tensor<D> {
+    Tensor::from_data(TensorData::new(values, shape), device)
+}
+
+/// How a decoder writes each value: overwrite, or add a weighted value.
+pub(crate) trait Sink: Copy + Send + Sync {
+    /// Stores `v` into `slot`.
+    fn put(self, slot: &mut f32, v: f32);
+    /// Prepares a buffer for a sparse decoder that only visits some entries.
+    fn clear(self, out: &mut [f32]);
+    /// Stores zeros into `out` (nothing to add for an accumulating sink).
+    fn zeros(self, out: &mut [f32]);
+}
+
+/// `out[i] = v`.
+#[derive(Clone, Copy)]
+pub(crate) struct Set;
+
+/// `out[i] += w·v`.
+#[derive(Clone, Copy)]
+pub(crate) struct AddScaled(pub(crate) f32);
+
+impl Sink for Set {
+    #[inline(always)]
+    fn put(self, slot: &mut f32, v: f32) {
+        *slot = v;
+    }
+    fn clear(self, out: &mut [f32]) {
+        out.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+    }
+    #[inline(always)]
+    fn zeros(self, out: &mut [f32]) {
+        out.fill(0.0);
+    }
+}
+
+impl Sink for AddScaled {
+    #[inline(always)]
+    fn put(self, slot: &mut f32, v: f32) {
+        *slot += self.0 * v;
+    }
+    fn clear(self, _out: &mut [f32]) {}
+    #[inline(always)]
+    fn zeros(self, _out: &mut [f32]) {}
+}
+
+/// Checks a caller's output buffer against the payload's entry count.
+pub(crate) fn check_output(out: &[f32], n: usize) -> Result<(), DecodeError> {
+    if out.len() == n {
+        Ok(())
+    } else {
+        Err(DecodeError::OutputLength {
+            expected: n,
+            found: out.len(),
+        })
+    }
+}
+
+/// Bits of `|v|`: ordered like `|v|` for finite values, and at least `0x7F80_0000` for ±Inf and
+/// NaN.
+#[inline(always)]
+fn abs_bits(v: f32) -> u32 {
+    v.to_bits() & 0x7FFF_FFFF
+}
+
+/// Largest `abs_bits` of a chunk (eight lanes, so it vectorises).
+fn max_abs_bits(chunk: &[f32]) -> u32 {
+    let mut lanes = [0u32; 8];
+    let mut blocks = chunk.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane = (*lane).max(abs_bits(v));
+        }
+    }
+    let tail = blocks.remainder().iter().map(|&v| abs_bits(v));
+    lanes.into_iter().chain(tail).max().unwrap_or(0)
+}
+
+/// `Σ|v|` of a chunk in f64 (eight lanes, so it vectorises).
+fn sum_abs(chunk: &[f32]) -> f64 {
+    let mut lanes = [0f64; 8];
+    let mut blocks = chunk.chunks_exact(8);
+    for block in &mut blocks {
+        for (lane, &v) in lanes.iter_mut().zip(block) {
+            *lane += v.abs() as f64;
+        }
+    }
+    let tail: f64 = blocks.remainder().iter().map(|v| v.abs() as f64).sum();
+    lanes.iter().sum::<f64>() + tail
+}
+
+/// The error for a gradient with non-finite entries (counted only then).
+pub(crate) fn non_finite(values: &[f32]) -> CompressError {
+    let bad = values
+        .par_chunks(CHUNK)
+        .map(|c| c.iter().filter(|v| !v.is_finite()).count())
+        .sum();
+    CompressError::NonFinite {
+        bad,
+        total: values.len(),
+    }
+}
+
+/// `max|v|`, or [`CompressError::NonFinite`]: one parallel pass.
+pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
+    let bits = if values.len() <= CHUNK {
+        max_abs_bits(values)
+    } else {
+        values
+            .par_chunks(CHUNK)
+            .map(max_abs_bits)
+            .max()
+            .unwrap_or(0)
+    };
+    if bits >= 0x7F80_0000 {
+        return Err(non_finite(values));
+    }
+    Ok(f32::from_bits(bits))
+}
+
+/// `(max|v|, ‖v‖₂, ‖v‖₁)` in one parallel pass, or [`CompressError::NonFinite`]: each chunk
+/// (in cache) is read for its max, then for `Σ|v|` and `Σ(v/m_c)²` with its own max `m_c`;
+/// chunks combine as `M²·Σ_c (m_c/M)²·s_c`. Computed this way tiny entries do not underflow
+/// and huge ones do not overflow when squared.
+pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
+    let part = |chunk: &[f32]| {
+        let bits = max_abs_bits(chunk);
+        if bits >= 0x7F80_0000 {
+            return (f32::INFINITY, 0.0, 0.0);
+        }
+        let m = f32::from_bits(bits);
+        let l2 = scaled_l2(chunk, m);
+        let squares = if m > 0.0 {
+            (l2 / m as f64).powi(2)
+        } else {
+            0.0
+        };
+        (m, squares, sum_abs(chunk))
+    };
+    let parts: Vec<(f32, f64, f64)> = if values.len() <= CHUNK {
+        vec![part(values)]
+    } else {
+        values.par_chunks(CHUNK).map(part).collect()
+    };
+    let max = parts.iter().fold(0f32, |a, &(m, _, _)| a.max(m));
+    if !max.is_finite() {
+        return Err(non_finite(values));
+    }
+    let l1 = parts.iter().map(|p| p.2).sum();
+    if max == 0.0 {
+        return Ok((0.0, 0.0, l1));
+    }
+    let squares: f64 = parts
+        .iter()
+        .map(|&(m, s, _)| (m as f64 / max as f64).powi(2) * s)
+        .sum();
+    Ok((max, squares.sqrt() * max as f64, l1))
+}
+
+/// `m·‖v/m‖₂` with `m = max|v|` (given), so tiny entries do not underflow and huge ones do not
+/// overflow when squared; in f64.
+pub(crate) fn scaled_l2(values: &[f32], max: f32) -> f64 {
+    if max == 0.0 {
+        return 0.0;
+    }
+    let inv = 1.0 / max as f64;
+    let sum = |chunk: &[f32]| {
+        let mut lanes = [0f64; 8];
+        let mut blocks = chunk.chunks_exact(8);
+        for block in &mut blocks {
+            for (lane, &v) in lanes.iter_mut().zip(block) {
+                let x = v as f64 * inv;
+                *lane += x * x;
+            }
+        }
+        let tail: f64 = blocks
+            .remainder()
+            .iter()
+            .map(|&v| (v as f64 * inv).powi(2))
+            .sum();
+        lanes.iter().sum::<f64>() + tail
+    };
+    let sq: f64 = if values.len() > CHUNK {
+        values.par_chunks(CHUNK).map(sum).sum()
+    } else {
+        sum(values)
+    };
+    sq.sqrt() * max as f64
+}
+
+/// Bytes of a fixed-width packed chunk of `CHUNK` fields of `width` bits.
+pub(crate) const fn chunk_bytes(width: u32) -> usize {
+    CHUNK * width as usize / 8
+}
+
+/// Packs every entry into a `W`-bit field (`W` divides 8) computed by `field(v)`, straight into
+/// `out` (`packed_len(n, W)` bytes), in parallel; in the same pass returns the largest
+/// [`abs_bits`] (`≥ 0x7F80_0000` iff an entry is not finite) and, when `SUM`, `Σ|v|` in f64
+/// (else 0).
+pub(crate) fn pack_small<const W: u32, const SUM: bool, F>(
+    values: &[f32],
+    out: &mut [u8],
+    field: F,
+) -> (u32, f64)
+where
+    F: Fn(f32) -> u8 + Sync,
+{
+    let per_byte = (8 / W) as usize;
+    let pack = |group: &[f32]| {
+        group
+            .iter()
+            .enumerate()
+            .fold(0u8, |b, (t, &v)| b | field(v) << (t as u32 * W))
+    };
+    out.par_chunks_mut(chunk_bytes(W))
+        .zip(values.par_chunks(CHUNK))
+        .map(|(bytes, vals)| {
+            let mut groups = vals.chunks_exact(per_byte);
+            for (byte, group) in bytes.iter_mut().zip(&mut groups) {
+                *byte = pack(group);
+            }
+            if let Some(last) = bytes.get_mut(vals.len() / per_byte) {
+                *last = pack(groups.remainder());
+            }
+            (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
+        })
+        .reduce(|| (0, 0.0), |a, b| (a.0.max(b.0), a.1 + b.1))
+}
+
+/// Unpacks `width`-bit fields (`width` divides 8) and stores `value(field)` through `sink`, in
+/// parallel. `out.len()` is the field count.
+pub(crate) fn unpack_small<const W: u32, S: Sink>(
+    bytes: &[u8],
+    out: &mut [f32],
+    sink: S,
+    table: &[f32],
+) {
+    let per_byte = (8 / W) as usize;
+    let mask = ((1u16 << W) - 1) as u8;
+    // Row b holds the values of byte b's fields: one lookup per byte.
+    let rows: Vec<[f32; 8]> = (0..=255u8)
+        .map(|b| {
+            let mut row = [0f32; 8];
+            for (t, v) in row.iter_mut().take(per_byte).enumerate() {
+                *v = table[((b >> (t as u32 * W)) & mask) as usize];
+            }
+            row
+        })
+        .collect();
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(chunk_bytes(W)))
+        .for_each(|(vals, bytes)| {
+            let full = vals.len() / per_byte;
+            let mut groups = vals.chunks_exact_mut(per_byte);
+            for (group, &b) in (&mut groups).zip(bytes) {
+                for (slot, &v) in group.iter_mut().zip(&rows[b as usize]) {
+                    sink.put(slot, v);
+                }
+            }
+            let rest = groups.into_remainder();
+            if let Some(&b) = bytes.get(full) {
+                for (slot, &v) in rest.iter_mut().zip(&rows[b as usize]) {
+                    sink.put(slot, v);
+                }
+            }
+        });
+}
+
+/// Entries per block of the randomised kernels: a multiple of 8 and 5 (a block's fields end on a
+/// byte for any width, and on a base-3 group) and of 2 (a block starts on a uniform pair).
+pub(crate) const BLOCK: usize = 320;
+
+/// Runs `f(start, values, uniforms, bytes)` (returning a count, summed) on every block of [`BLOCK`] entries (the last may be
+/// shorter) in parallel, where `start` is the block's first index, `uniforms` are the stream's uniforms at the block's entries and
+/// `bytes` the block's `bytes_per_block` bytes of `out` (fewer for the last block).
+pub(crate) fn pack_random<F>(
+    values: &[f32],
+    stream: Stream,
+    bytes_per_block: usize,
+    out: &mut [u8],
+    f: F,
+) -> usize
+where
+    F: Fn(usize, &[f32], &[f32], &mut [u8]) -> usize + Sync,
+{
+    const _: () = assert!(CHUNK.is_multiple_of(BLOCK));
+    let blocks_per_chunk = CHUNK / BLOCK;
+    out.par_chunks_mut(blocks_per_chunk * bytes_per_block)
+        .zip(values.par_chunks(CHUNK))
+        .enumerate()
+        .map(|(c, (bytes, vals))| {
+            let mut u = [0f32; BLOCK];
+            let mut count = 0;
+            for (b, (vals, bytes)) in vals
+                .chunks(BLOCK)
+                .zip(bytes.chunks_mut(bytes_per_block))
+                .enumerate()
+            {
+                let u = &mut u[..vals.len()];
+                let start = c * CHUNK + b * BLOCK;
+                stream.fill(start, u);
+                count += f(start, vals, u, bytes);
+            }
+            count
+        })
+        .sum()
+}
+
+/// Writes fields of `width ≤ 24` bits into a byte slice as one little-endian bit stream.
+pub(crate) struct FieldWriter<'a> {
+    out: &'a mut [u8],
+    pos: usize,
+    acc: u64,
+    filled: u32,
+}
+
+impl<'a> FieldWriter<'a> {
+    pub(crate) fn new(out: &'a mut [u8]) -> Self {
+        Self {
+            out,
+            pos: 0,
+            acc: 0,
+            filled: 0,
+        }
+    }
+
+    #[inline(always)]
+    pub(crate) fn push(&mut self, field: u32, width: u32) {
+        self.acc |= (field as u64) << self.filled;
+        self.filled += width;
+        if self.filled >= 32 {
+            let word = (self.acc as u32).to_le_bytes();
+            self.out[self.pos..self.pos + 4].copy_from_slice(&word);
+            self.pos += 4;
+            self.acc >>= 32;
+            self.filled -= 32;
+        }
+    }
+
+    /// Flushes the last partial bytes.
+    pub(crate) fn finish(mut self) {
+        while self.filled > 0 {
+            self.out[self.pos] = self.acc as u8;
+            self.pos += 1;
+            self.acc >>= 8;
+            self.filled = self.filled.saturating_sub(8);
+        }
+    }
+}
+
+/// The little-endian `u32` at byte `pos` of `bytes` (zeros past the end).
+#[inline(always)]
+fn le_word(bytes: &[u8], pos: usize) -> u32 {
+    match bytes.get(pos..pos + 4) {
+        Some(w) => u32::from_le_bytes(w.try_into().expect("4 bytes")),
+        None => {
+            let mut w = [0u8; 4];
+            let tail = bytes.get(pos..).unwrap_or(&[]);
+            w[..tail.len()].copy_from_slice(tail);
+            u32::from_le_bytes(w)
+        }
+    }
+}
+
+/// Packs `fields` of `width ≤ 24` bits into `out` (`packed_len(fields.len(), width)` bytes):
+/// for `width ≤ 8` eight fields at a time into `width` bytes (independent groups, no carried
+/// state), else through a [`FieldWriter`].
+#[inline]
+pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
+    if width <= 8 {
+        for (group, dst) in fields.chunks(8).zip(out.chunks_mut(width as usize)) {
+            let word = group
+                .iter()
+                .enumerate()
+                .fold(0u64, |w, (k, &f)| w | (f as u64) << (k as u32 * width));
+            dst.copy_from_slice(&word.to_le_bytes()[..dst.len()]);
+        }
+    } else {
+        let mut writer = FieldWriter::new(out);
+        for &f in fields {
+            writer.push(f, width);
+        }
+        writer.finish();
+    }
+}
+
+/// Reads `out.len()` fields of `width ≤ 24` bits from the start of `bytes` (zeros past the end):
+/// for `width ≤ 8` eight at a time from `width` bytes.
+#[inline]
+pub(crate) fn unpack_fields(bytes: &[u8], width: u32, out: &mut [u32]) {
+    let mask = (1u64 << width) - 1;
+    if width <= 8 {
+        for (group, src) in out.chunks_mut(8).zip(bytes.chunks(width as usize)) {
+            let mut word = [0u8; 8];
+            word[..src.len()].copy_from_slice(src);
+            let word = u64::from_le_bytes(word);
+            for (k, f) in group.iter_mut().enumerate() {
+                *f = ((word >> (k as u32 * width)) & mask) as u32;
+            }
+        }
+        return;
+    }
+    let mut pos = 0;
+    let mut acc = 0u64;
+    let mut filled = 0u32;
+    for slot in out {
+        if filled < width {
+            acc |= (le_word(bytes, pos) as u64) << filled;
+            filled += 32;
+            pos += 4;
+        }
+        *slot = (acc & mask) as u32;
+        acc >>= width;
+        filled -= width;
+    }
+}
+
+/// Runs `f(start, fields, out)` on every block of [`BLOCK`] entries of a packed stream of
+/// `width`-bit fields in parallel, with the block's fields unpacked and its slice of `out`.
+pub(crate) fn par_field_blocks<F>(bytes: &[u8], width: u32, out: &mut [f32], f: F)
+where
+    F: Fn(usize, &[u32], &mut [f32]) + Sync,
+{
+    let block_bytes = BLOCK * width as usize / 8;
+    out.par_chunks_mut(CHUNK)
+        .zip(bytes.par_chunks(chunk_bytes(width)))
+        .enumerate()
+        .for_each(|(c, (vals, bytes))| {
+            let mut fields = [0u32; BLOCK];
+            for (b, (vals, bytes)) in vals
+                .chunks_mut(BLOCK)
+                .zip(bytes.chunks(block_bytes))
+                .enumerate()
+            {
+                let fields = &mut fields[..vals.len()];
+                unpack_fields(bytes, width, fields);
+                f(c * CHUNK + b * BLOCK, fields, vals);
+            }
+        });
+}
+
+/// The fields of chunk `c` (entries `c·CHUNK ..`) of a packed stream of `n` fields of
+/// `width ≤ 24` bits.
+pub(crate) fn chunk_fields(
+    bytes: &[u8],
+    n: usize,
+    width: u32,
+    c: usize,
+) -> impl Iterator<Item = u32> + '_ {
+    let mask = (1u64 << width) - 1;
+    let count = CHUNK.min(n.saturating_sub(c * CHUNK));
+    let bytes = &bytes[(c * chunk_bytes(width)).min(bytes.len())..];
+    let mut pos = 0;
+    let mut acc = 0u64;
+    let mut filled = 0u32;
+    (0..count).map(move |_| {
+        if filled < width {
+            // 32 bits at a time.
+            acc |= (le_word(bytes, pos) as u64) << filled;
+            filled += 32;
+            pos += 4;
+        }
+        let field = (acc & mask) as u32;
+        acc >>= width;
+        filled -= width;
+        field
+    })
+}
+
+/// The first field found (in any chunk) of a packed stream of `n` fields that is `bad`.
+pub(crate) fn any_field(
+    bytes: &[u8],
+    n: usize,
+    width: u32,
+    bad: impl Fn(u32) -> bool + Sync,
+) -> Option<u32> {
+    (0..n.div_ceil(CHUNK))
+        .into_par_iter()
+        .find_map_any(|c| chunk_fields(bytes, n, width, c).find(|&f| bad(f)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reductions_match_plain_loops_and_flag_non_finite_entries() {
+        let values: Vec<f32> = (0..3 * CHUNK + 17)
+            .map(|i| ((i as f32) * 0.37).sin() * 3.0)
+            .collect();
+        let l1: f64 = values.iter().map(|v| v.abs() as f64).sum();
+        let max = values.iter().fold(0f32, |m, v| m.max(v.abs()));
+        assert_eq!(max_abs(&values).unwrap(), max);
+        let l2 = values
+            .iter()
+            .map(|&v| (v as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!((scaled_l2(&values, max) - l2).abs() < 1e-9 * l2);
+        let (m, two, one) = norms(&values).unwrap();
+        assert_eq!(m, max);
+        assert!((two - l2).abs() < 1e-9 * l2 && (one - l1).abs() < 1e-9 * l1);
+        // Scaled per chunk: neither 1e-30 nor 1e30 entries under- or overflow.
+        for scale in [1e-30f32, 1e30] {
+            let scaled: Vec<f32> = values.iter().map(|v| v * scale).collect();
+            let (_, two, _) = norms(&scaled).unwrap();
+            assert!(
+                (two / (l2 * scale as f64) - 1.0).abs() < 1e-5,
+                "scale {scale}"
+            );
+        }
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let mut v = values.clone();
+            v[CHUNK + 3] = bad;
+            v[7] = bad;
+            for err in [max_abs(&v).unwrap_err(), norms(&v).unwrap_err()] {
+                assert_eq!(
+                    err,
+                    CompressError::NonFinite {
+                        bad: 2,
+                        total: v.len()
+                    }
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn small_fields_round_trip_through_both_sinks() {
+        for width in [1u32, 2, 4, 8] {
+            let n = 2 * CHUNK + 13;
+            let values: Vec<f32> = (0..n).map(|i| (i % 7) as f32).collect();
+            let mask = (1usize << width) - 1;
+            let mut bytes = vec![0u8; crate::packed_len(n, width)];
+            let field = |v: f32| (v as usize & mask) as u8;
+            let (max, l1) = match width {
+                1 => pack_small::<1, true, _>(&values, &mut bytes, field),
+                2 => pack_small::<2, true, _>(&values, &mut bytes, field),
+                4 => pack_small::<4, true, _>(&values, &mut bytes, field),
+                _ => pack_small::<8, true, _>(&values, &mut bytes, field),
+            };
+            assert_eq!(max, 6f32.to_bits());
+            assert_eq!(l1, values.iter().map(|&v| v as f64).sum::<f64>());
+            let expected: Vec<u32> = values.iter().map(|&v| (v as usize & mask) as u32).collect();
+            let fields: Vec<u32> = crate::bits::host_fields(&bytes, n, width).collect();
+            assert_eq!(fields, expected, "width {width}");
+            let table: Vec<f32> = (0..1 << width).map(|f| f as f32 * 2.0).collect();
+            let mut out = vec![1.0f32; n];
+            match width {
+                1 => unpack_small::<1, _>(&bytes, &mut out, Set, &table),
+                2 => unpack_small::<2, _>(&bytes, &mut out, Set, &table),
+                4 => unpack_small::<4, _>(&bytes, &mut out, Set, &table),
+                _ => unpack_small::<8, _>(&bytes, &mut out, Set, &table),
+            }
+            assert!(
+                out.iter()
+                    .zip(&expected)
+                    .all(|(o, &f)| *o == 2.0 * f as f32)
+            );
+            let sink = AddScaled(-0.5);
+            match width {
+                1 => unpack_small::<1, _>(&bytes, &mut out, sink, &table),
+                2 => unpack_small::<2, _>(&bytes, &mut out, sink, &table),
+                4 => unpack_small::<4, _>(&bytes, &mut out, sink, &table),
+                _ => unpack_small::<8, _>(&bytes, &mut out, sink, &table),
+            }
+            assert!(out.iter().zip(&expected).all(|(o, &f)| *o == f as f32));
+        }
+    }
+
+    #[test]
+    fn any_width_round_trips_through_the_field_writer_and_reader() {
+        for width in [1u32, 2, 3, 4, 5, 6, 7, 8, 9, 11, 16] {
+            let n = CHUNK + 2 * BLOCK + 7;
+            let mask = (1u32 << width) - 1;
+            let fields: Vec<u32> = (0..n as u32)
+                .map(|i| i.wrapping_mul(2654435761) & mask)
+                .collect();
+            let mut bytes = vec![0u8; crate::packed_len(n, width)];
+            let per_block = BLOCK * width as usize / 8;
+            for (block, out) in fields.chunks(BLOCK).zip(bytes.chunks_mut(per_block)) {
+                pack_fields(block, width, out);
+            }
+            let stream: Vec<u32> = crate::bits::host_fields(&bytes, n, width).collect();
+            assert_eq!(stream, fields, "width {width}");
+            let mut unpacked = vec![0u32; n];
+            for (block, src) in unpacked.chunks_mut(BLOCK).zip(bytes.chunks(per_block)) {
+                unpack_fields(src, width, block);
+            }
+            assert_eq!(unpacked, fields, "width {width}");
+            let read: Vec<u32> = (0..n.div_ceil(CHUNK))
+                .flat_map(|c| chunk_fields(&bytes, n, width, c))
+                .collect();
+            assert_eq!(read, fields);
+            assert_eq!(any_field(&bytes, n, width, |f| f > mask), None);
+            let last = fields[n - 1];
+            assert_eq!(any_field(&bytes, n, width, |f| f == last), Some(last));
+        }
+    }
+
+    #[test]
+    fn flex_is_a_host_device() {
+        assert!(is_host_device(&Device::flex()));
+    }
+}

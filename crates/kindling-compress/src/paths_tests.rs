@@ -1,0 +1,216 @@
+//! The host and device paths of every codec write the same format: each decodes the other's
+//! payloads to the same values, and where both compute the same f32 arithmetic from the same
+//! uniforms they write the same bytes. Run on the test device (Flex, or wgpu in CI); on Flex the
+//! device path is forced with [`DEVICE_PATH_ONLY`].
+
+use burn::tensor::{Device, Tensor, TensorData};
+use kindling_testing::device;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
+
+use crate::host::DEVICE_PATH_ONLY;
+use crate::*;
+
+fn gaussian(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let normal = rand_distr::Normal::new(0.0f32, 1.0).unwrap();
+    (0..n)
+        .map(|_| rand_distr::Distribution::sample(&normal, &mut rng))
+        .collect()
+}
+
+fn on_device_path<T>(f: impl FnOnce() -> T) -> T {
+    DEVICE_PATH_ONLY.set(true);
+    let out = f();
+    DEVICE_PATH_ONLY.set(false);
+    out
+}
+
+fn values(t: Tensor<2>) -> Vec<f32> {
+    t.into_data().convert::<f32>().try_into_vec().unwrap()
+}
+
+fn close(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}");
+    let scale = a.iter().fold(1f32, |m, v| m.max(v.abs()));
+    for (i, (x, y)) in a.iter().zip(b).enumerate() {
+        assert!(
+            (x - y).abs() <= 1e-5 * scale,
+            "{what}: entry {i}: {x} vs {y}"
+        );
+    }
+}
+
+/// Encodes `g` on both paths with the same seed; decodes each payload on both paths.
+fn check<C: Compressor + Clone>(name: &str, codec: C, shape: [usize; 2], same_bytes: bool) {
+    let dev = device();
+    let flex = Device::flex();
+    let g = gaussian(shape[0] * shape[1], 11);
+    let on = |d: &Device| Tensor::<2>::from_data(TensorData::new(g.clone(), shape), d);
+    let host = codec
+        .clone()
+        .compress(on(&flex), &mut ChaCha8Rng::seed_from_u64(5))
+        .unwrap();
+    let device_payload = on_device_path(|| {
+        codec
+            .clone()
+            .compress(on(&dev), &mut ChaCha8Rng::seed_from_u64(5))
+            .unwrap()
+    });
+    if same_bytes {
+        assert_eq!(host.as_bytes(), device_payload.as_bytes(), "{name}: bytes");
+    }
+    assert_eq!(host.wire_bytes() > 0, device_payload.wire_bytes() > 0);
+    for (which, payload) in [("host", &host), ("device", &device_payload)] {
+        let mut on_host = vec![f32::NAN; g.len()];
+        codec.decode_into(&payload.borrow(), &mut on_host).unwrap();
+        let from_device = on_device_path(|| values(codec.decompress(payload, &dev).unwrap()));
+        close(&on_host, &from_device, &format!("{name}: {which} payload"));
+        // decode_add accumulates: twice half the payload is the payload.
+        let mut sum = vec![0.0f32; g.len()];
+        codec.decode_add(&payload.borrow(), 0.5, &mut sum).unwrap();
+        codec.decode_add(&payload.borrow(), 0.5, &mut sum).unwrap();
+        close(&sum, &on_host, &format!("{name}: {which} decode_add"));
+    }
+}
+
+#[test]
+fn every_codec_decodes_the_other_paths_payloads() {
+    let shape = [37, 41]; // odd sizes: partial bytes, words, base-3 groups and buckets
+    check("identity", Identity, shape, true);
+    check("half", Half::new(HalfFormat::F16), shape, true);
+    check("bf16", Half::new(HalfFormat::Bf16), shape, true);
+    check("sign", Sign, shape, true);
+    check("scaled sign", ScaledSign, shape, false);
+    check("qsgd s=1", Qsgd::new(1).unwrap(), shape, false);
+    check(
+        "qsgd s=16 b=50",
+        Qsgd::new(16).unwrap().with_bucket(50).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "qsgd s=5 elias",
+        Qsgd::new(5).unwrap().with_coding(LevelCoding::EliasGamma),
+        shape,
+        false,
+    );
+    check("terngrad", TernGrad::new(), shape, true);
+    check(
+        "terngrad base3",
+        TernGrad::new().with_packing(TritPacking::Base3),
+        shape,
+        true,
+    );
+    check(
+        "terngrad clipped",
+        TernGrad::new().with_clipping(2.5).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "top-k",
+        TopK::new(Count::Fraction(0.05)).unwrap(),
+        shape,
+        true,
+    );
+    check(
+        "random-k",
+        RandomK::new(Count::Entries(40)).unwrap(),
+        shape,
+        true,
+    );
+    check(
+        "atomo entry-wise",
+        Atomo::new(EntryWise, Budget::QsgdEquivalent).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "atomo spectral",
+        Atomo::new(Spectral::full(), Budget::Atoms(6.0)).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "atomo fourier",
+        Atomo::new(Fourier, Budget::Fraction(0.1)).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "error feedback",
+        ErrorFeedback::new(TopK::new(Count::Fraction(0.05)).unwrap()),
+        shape,
+        true,
+    );
+}
+
+/// Tensors of several chunks: chunk boundaries inside buckets, Elias runs across chunks.
+#[test]
+fn multi_chunk_tensors_decode_the_same_on_both_paths() {
+    let shape = [301, 701];
+    check("sign", Sign, shape, true);
+    check("qsgd s=1", Qsgd::new(1).unwrap(), shape, false);
+    check(
+        "qsgd s=16 b=1000",
+        Qsgd::new(16).unwrap().with_bucket(1000).unwrap(),
+        shape,
+        false,
+    );
+    check(
+        "qsgd s=2 b=512 elias",
+        Qsgd::new(2)
+            .unwrap()
+            .with_bucket(512)
+            .unwrap()
+            .with_coding(LevelCoding::EliasGamma),
+        shape,
+        false,
+    );
+    check(
+        "terngrad base3",
+        TernGrad::new().with_packing(TritPacking::Base3),
+        shape,
+        true,
+    );
+    check(
+        "top-k",
+        TopK::new(Count::Fraction(0.01)).unwrap(),
+        shape,
+        true,
+    );
+}
+
+/// Payload bytes do not depend on how many threads encode them.
+#[test]
+fn payloads_are_the_same_for_any_thread_count() {
+    let g = gaussian(300_000, 3);
+    let encode = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [g.len()]), &Device::flex());
+            let mut rng = ChaCha8Rng::seed_from_u64(9);
+            [
+                Qsgd::new(16)
+                    .unwrap()
+                    .with_bucket(512)
+                    .unwrap()
+                    .compress(t.clone(), &mut rng),
+                Qsgd::new(1).unwrap().compress(t.clone(), &mut rng),
+                TernGrad::new().compress(t.clone(), &mut rng),
+                Atomo::new(EntryWise, Budget::QsgdEquivalent)
+                    .unwrap()
+                    .compress(t.clone(), &mut rng),
+                TopK::new(Count::Fraction(0.01))
+                    .unwrap()
+                    .compress(t, &mut rng),
+            ]
+            .map(|p| p.unwrap().into_bytes())
+        })
+    };
+    assert_eq!(encode(1), encode(3));
+}
