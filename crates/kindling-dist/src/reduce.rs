@@ -8,7 +8,9 @@ use burn::module::{Module, ParamId};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig};
-use kindling_compress::{Compressor, Payload, Sign, TernGrad, majority_vote, matrix_view};
+use kindling_compress::{
+    Compressor, Payload, PayloadRef, Sign, TernGrad, is_host_device, majority_vote, matrix_view,
+};
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{GradOp, walk};
@@ -148,7 +150,9 @@ impl Reducer for Dense {
 }
 
 /// Decodes every rank's payload for one parameter and averages them (rank order, so every rank
-/// gets the same bits).
+/// gets the same bits). On a host device each payload is decoded straight from its receive
+/// buffer into one accumulator (`decode_add` with weight `1/W`), which becomes the tensor; on
+/// other devices the payloads are decoded on the device and summed there.
 fn decode_mean<const D: usize, C: Compressor>(
     codec: &C,
     payloads: Vec<Vec<u8>>,
@@ -157,18 +161,30 @@ fn decode_mean<const D: usize, C: Compressor>(
     device: &Device,
 ) -> Result<Tensor<D>, DistError> {
     let world = payloads.len();
+    let fail = |rank: usize, reason: String| DistError::Decode {
+        rank,
+        param: index,
+        reason,
+    };
+    if is_host_device(device) {
+        let mut mean = vec![0.0f32; dims.iter().product()];
+        let weight = 1.0 / world as f32;
+        for (rank, bytes) in payloads.iter().enumerate() {
+            let payload =
+                PayloadRef::parse_expecting(bytes, &dims).map_err(|e| fail(rank, e.to_string()))?;
+            codec
+                .decode_add(&payload, weight, &mut mean)
+                .map_err(|e| fail(rank, e.to_string()))?;
+        }
+        return Ok(Tensor::from_data(TensorData::new(mean, dims), device));
+    }
     let mut sum: Option<Tensor<D>> = None;
     for (rank, bytes) in payloads.into_iter().enumerate() {
-        let fail = |reason: String| DistError::Decode {
-            rank,
-            param: index,
-            reason,
-        };
         let payload =
-            Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(e.to_string()))?;
+            Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(rank, e.to_string()))?;
         let t: Tensor<D> = codec
             .decompress(&payload, device)
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| fail(rank, e.to_string()))?;
         sum = Some(match sum {
             Some(s) => s + t,
             None => t,
