@@ -377,7 +377,8 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
     } else {
         // One pass gathers the entries above the region and the region's few candidates.
         let (kept, mut candidates) = split_positions(values, region);
-        candidates.sort_unstable_by(|&a, &b| {
+        // The `need` largest candidates (ties: lower index) by selection, not a full sort.
+        candidates.select_nth_unstable_by(need - 1, |&a, &b| {
             abs_bits(values[b as usize])
                 .cmp(&abs_bits(values[a as usize]))
                 .then(a.cmp(&b))
