@@ -163,8 +163,15 @@ impl Qsgd {
         let stream = Stream::new(rng);
         let level_of = move |v: f32, u: f32, factor: f32| -> (u32, u32) {
             let a = v * factor;
-            // |a| + u ≥ 0: clamping in f32, then truncating, is ⌊|a| + u⌋ capped at s.
-            let level = (a.abs() + u).min(s as f32) as i32 as u32;
+            let x = a.abs() + u;
+            // x ≥ 0: ⌊x⌋ capped at s. One or two levels count thresholds (as the device path
+            // does; much cheaper than a float-to-integer conversion), more clamp in f32, then
+            // truncate.
+            let level = match s {
+                1 => (x >= 1.0) as u32,
+                2 => (x >= 1.0) as u32 + (x >= 2.0) as u32,
+                _ => x.min(s as f32) as i32 as u32,
+            };
             (level, (a < 0.0) as u32)
         };
         let nonzero = {
