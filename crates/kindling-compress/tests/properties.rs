@@ -187,6 +187,31 @@ fn overflowing_or_non_finite_values_are_errors() {
     let fourier = Payload::from_bytes(payload_bytes(11, 0, &[4], &coefficients)).unwrap();
     let atomo = Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap();
     assert!(atomo.decompress::<1>(&fourier, &device).is_err());
+    // Every atom of an 8-point signal, all of one sign: an inverse FFT that sums the whole
+    // unnormalised Hermitian spectrum first (as wgpu's does) reaches √(2N)·Σ|λ| in between.
+    // Accepted just below the bound f32::MAX/(2√N), and then finite on every backend;
+    // refused above it.
+    for (scale, accepted) in [(0.99, true), (1.5, false)] {
+        let each = (f32::MAX as f64 / (2.0 * 8f64.sqrt()) / 8.0 * scale) as f32;
+        let mut body = Vec::new();
+        body.extend_from_slice(&8u32.to_le_bytes());
+        for a in 0..8u32 {
+            body.extend_from_slice(&a.to_le_bytes());
+        }
+        for _ in 0..8 {
+            body.extend_from_slice(&each.to_le_bytes());
+        }
+        let payload = Payload::from_bytes(payload_bytes(11, 0, &[8], &body)).unwrap();
+        let decoded = atomo.decompress::<1>(&payload, &device);
+        let mut out = vec![0.0f32; 8];
+        let on_host = atomo.decode_into(&payload.borrow(), &mut out);
+        assert_eq!(decoded.is_ok(), accepted, "scale {scale}");
+        assert_eq!(on_host.is_ok(), accepted, "scale {scale}");
+        if let Ok(t) = decoded {
+            assert!(kindling_testing::to_vec(&t).iter().all(|v| v.is_finite()));
+            assert!(out.iter().all(|v| v.is_finite()));
+        }
+    }
 
     for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
         let mut body = Vec::new();

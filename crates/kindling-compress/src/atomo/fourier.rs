@@ -140,10 +140,13 @@ impl Compressor for Atomo<Fourier> {
 fn read_coefficients(mut r: Reader<'_>, flags: u8, big: usize) -> Result<SparseVec, DecodeError> {
     let sparse = SparseVec::read(&mut r, flags, big)?;
     r.finish()?;
-    // The spectrum holds each coefficient times at most √N, and every partial sum of the
-    // inverse transform is bounded by the sum of the spectrum's magnitudes; the output by
-    // √(2/N)·Σ|λ|. Below f32::MAX, finite coefficients rebuild a finite gradient.
-    let bound = (big as f64).sqrt() * sparse.values.iter().map(|v| v.abs() as f64).sum::<f64>();
+    // The spectrum holds each coefficient times at most √N. Any inverse FFT's intermediate
+    // values are bounded by the sum of the magnitudes of the whole Hermitian spectrum, at most
+    // √(2N)·Σ|λ| (an implementation may sum the unnormalised spectrum before dividing by N);
+    // the output by √(2/N)·Σ|λ|. Below f32::MAX with a factor 2√N, finite coefficients
+    // rebuild a finite gradient on every backend.
+    let bound =
+        2.0 * (big as f64).sqrt() * sparse.values.iter().map(|v| v.abs() as f64).sum::<f64>();
     if bound >= f32::MAX as f64 {
         return Err(DecodeError::FieldOutOfRange {
             field: "fourier coefficients",
