@@ -200,6 +200,23 @@ macro_rules! host_decoders {
 }
 pub(crate) use host_decoders;
 
+/// Implements [`Compressor::compress_host`] with the codec's host kernel:
+/// `host_encoder!(self, values, shape, rng => self.encode(values, shape, rng));`.
+macro_rules! host_encoder {
+    ($self:ident, $values:ident, $shape:ident, $rng:ident => $body:expr) => {
+        fn compress_host(
+            &mut $self,
+            $values: &[f32],
+            $shape: &[usize],
+            $rng: &mut dyn rand::Rng,
+        ) -> Option<Result<$crate::Payload, $crate::CompressError>> {
+            let _ = &$rng;
+            Some($body)
+        }
+    };
+}
+pub(crate) use host_encoder;
+
 /// Encodes on a host device through the codec's host kernel: the tensor's buffer is read in
 /// place (taken, not copied, when the tensor owns it).
 pub(crate) fn compress_on_host<C: Compressor + ?Sized, const D: usize>(

@@ -4,8 +4,8 @@ use burn::tensor::{Device, Tensor};
 use rand::Rng;
 use rayon::prelude::*;
 
-use crate::codec::host_decoders;
 use crate::codec::{compress_on_host, decompress_on_host};
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::{CHUNK, Sink, max_abs};
 use crate::payload::{Writer, finite};
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
@@ -74,14 +74,7 @@ impl Compressor for Identity {
         compress_on_host(self, grad, rng)
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        _rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(identity_payload(values, shape))
-    }
+    host_encoder!(self, values, shape, rng => identity_payload(values, shape));
 
     fn decompress<const D: usize>(
         &self,
@@ -157,14 +150,7 @@ impl Compressor for Half {
         compress_on_host(self, grad, rng)
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        _rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(self.payload(values, shape))
-    }
+    host_encoder!(self, values, shape, rng => self.payload(values, shape));
 
     fn decompress<const D: usize>(
         &self,

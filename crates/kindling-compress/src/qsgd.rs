@@ -6,10 +6,10 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::Rng;
 
 use crate::bits::{pack_fields, packed_len, unpack_mapped};
-use crate::codec::host_decoders;
 use crate::codec::{
     check_count, compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked,
 };
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, BLOCK, CHUNK, Set, Sink, is_host_device, pack_random};
 use crate::payload::{Reader, Writer};
 use crate::random::{Stream, uniforms};
@@ -503,14 +503,7 @@ impl Compressor for Qsgd {
             .reshape(shape))
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(self.encode_host(values, shape, rng))
-    }
+    host_encoder!(self, values, shape, rng => self.encode_host(values, shape, rng));
 
     host_decoders!(payload, out, sink => decode_host(payload, out, sink));
 }

@@ -5,8 +5,8 @@ use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use crate::bits::{pack_fields, packed_len, unpack_mapped};
-use crate::codec::host_decoders;
 use crate::codec::{compress_on_host, decompress_on_host, flatten, l1_norm_checked, unflatten};
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, Sink, is_host_device, pack_small, unpack_small};
 use crate::payload::Writer;
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
@@ -123,14 +123,7 @@ impl Compressor for Sign {
         }
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        _rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(host_payload(CodecId::Sign, values, shape))
-    }
+    host_encoder!(self, values, shape, rng => host_payload(CodecId::Sign, values, shape));
 
     host_decoders!(payload, out, sink => decode_sign(payload, out, sink));
 }
@@ -202,14 +195,7 @@ impl Compressor for ScaledSign {
         Ok(unflatten(signs_from_bits(bits, n, scale, device), shape))
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        _rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(host_payload(CodecId::ScaledSign, values, shape))
-    }
+    host_encoder!(self, values, shape, rng => host_payload(CodecId::ScaledSign, values, shape));
 
     host_decoders!(payload, out, sink => decode_scaled_sign(payload, out, sink));
 }

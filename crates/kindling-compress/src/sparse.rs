@@ -11,10 +11,10 @@ use rand::{Rng, RngExt, SeedableRng};
 use rayon::prelude::*;
 
 use crate::bits::pack_fields;
-use crate::codec::host_decoders;
 use crate::codec::{
     check_count, compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked, unflatten,
 };
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, CHUNK, Sink, is_host_device};
 use crate::payload::{Reader, Writer};
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
@@ -248,24 +248,7 @@ impl Compressor for TopK {
         compress_on_host(self, grad, rng)
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        _rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        let n = values.len();
-        Some(top_k(values, self.count.of(n)).and_then(|sparse| {
-            let mut w = Writer::new(
-                CodecId::TopK,
-                sparse.flags(n),
-                shape,
-                sparse_body_bytes(n, sparse.positions.len()),
-            )?;
-            sparse.write(&mut w, n);
-            Ok(w.finish())
-        }))
-    }
+    host_encoder!(self, values, shape, rng => self.encode_host(values, shape));
 
     fn decompress<const D: usize>(
         &self,
@@ -276,6 +259,22 @@ impl Compressor for TopK {
     }
 
     host_decoders!(payload, out, sink => decode_sparse_into(payload, CodecId::TopK, out, sink));
+}
+
+impl TopK {
+    /// The host kernel: [`top_k`], then the sparse format.
+    fn encode_host(&self, values: &[f32], shape: &[usize]) -> Result<Payload, CompressError> {
+        let n = values.len();
+        let sparse = top_k(values, self.count.of(n))?;
+        let mut w = Writer::new(
+            CodecId::TopK,
+            sparse.flags(n),
+            shape,
+            sparse_body_bytes(n, sparse.positions.len()),
+        )?;
+        sparse.write(&mut w, n);
+        Ok(w.finish())
+    }
 }
 
 /// Bits of `|v|` (ordered like `|v|`; NaN and ±Inf at `0x7F80_0000` and above).
@@ -595,14 +594,7 @@ impl Compressor for RandomK {
         Ok(unflatten(sparse.to_dense(header.numel(), device), shape))
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(self.encode_host(values, shape, rng))
-    }
+    host_encoder!(self, values, shape, rng => self.encode_host(values, shape, rng));
 
     host_decoders!(payload, out, sink => decode_random_k(payload, out, sink));
 }

@@ -6,10 +6,10 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use rand::Rng;
 
 use crate::bits::{pack_fields, packed_len, unpack_mapped};
-use crate::codec::host_decoders;
 use crate::codec::{
     compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked, unflatten,
 };
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, BLOCK, CHUNK, HostGrad, Sink, is_host_device, pack_random};
 use crate::payload::Writer;
 use crate::random::{Stream, uniforms};
@@ -336,17 +336,9 @@ impl Compressor for TernGrad {
         Ok(unflatten(values, shape))
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(
-            self.host_bound_and_scale(values)
-                .and_then(|(bound, scale)| self.encode_host(values, shape, bound, scale, rng)),
-        )
-    }
+    host_encoder!(self, values, shape, rng => self
+        .host_bound_and_scale(values)
+        .and_then(|(bound, scale)| self.encode_host(values, shape, bound, scale, rng)));
 
     host_decoders!(payload, out, sink => decode_host(payload, out, sink));
 }

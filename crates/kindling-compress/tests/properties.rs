@@ -177,6 +177,17 @@ fn overflowing_or_non_finite_values_are_errors() {
     let spectral = Payload::from_bytes(payload_bytes(10, 0, &[2, 2], &atom)).unwrap();
     let atomo = Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap();
     assert!(atomo.decompress::<2>(&spectral, &device).is_err());
+    // A huge coefficient with tiny vectors: the product is small, but the coefficient times
+    // either vector (which a decoder may form first) overflows. Refused on both paths.
+    let mut atom = Vec::new();
+    atom.extend_from_slice(&1u32.to_le_bytes());
+    for v in [3e38_f32, 1e-3, 1e-3, 10.0, 10.0] {
+        atom.extend_from_slice(&v.to_le_bytes());
+    }
+    let spectral = Payload::from_bytes(payload_bytes(10, 0, &[2, 2], &atom)).unwrap();
+    assert!(atomo.decompress::<2>(&spectral, &device).is_err());
+    let mut out = vec![0.0f32; 4];
+    assert!(atomo.decode_into(&spectral.borrow(), &mut out).is_err());
 
     let mut coefficients = Vec::new();
     coefficients.extend_from_slice(&2u32.to_le_bytes());
@@ -299,8 +310,15 @@ fn valid_payloads(values: &[f32], seed: u64) -> Vec<Payload> {
     ]
 }
 
+// A fixed seed keeps CI deterministic; every failure random seeds found (a Fourier payload
+// that wgpu's inverse FFT overflowed, a spectral atom pairing a huge coefficient with tiny
+// vectors) is pinned by a test above or in `properties.proptest-regressions`.
 proptest! {
-    #![proptest_config(ProptestConfig { cases: 128, .. ProptestConfig::default() })]
+    #![proptest_config(ProptestConfig {
+        cases: 128,
+        rng_seed: proptest::test_runner::RngSeed::Fixed(0x6B69_6E64_6C69_6E67),
+        ..ProptestConfig::default()
+    })]
 
     #[test]
     fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..64)) {

@@ -2,8 +2,8 @@ use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
 use super::{Atomo, EntryWise, norms, norms_host, sample, sample_host};
-use crate::codec::host_decoders;
 use crate::codec::{compress_on_host, flatten, l1_norm_checked};
+use crate::codec::{host_decoders, host_encoder};
 use crate::host::is_host_device;
 use crate::payload::Writer;
 use crate::random::Stream;
@@ -58,17 +58,10 @@ impl Compressor for Atomo<EntryWise> {
         write(sample(lambda, s, rng), &shape)
     }
 
-    fn compress_host(
-        &mut self,
-        values: &[f32],
-        shape: &[usize],
-        rng: &mut dyn Rng,
-    ) -> Option<Result<Payload, CompressError>> {
-        Some(norms_host(values).and_then(|(l1, l2, linf)| {
-            let s = self.budget.resolve(values.len(), l1, l2, linf);
-            write(sample_host(values, s, l1, Stream::new(rng)), shape)
-        }))
-    }
+    host_encoder!(self, values, shape, rng => norms_host(values).and_then(|(l1, l2, linf)| {
+        let s = self.budget.resolve(values.len(), l1, l2, linf);
+        write(sample_host(values, s, l1, Stream::new(rng)), shape)
+    }));
 
     fn decompress<const D: usize>(
         &self,

@@ -437,12 +437,14 @@ fn read_atoms(mut r: Reader<'_>, rows: usize, cols: usize) -> Result<Vec<f32>, D
     let floats = r.f32s("spectral atoms", k * per_atom)?;
     r.finish()?;
     // |Σ_k c_k u_k v_kᵀ| ≤ Σ_k |c_k|·max|u_k|·max|v_k| bounds every entry and every partial
-    // sum of the product (and each scaled v_k), so finite atoms whose bound stays below
-    // f32::MAX rebuild a finite gradient.
+    // sum of the product. With each max taken at least 1 the bound also covers the partial
+    // products c_k·u_k and c_k·v_k a decoder forms first (a hostile atom may pair a huge
+    // coefficient with tiny vectors). Below f32::MAX, finite atoms rebuild a finite gradient in
+    // any order of evaluation; the encoder's atoms (unit vectors) meet the plain bound.
     let bound: f64 = floats
         .chunks_exact(per_atom)
         .map(|atom| {
-            let max = |xs: &[f32]| xs.iter().fold(0f64, |m, x| m.max(x.abs() as f64));
+            let max = |xs: &[f32]| xs.iter().fold(1f64, |m, x| m.max(x.abs() as f64));
             (atom[0].abs() as f64) * max(&atom[1..=rows]) * max(&atom[rows + 1..])
         })
         .sum();
