@@ -345,18 +345,14 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
         }
     }
     let need = k.saturating_sub(above).min(bin_count);
-    let region = |v: f32| -> Ordering {
-        if k >= n {
-            Ordering::Greater
-        } else {
-            (abs_bits(v) >> shift).cmp(&prefix)
-        }
-    };
+    let region = |v: f32| (abs_bits(v) >> shift).cmp(&prefix);
     // Entries above the threshold region, and of the region the largest `need`: the few
     // candidates sorted, or (when the region is one bit pattern) the first `need` ties.
     let positions: Vec<u32> = if k == 0 {
         Vec::new()
-    } else if k >= n || need == 0 {
+    } else if k >= n {
+        (0..n as u32).collect()
+    } else if need == 0 {
         split_positions(values, region).0
     } else if bin_count > CANDIDATES {
         // The region is one bit pattern (every radix digit resolved): ties, the first `need`.

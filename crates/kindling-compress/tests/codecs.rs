@@ -869,6 +869,9 @@ fn wire_bytes_closed_forms_shapes_and_zeros() {
     }
 }
 
+/// A codec under test, as a closure returning its encoding error.
+type Encode = Box<dyn Fn(Tensor<1>, &mut ChaCha8Rng) -> CompressError>;
+
 #[test]
 fn non_finite_gradients_are_refused_with_counts() {
     let device = device();
@@ -895,10 +898,91 @@ fn non_finite_gradients_are_refused_with_counts() {
     assert_eq!(
         Atomo::new(Fourier, Budget::Atoms(2.0))
             .unwrap()
-            .compress(g, &mut r)
+            .compress(g.clone(), &mut r)
             .unwrap_err(),
         expected
     );
+    // Each host kernel checks in its own pass: every codec, and the variants with their own
+    // paths (buckets, clipping, a shared scale, top-k's histogram and its keep-all case).
+    let codecs: Vec<(&str, Encode)> = vec![
+        (
+            "half",
+            Box::new(|g, r| Half::default().compress(g, r).unwrap_err()),
+        ),
+        (
+            "scaled sign",
+            Box::new(|g, r| ScaledSign.compress(g, r).unwrap_err()),
+        ),
+        (
+            "qsgd, buckets of 2",
+            Box::new(|g, r| {
+                let mut q = Qsgd::new(4).unwrap().with_bucket(2).unwrap();
+                q.compress(g, r).unwrap_err()
+            }),
+        ),
+        (
+            "terngrad, clipped",
+            Box::new(|g, r| {
+                let t = TernGrad::new().with_clipping(2.5).unwrap();
+                t.clone().compress(g, r).unwrap_err()
+            }),
+        ),
+        (
+            "terngrad, shared scale",
+            Box::new(|g, r| TernGrad::new().compress_with_scale(g, 10.0, r).unwrap_err()),
+        ),
+        (
+            "top-k, k = 1",
+            Box::new(|g, r| {
+                TopK::new(Count::Entries(1))
+                    .unwrap()
+                    .compress(g, r)
+                    .unwrap_err()
+            }),
+        ),
+        (
+            "top-k, k = n",
+            Box::new(|g, r| {
+                TopK::new(Count::Entries(5))
+                    .unwrap()
+                    .compress(g, r)
+                    .unwrap_err()
+            }),
+        ),
+        (
+            "random-k",
+            Box::new(|g, r| {
+                RandomK::new(Count::Entries(2))
+                    .unwrap()
+                    .compress(g, r)
+                    .unwrap_err()
+            }),
+        ),
+        (
+            "atomo entry-wise",
+            Box::new(|g, r| {
+                let mut a = Atomo::new(EntryWise, Budget::Atoms(2.0)).unwrap();
+                a.compress(g, r).unwrap_err()
+            }),
+        ),
+        (
+            "atomo spectral",
+            Box::new(|g, r| {
+                let mut a = Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap();
+                a.compress(g, r).unwrap_err()
+            }),
+        ),
+        (
+            "error feedback",
+            Box::new(|g, r| {
+                let mut e = ErrorFeedback::new(TopK::new(Count::Entries(1)).unwrap());
+                e.compress(g, r).unwrap_err()
+            }),
+        ),
+    ];
+    for (name, encode) in codecs {
+        assert_eq!(encode(g.clone(), &mut r), expected, "{name}");
+    }
 }
 
 #[test]
