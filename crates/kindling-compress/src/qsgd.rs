@@ -405,7 +405,8 @@ impl Compressor for Qsgd {
             .try_into_vec()
             .expect("norms");
         if norms_host.iter().any(|x| !x.is_finite()) {
-            l1_norm_checked(&v)?;
+            // Counted over the gradient's own entries, not the zero padding of the last bucket.
+            l1_norm_checked(&v.clone().reshape([nb * b]).slice(0..n))?;
             return Err(CompressError::Overflow);
         }
         let safe = norms.clone().mask_fill(norms.equal_elem(0.0), 1.0);
