@@ -147,7 +147,7 @@ pub(crate) fn check_output(out: &[f32], n: usize) -> Result<(), DecodeError> {
 /// Bits of `|v|`: ordered like `|v|` for finite values, and at least `0x7F80_0000` for ±Inf and
 /// NaN.
 #[inline(always)]
-fn abs_bits(v: f32) -> u32 {
+pub(crate) fn abs_bits(v: f32) -> u32 {
     v.to_bits() & 0x7FFF_FFFF
 }
 

@@ -15,7 +15,7 @@ use crate::codec::{
     check_count, compress_on_host, decompress_on_host, flatten, invalid, l1_norm_checked, unflatten,
 };
 use crate::codec::{host_decoders, host_encoder};
-use crate::host::{self, CHUNK, Sink, is_host_device};
+use crate::host::{self, CHUNK, Sink, abs_bits, is_host_device};
 use crate::payload::{Reader, Writer};
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
@@ -275,12 +275,6 @@ impl TopK {
         sparse.write(&mut w, n);
         Ok(w.finish())
     }
-}
-
-/// Bits of `|v|` (ordered like `|v|`; NaN and ±Inf at `0x7F80_0000` and above).
-#[inline(always)]
-fn abs_bits(v: f32) -> u32 {
-    v.to_bits() & 0x7FFF_FFFF
 }
 
 /// Most candidates the selection sorts; beyond, it refines the threshold by another radix pass.
