@@ -42,6 +42,7 @@ fn main() {
         level_batches: vec![64, 64],
         step_size: 1e-3,
         seed: 0,
+        output: kindling_optim::SnvrgOutput::Last,
     };
     let mut snvrg = config.build();
     model = snvrg.epoch(model, oracle);

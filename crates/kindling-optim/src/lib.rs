@@ -77,6 +77,7 @@ pub use signum::*;
 pub use snvrg::*;
 pub use svag::*;
 pub use svag_mb::*;
+pub use transform::SkippedUpdates;
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

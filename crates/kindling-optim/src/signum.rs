@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::OptimError;
 use crate::error::Check;
-use crate::transform::{Decay, ema, module_optimizer};
+use crate::transform::{Decay, SkippedUpdates, ema, module_optimizer};
 
 /// Configuration of [`Signum`]: sign descent with optional momentum (signSGD when
 /// `momentum = 0`).
@@ -42,6 +42,10 @@ pub struct SignumConfig {
 /// x ← x − η·sign(m)                 (sign(g) when β = 0)
 /// ```
 ///
+/// A NaN or ±∞ gradient skips the update of that tensor and is counted (see
+/// [`SkippedUpdates`]; [`skipped_updates`](Self::skipped_updates) or
+/// [`SignumConfig::init_with_skips`] give the count).
+///
 /// `sign(0) = 0`: a coordinate whose (momentum) gradient is exactly zero does not move (burn's
 /// `sign`, and MXNet's convention). Every step moves every other coordinate by exactly `η`, so the
 /// learning rate is a step length in parameter space; it is typically 10× larger than SGD's.
@@ -73,6 +77,7 @@ pub struct SignumConfig {
 pub struct Signum {
     momentum: f32,
     decay: Decay,
+    skipped: SkippedUpdates,
 }
 
 /// State of [`Signum`] for one parameter: its momentum `m` (absent for signSGD).
@@ -122,6 +127,7 @@ impl SignumConfig {
         Ok(Signum {
             momentum: self.momentum,
             decay: self.decay(),
+            skipped: SkippedUpdates::default(),
         })
     }
 
@@ -136,7 +142,23 @@ impl SignumConfig {
     /// A `ModuleOptimizer` for whole modules (with gradient clipping when configured), or the
     /// validation error.
     pub fn try_init(&self) -> Result<ModuleOptimizer, OptimError> {
-        Ok(module_optimizer(self.try_build()?, &self.grad_clipping))
+        Ok(self.try_init_with_skips()?.0)
+    }
+
+    /// As [`try_init`](Self::try_init), with the count of updates skipped for non-finite
+    /// gradients.
+    pub fn try_init_with_skips(&self) -> Result<(ModuleOptimizer, SkippedUpdates), OptimError> {
+        let optim = self.try_build()?;
+        let skipped = optim.skipped_updates();
+        Ok((module_optimizer(optim, &self.grad_clipping), skipped))
+    }
+
+    /// As [`init`](Self::init), with the count of updates skipped for non-finite gradients.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn init_with_skips(&self) -> (ModuleOptimizer, SkippedUpdates) {
+        self.try_init_with_skips().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A `ModuleOptimizer` for whole modules, as burn's own `XConfig::init`.
@@ -145,6 +167,13 @@ impl SignumConfig {
     /// When the configuration is invalid (see [`validate`](Self::validate)).
     pub fn init(&self) -> ModuleOptimizer {
         self.try_init().unwrap_or_else(|e| panic!("{e}"))
+    }
+}
+
+impl Signum {
+    /// The count of updates this optimizer (and its clones) skipped for a non-finite gradient.
+    pub fn skipped_updates(&self) -> SkippedUpdates {
+        self.skipped.clone()
     }
 }
 
@@ -159,6 +188,9 @@ impl Optimizer for Signum {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let grad = self.decay.couple(grad, &tensor);
+        if !self.skipped.admit(&grad) {
+            return (tensor, state);
+        }
         let (direction, state) = if self.momentum == 0.0 {
             (grad, None)
         } else {

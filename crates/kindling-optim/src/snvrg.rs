@@ -8,9 +8,30 @@ use burn::optim::{GradientsParams, SgdConfig};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
+use std::collections::HashSet;
+
+use burn::module::ParamId;
+use burn::tensor::Tensor;
+
 use crate::OptimError;
 use crate::error::Check;
-use crate::grads::{add, sub};
+use crate::grads::{GradientMap, add, map, sub};
+use crate::transform::SkippedUpdates;
+
+/// Which point an SNVRG epoch reports as its output `y_s`.
+///
+/// The paper's Algorithm 1 returns two points: the last iterate `x_T`, from which the next epoch
+/// starts, and `x_out`, drawn uniformly from `x_0..x_{T−1}`; its convergence guarantee (and
+/// Algorithm 2's, which picks one epoch's output uniformly at the end) is about the random
+/// points. The next epoch always starts from `x_T`, whichever rule is chosen.
+#[derive(Config, Debug, PartialEq, Eq, Copy)]
+pub enum SnvrgOutput {
+    /// The last iterate `x_T` (what practitioners report; the default).
+    Last,
+    /// An iterate `x_t` with `t` uniform in `0..T` (the paper's theory), drawn with the
+    /// optimizer's seeded RNG.
+    RandomIterate,
+}
 
 /// Configuration of [`Snvrg`] for data of `n` examples: `K` levels with loop lengths
 /// `T_1..T_K`, a reference batch `B`, per-level batches `B_1..B_K`, and a step size.
@@ -34,6 +55,9 @@ pub struct SnvrgConfig {
     /// Seed of the batch sampling.
     #[config(default = 0)]
     pub seed: u64,
+    /// The output rule of [`Snvrg::epoch_with_output`].
+    #[config(default = "SnvrgOutput::Last")]
+    pub output: SnvrgOutput,
 }
 
 /// Configuration of SVRG / SCSG: [`Snvrg`] with one level.
@@ -52,6 +76,9 @@ pub struct SvrgConfig {
     /// Seed of the batch sampling.
     #[config(default = 0)]
     pub seed: u64,
+    /// The output rule of [`Snvrg::epoch_with_output`].
+    #[config(default = "SnvrgOutput::Last")]
+    pub output: SnvrgOutput,
 }
 
 impl SvrgConfig {
@@ -64,6 +91,7 @@ impl SvrgConfig {
             level_batches: vec![self.inner_batch],
             step_size: self.step_size,
             seed: self.seed,
+            output: self.output,
         }
     }
 
@@ -115,6 +143,7 @@ impl SnvrgConfig {
             level_batches: b,
             step_size: 1.0 / (10.0 * smoothness),
             seed: 0,
+            output: SnvrgOutput::Last,
         }
     }
 
@@ -198,6 +227,7 @@ impl SnvrgConfig {
             rng: ChaCha8Rng::seed_from_u64(self.seed),
             ifo: 0,
             epochs: 0,
+            skipped: SkippedUpdates::default(),
         })
     }
 
@@ -231,6 +261,11 @@ impl SnvrgConfig {
 /// example indices at the given module; SNVRG calls it at two reference points on the same batch.
 /// Batches are drawn without replacement from `0..n` with the optimizer's seeded RNG, and every
 /// single-example gradient is counted ([`ifo_calls`](Self::ifo_calls), the paper's x-axis).
+///
+/// A step direction with a NaN or ±∞ (from the oracle) leaves that parameter unchanged for the
+/// step and is counted ([`skipped_updates`](Self::skipped_updates)). Each epoch reports an
+/// output point under the configured [`SnvrgOutput`] rule
+/// ([`epoch_with_output`](Self::epoch_with_output)).
 ///
 /// Epochs are the unit of work and of checkpointing: between epochs the whole state is the
 /// module, the RNG seed and the counters ([`SnvrgState`]).
@@ -276,6 +311,36 @@ pub struct Snvrg {
     rng: ChaCha8Rng,
     ifo: u64,
     epochs: u64,
+    skipped: SkippedUpdates,
+}
+
+/// What one epoch of [`Snvrg::epoch_with_output`] produced.
+#[derive(Debug, Clone)]
+pub struct SnvrgEpoch<M> {
+    /// The last iterate `x_T`: the next epoch's start.
+    pub next: M,
+    /// The epoch's output `y_s` under the configured [`SnvrgOutput`] rule.
+    pub output: M,
+    /// The step `t` of the output (`T` for [`SnvrgOutput::Last`]).
+    pub output_step: usize,
+}
+
+/// Drops the step direction of every parameter whose direction is not finite (counting it), so
+/// the SGD step leaves that parameter unchanged.
+struct FiniteOnly<'a>(&'a SkippedUpdates);
+
+impl GradientMap for FiniteOnly<'_> {
+    fn apply<const D: usize>(
+        &mut self,
+        _: ParamId,
+        operands: Vec<Option<Tensor<D>>>,
+    ) -> Option<Tensor<D>> {
+        operands
+            .into_iter()
+            .next()
+            .flatten()
+            .filter(|v| self.0.admit(v))
+    }
 }
 
 /// What [`Snvrg`] needs to resume between epochs (with the module).
@@ -322,24 +387,78 @@ impl Snvrg {
         self.epochs = state.epochs;
     }
 
-    /// `size` distinct indices of `0..n`, uniformly (a partial Fisher–Yates shuffle).
-    fn sample(&mut self, size: usize) -> Vec<usize> {
-        let n = self.config.n;
-        let mut pool: Vec<usize> = (0..n).collect();
-        for i in 0..size {
-            let j = self.rng.random_range(i..n);
-            pool.swap(i, j);
-        }
-        pool.truncate(size);
-        pool
+    /// The count of parameter updates skipped because a step direction `v_t` held NaN or ±∞
+    /// (see [`SkippedUpdates`]): the oracle returned a non-finite gradient.
+    pub fn skipped_updates(&self) -> SkippedUpdates {
+        self.skipped.clone()
     }
 
-    /// Runs one epoch from `module` and returns the updated module.
-    pub fn epoch<M, F>(&mut self, module: M, mut oracle: F) -> M
+    /// `size` distinct indices of `0..n`, uniformly. Memory is proportional to `size`, not `n`:
+    /// a partial Fisher–Yates shuffle when the sample is at least half the data, Floyd's
+    /// algorithm otherwise (the order of a batch does not change its mean gradient).
+    fn sample(&mut self, size: usize) -> Vec<usize> {
+        let n = self.config.n;
+        if 2 * size >= n {
+            let mut pool: Vec<usize> = (0..n).collect();
+            for i in 0..size {
+                let j = self.rng.random_range(i..n);
+                pool.swap(i, j);
+            }
+            pool.truncate(size);
+            return pool;
+        }
+        let mut chosen = HashSet::with_capacity(size);
+        let mut batch = Vec::with_capacity(size);
+        for j in n - size..n {
+            let t = self.rng.random_range(0..=j);
+            let pick = if chosen.contains(&t) { j } else { t };
+            chosen.insert(pick);
+            batch.push(pick);
+        }
+        batch
+    }
+
+    /// Runs one epoch from `module` and returns the last iterate `x_T` (the next epoch's
+    /// start).
+    pub fn epoch<M, F>(&mut self, module: M, oracle: F) -> M
     where
         M: Module + Clone,
         F: FnMut(&M, &[usize]) -> GradientsParams,
     {
+        self.epoch_with_output(module, oracle).next
+    }
+
+    /// Runs one epoch from `module` and returns the last iterate and the epoch's output under
+    /// the configured [`SnvrgOutput`] rule. For the paper's Algorithm 2, continue from `next`,
+    /// keep each epoch's `output`, and finish at one of them chosen uniformly.
+    pub fn epoch_with_output<M, F>(&mut self, module: M, oracle: F) -> SnvrgEpoch<M>
+    where
+        M: Module + Clone,
+        F: FnMut(&M, &[usize]) -> GradientsParams,
+    {
+        self.epoch_observed(module, oracle, |_, _| ())
+    }
+
+    /// As [`epoch_with_output`](Self::epoch_with_output), calling `observe(ifo_calls, x_{t+1})`
+    /// after every step (to log or measure progress inside an epoch; the IFO count is the total
+    /// so far, including the step's own gradients).
+    pub fn epoch_observed<M, F, O>(
+        &mut self,
+        module: M,
+        mut oracle: F,
+        mut observe: O,
+    ) -> SnvrgEpoch<M>
+    where
+        M: Module + Clone,
+        F: FnMut(&M, &[usize]) -> GradientsParams,
+        O: FnMut(u64, &M),
+    {
+        let steps = self.config.epoch_steps();
+        let output_step = match self.config.output {
+            SnvrgOutput::Last => steps,
+            SnvrgOutput::RandomIterate => self.rng.random_range(0..steps),
+        };
+        let mut output = None;
         let k = self.config.levels();
         let mut sgd = SgdConfig::new().init();
         let mut x = module;
@@ -348,7 +467,10 @@ impl Snvrg {
         let mut g: Vec<Option<GradientsParams>> = (0..=k).map(|_| None).collect();
         g[0] = Some(oracle(&x, &batch));
         self.ifo += batch.len() as u64;
-        for t in 0..self.config.epoch_steps() {
+        for t in 0..steps {
+            if t == output_step {
+                output = Some(x.clone());
+            }
             if t > 0 {
                 let r = self.config.level_at(t);
                 for reference in refs.iter_mut().skip(r) {
@@ -367,10 +489,16 @@ impl Snvrg {
                 .iter()
                 .flatten()
                 .fold(GradientsParams::new(), |acc, gl| add(&x, &acc, gl));
+            let (v, _) = map(&x, &[&v], FiniteOnly(&self.skipped));
             x = sgd.step(self.config.step_size, x, v);
+            observe(self.ifo, &x);
         }
         self.epochs += 1;
-        x
+        SnvrgEpoch {
+            output: output.unwrap_or_else(|| x.clone()),
+            next: x,
+            output_step,
+        }
     }
 }
 
@@ -540,5 +668,86 @@ mod tests {
         assert_eq!(to_vec(&next.weight.val()), to_vec(&resumed.weight.val()));
         assert_eq!(a.ifo_calls(), b.ifo_calls());
         assert_eq!(b.epochs(), 2);
+    }
+
+    /// The random output is one of the epoch's iterates x_0..x_{T−1}, drawn uniformly: with full
+    /// batches SNVRG is gradient descent, so the output must equal GD's iterate at its step, and
+    /// every step 0..T is drawn over many epochs. The next epoch continues from x_T either way.
+    #[test]
+    fn random_output_is_a_uniform_iterate_of_the_epoch() {
+        let n = 16;
+        let (x, y) = problem(n);
+        let calls = Cell::new(0);
+        let all: Vec<usize> = (0..n).collect();
+        let mut full = oracle(&x, &y, &calls);
+        let mut gd = vec![scalar_model(0.0)];
+        let mut sgd = SgdConfig::new().init();
+        for _ in 0..4 {
+            let last = gd.last().unwrap().clone();
+            let g = full(&last, &all);
+            gd.push(sgd.step(0.1, last, g));
+        }
+        let value = |m: &Linear| to_vec(&m.weight.val())[0];
+        let mut seen = [0usize; 4];
+        let mut snvrg = config(n, vec![2, 2], n, vec![n, n])
+            .with_output(SnvrgOutput::RandomIterate)
+            .build();
+        for _ in 0..400 {
+            let epoch = snvrg.epoch_with_output(scalar_model(0.0), oracle(&x, &y, &calls));
+            assert!((value(&epoch.output) - value(&gd[epoch.output_step])).abs() < 1e-5);
+            assert!((value(&epoch.next) - value(&gd[4])).abs() < 1e-5);
+            seen[epoch.output_step] += 1;
+        }
+        // Binomial(400, 1/4): mean 100, sd 8.7; ±35 is 4 sd.
+        assert!(seen.iter().all(|&c| (65..=135).contains(&c)), "{seen:?}");
+        let last = config(n, vec![2, 2], n, vec![n, n])
+            .build()
+            .epoch_with_output(scalar_model(0.0), oracle(&x, &y, &calls));
+        assert_eq!(last.output_step, 4);
+        assert_eq!(value(&last.output), value(&last.next));
+    }
+
+    /// Batches are distinct indices drawn uniformly, on both sampling paths (Floyd's algorithm
+    /// for small batches, a partial shuffle for large ones).
+    #[test]
+    fn batches_are_uniform_samples_without_replacement() {
+        for size in [3usize, 7] {
+            let mut snvrg = config(10, vec![1], 10, vec![1]).build();
+            let mut counts = [0usize; 10];
+            let draws = 20_000;
+            for _ in 0..draws {
+                let batch = snvrg.sample(size);
+                assert_eq!(batch.len(), size);
+                let mut sorted = batch.clone();
+                sorted.sort_unstable();
+                sorted.dedup();
+                assert_eq!(sorted.len(), size, "distinct: {batch:?}");
+                for i in batch {
+                    counts[i] += 1;
+                }
+            }
+            // Each index appears with probability size/10; 5 sd of the binomial count.
+            let p = size as f64 / 10.0;
+            let mean = draws as f64 * p;
+            let sd = (draws as f64 * p * (1.0 - p)).sqrt();
+            for c in counts {
+                assert!((c as f64 - mean).abs() < 5.0 * sd, "{counts:?}");
+            }
+        }
+    }
+
+    /// The observer sees every step with the running IFO count.
+    #[test]
+    fn the_observer_sees_every_step() {
+        let (x, y) = problem(20);
+        let calls = Cell::new(0);
+        let c = config(20, vec![2, 3], 20, vec![6, 2]);
+        let mut seen = Vec::new();
+        let _ = c.build().epoch_observed(
+            scalar_model(0.0),
+            oracle(&x, &y, &calls),
+            |ifo, _: &Linear| seen.push(ifo),
+        );
+        assert_eq!(seen, vec![20, 24, 28, 40, 44, 48]);
     }
 }

@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use crate::OptimError;
 use crate::error::Check;
-use crate::transform::{Decay, module_optimizer};
+use crate::transform::{Decay, SkippedUpdates, module_optimizer};
 
 /// The cap on the variance-of-average factor ρ (the authors' reference value).
 pub const RHO_CAP: f64 = 0.9999;
@@ -71,7 +71,8 @@ pub struct SvagConfig {
 /// ```
 ///
 /// On the first step `s = 0`, so `γ = 1` and the update is exactly `α·g`. Weight decay works as
-/// in [`Signum`](crate::Signum). The implementation keeps the discounted sums `S_m = m̃/(1−β)`,
+/// in [`Signum`](crate::Signum). A gradient with a NaN or ±∞ (or whose square overflows) skips
+/// the update of that tensor and is counted ([`SkippedUpdates`]). The implementation keeps the discounted sums `S_m = m̃/(1−β)`,
 /// `S_v = ṽ/(1−β)` and evaluates `γ = 1 / ((1−k) + k·c_t·S_v/S_m²)` (clamped to [0, 1]) with
 /// `c_t = (1−β^t)/(1−β)` and `k = ρ/(1−ρ)` (M-SVAG) or `1/(1−ρ)` (SVAG): the same quantity with
 /// the bias corrections multiplied out, so a step costs 16 tensor operations (Adam: 13).
@@ -102,6 +103,7 @@ pub struct Svag {
     beta: f32,
     momentum: bool,
     decay: Decay,
+    skipped: SkippedUpdates,
 }
 
 /// State of [`Svag`] for one parameter: the moving averages kept as discounted sums, so each
@@ -150,6 +152,7 @@ impl SvagConfig {
             beta: self.beta,
             momentum: self.momentum,
             decay: self.decay(),
+            skipped: SkippedUpdates::default(),
         })
     }
 
@@ -163,7 +166,23 @@ impl SvagConfig {
 
     /// A `ModuleOptimizer` for whole modules, or the validation error.
     pub fn try_init(&self) -> Result<ModuleOptimizer, OptimError> {
-        Ok(module_optimizer(self.try_build()?, &self.grad_clipping))
+        Ok(self.try_init_with_skips()?.0)
+    }
+
+    /// As [`try_init`](Self::try_init), with the count of updates skipped for non-finite
+    /// gradients.
+    pub fn try_init_with_skips(&self) -> Result<(ModuleOptimizer, SkippedUpdates), OptimError> {
+        let optim = self.try_build()?;
+        let skipped = optim.skipped_updates();
+        Ok((module_optimizer(optim, &self.grad_clipping), skipped))
+    }
+
+    /// As [`init`](Self::init), with the count of updates skipped for non-finite gradients.
+    ///
+    /// # Panics
+    /// When the configuration is invalid (see [`validate`](Self::validate)).
+    pub fn init_with_skips(&self) -> (ModuleOptimizer, SkippedUpdates) {
+        self.try_init_with_skips().unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// A `ModuleOptimizer` for whole modules, as burn's own `XConfig::init`.
@@ -176,6 +195,11 @@ impl SvagConfig {
 }
 
 impl Svag {
+    /// The count of updates this optimizer (and its clones) skipped for a non-finite gradient.
+    pub fn skipped_updates(&self) -> SkippedUpdates {
+        self.skipped.clone()
+    }
+
     /// The variance-adaptation factors γ ∈ [0, 1] that the next update of a parameter in
     /// `state` uses (for inspection: which coordinates the optimizer trusts).
     pub fn gamma<const D: usize>(&self, state: &SvagState<D>) -> Tensor<D> {
@@ -228,13 +252,16 @@ impl Optimizer for Svag {
         state: Option<Self::State<D>>,
     ) -> (Tensor<D>, Option<Self::State<D>>) {
         let grad = self.decay.couple(grad, &tensor);
+        let square = grad.clone().square();
+        if !self.skipped.admit(&square) {
+            return (tensor, state);
+        }
         let (m, v, step) = match state {
             Some(s) => (Some(s.m), Some(s.v), s.step + 1),
             None => (None, None, 1),
         };
-        // g is consumed last (by its square), so each op can update its input in place.
         let m = discounted(m, grad.clone(), self.beta);
-        let v = discounted(v, grad.clone().square(), self.beta);
+        let v = discounted(v, square, self.beta);
         let state = SvagState::new(m, v, step);
         let update = if step == 1 {
             // s = 0 and m = g exactly, so γ = 1 and the update is α·g.

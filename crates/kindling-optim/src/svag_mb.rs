@@ -5,7 +5,7 @@ use burn::tensor::{Bytes, Device, Tensor};
 
 use crate::error::Check;
 use crate::grads::{GradientMap, MeanVariance, map};
-use crate::transform::{Decay, ema};
+use crate::transform::{Decay, SkippedUpdates, ema};
 use crate::{OptimError, SvagConfig};
 
 /// SVAG / M-SVAG with the gradient variance measured on the batch — "M-SVAG (mb)" — instead of
@@ -24,7 +24,8 @@ use crate::{OptimError, SvagConfig};
 /// `q̃` propagates the supplied variances through the moving average exactly (the moving average
 /// of independent batch means has variance `Σ w_i² s_i`), so no ρ correction is needed; with a
 /// constant `s` it equals the `ρ·s` of [`Svag`](crate::Svag) up to the bias correction. γ is
-/// clipped to `[0, 1]` and is 0 where `m̃ = q̃ = 0`. Weight decay works as in `Svag`; gradient
+/// clipped to `[0, 1]` and is 0 where `m̃ = q̃ = 0`. A mean or variance holding NaN or ±∞ skips
+/// the update of that tensor and is counted ([`skipped_updates`](Self::skipped_updates)). Weight decay works as in `Svag`; gradient
 /// clipping is not offered (it would have to clip the mean and rescale the variance together).
 ///
 /// The paper estimates the variance from moving averages only; this variant is for users who can
@@ -42,6 +43,7 @@ use crate::{OptimError, SvagConfig};
 #[derive(Clone)]
 pub struct MinibatchSvag {
     inner: ModuleOptimizer,
+    skipped: SkippedUpdates,
 }
 
 /// The per-tensor step of [`MinibatchSvag`]. It receives the mean gradient and its variance
@@ -52,6 +54,7 @@ pub struct MinibatchSvagStep {
     beta: f32,
     momentum: bool,
     decay: Decay,
+    skipped: SkippedUpdates,
 }
 
 /// State of [`MinibatchSvag`] for one parameter.
@@ -79,13 +82,16 @@ impl SvagConfig {
             "Some(..)",
             "is not supported by the mini-batch variance variant",
         )?;
+        let skipped = SkippedUpdates::default();
         let step = MinibatchSvagStep {
             beta: self.beta,
             momentum: self.momentum,
             decay: self.decay(),
+            skipped: skipped.clone(),
         };
         Ok(MinibatchSvag {
             inner: ModuleOptimizer::from(step),
+            skipped,
         })
     }
 
@@ -99,6 +105,12 @@ impl SvagConfig {
 }
 
 impl MinibatchSvag {
+    /// The count of parameter updates skipped because a mean gradient or variance held NaN or
+    /// ±∞ (see [`SkippedUpdates`]).
+    pub fn skipped_updates(&self) -> SkippedUpdates {
+        self.skipped.clone()
+    }
+
     /// One step: updates every parameter of `module` that has a mean gradient. Every such
     /// parameter needs a variance too.
     pub fn step<M: Module>(
@@ -143,6 +155,7 @@ impl MinibatchSvag {
     pub fn load_record(self, record: OptimizerRecord) -> Self {
         Self {
             inner: self.inner.load_record(record),
+            skipped: self.skipped,
         }
     }
 
@@ -155,6 +168,7 @@ impl MinibatchSvag {
     pub fn from_bytes(self, bytes: Bytes) -> Result<Self, RecordError> {
         Ok(Self {
             inner: self.inner.from_bytes(bytes)?,
+            skipped: self.skipped,
         })
     }
 }
@@ -175,6 +189,9 @@ impl Optimizer for MinibatchSvagStep {
             2 * rows,
             "MinibatchSvagStep expects [mean; variance] stacked on dim 0; use MinibatchSvag::step"
         );
+        if !self.skipped.admit(&packed) {
+            return (tensor, state);
+        }
         let grad = self
             .decay
             .couple(packed.clone().narrow(0, 0, rows), &tensor);

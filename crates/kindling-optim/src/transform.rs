@@ -1,6 +1,9 @@
 //! Small gradient transformations shared by the optimizers (optax-style pieces): weight decay in
-//! both forms, the exponential moving average, and the wrapping of a per-tensor optimizer into a
-//! burn `ModuleOptimizer`.
+//! both forms, the exponential moving average, the non-finite guard, and the wrapping of a
+//! per-tensor optimizer into a burn `ModuleOptimizer`.
+
+use alloc::sync::Arc;
+use core::sync::atomic::{AtomicU64, Ordering};
 
 use burn::grad_clipping::GradientClippingConfig;
 use burn::optim::{ModuleOptimizer, Optimizer};
@@ -68,5 +71,52 @@ pub(crate) fn module_optimizer<O: Optimizer>(
     match clipping {
         Some(config) => module.with_grad_clipping(config.init()),
         None => module,
+    }
+}
+
+/// How many parameter updates an optimizer skipped because a gradient was not finite.
+///
+/// **The rule, for every kindling optimizer.** Before a parameter tensor is updated, the
+/// optimizer checks the quantity that carries the gradient into its state (Signum: the gradient
+/// after coupled weight decay; SVAG: its square, so a gradient whose square overflows is caught
+/// too; M-SVAG (mb): the mean gradient and its variance; SNVRG: the step direction `v_t`). If
+/// any entry is NaN or ±∞, the update of that tensor is skipped: the parameter and its state
+/// stay exactly as they were (the step counter too), and this count goes up by one. A NaN or ∞
+/// therefore never enters the state. Other parameters of the same step are updated as usual.
+///
+/// The check is one reduction and one scalar read-back per parameter tensor and step (a device
+/// sync on GPU backends). Clones share one count; the count is not part of a checkpoint.
+///
+/// ```
+/// use burn::tensor::{Device, Tensor};
+/// use burn::optim::Optimizer;
+/// use kindling_optim::SignumConfig;
+///
+/// let device = Device::flex();
+/// let signum = SignumConfig::new().build();
+/// let skipped = signum.skipped_updates();
+/// let x = Tensor::<1>::from_floats([1.0, 2.0], &device);
+/// let g = Tensor::<1>::from_floats([f32::NAN, 1.0], &device);
+/// let (x, state) = signum.step(0.1, x, g, None);
+/// assert_eq!(x.into_data().to_vec::<f32>().unwrap(), vec![1.0, 2.0]);
+/// assert!(state.is_none());
+/// assert_eq!(skipped.count(), 1);
+/// ```
+#[derive(Clone, Debug, Default)]
+pub struct SkippedUpdates(Arc<AtomicU64>);
+
+impl SkippedUpdates {
+    /// Parameter updates skipped so far.
+    pub fn count(&self) -> u64 {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// `true` when every entry of `probe` is finite; otherwise counts one skipped update.
+    pub(crate) fn admit<const D: usize>(&self, probe: &Tensor<D>) -> bool {
+        let finite = probe.clone().is_finite().all().into_scalar::<bool>();
+        if !finite {
+            self.0.fetch_add(1, Ordering::Relaxed);
+        }
+        finite
     }
 }

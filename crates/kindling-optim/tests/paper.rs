@@ -359,6 +359,7 @@ fn paper_snvrg_converges_on_nonconvex_logistic_regression() {
         level_batches: vec![50, 10],
         step_size: 0.5,
         seed: 1,
+        output: kindling_optim::SnvrgOutput::Last,
     };
     let mut snvrg = config.build();
     for _ in 0..40 {
