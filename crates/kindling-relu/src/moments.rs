@@ -141,13 +141,69 @@ pub struct Diagnostics {
     pub norms: Vec<f64>,
 }
 
+/// Directions from the whitened contraction's eigenvectors and magnitudes from `M1`: the
+/// candidate `W0` (`k × d`, row-major) and the least-squares coefficients `a_j`.
+fn candidate(
+    eigenvectors: &[f64],
+    v: &[f64],
+    p2: &[f64],
+    m1: &[f64],
+    k: usize,
+    d: usize,
+) -> (Vec<f64>, Vec<f64>) {
+    // u_j = P2^{½} v_j, w̄_j = V u_j / ‖V u_j‖ (columns of a d × k matrix).
+    let mut directions = vec![0.0; d * k];
+    for j in 0..k {
+        let u: Vec<f64> = (0..k)
+            .map(|i| p2[i].sqrt() * eigenvectors[i * k + j])
+            .collect();
+        let col: Vec<f64> = (0..d)
+            .map(|r| (0..k).map(|i| v[r * k + i] * u[i]).sum())
+            .collect();
+        let cn = col.iter().map(|c| c * c).sum::<f64>().sqrt();
+        for r in 0..d {
+            directions[r * k + j] = col[r] / cn;
+        }
+    }
+    // Least squares M1 ≈ Σ_j a_j w̄_j: normal equations (k × k).
+    let mut gram = vec![0.0; k * k];
+    let mut rhs = vec![0.0; k];
+    for i in 0..k {
+        rhs[i] = (0..d).map(|r| directions[r * k + i] * m1[r]).sum();
+        for j in 0..k {
+            gram[i * k + j] = (0..d)
+                .map(|r| directions[r * k + i] * directions[r * k + j])
+                .sum();
+        }
+    }
+    let inverse = crate::linalg::symmetric_power(&gram, k, -1.0);
+    let a: Vec<f64> = (0..k)
+        .map(|i| (0..k).map(|j| inverse[i * k + j] * rhs[j]).sum())
+        .collect();
+    let mut w = vec![0.0; k * d];
+    for j in 0..k {
+        for c in 0..d {
+            w[j * d + c] = 2.0 * a[j] * directions[c * k + j];
+        }
+    }
+    (w, a)
+}
+
+/// `(1/2n) Σ_i (Σ_j ReLU(w_jᵀx_i) − y_i)²` for `W` (`k × d`, row-major).
+fn empirical_loss(w: &[f64], k: usize, d: usize, x: &Tensor<2>, y: &Tensor<1>) -> f64 {
+    let w = crate::weights_tensor(w, k, d, &x.device());
+    let residual = crate::predict(w, x.clone()) - y.clone();
+    0.5 * residual.square().mean().into_scalar::<f64>()
+}
+
 /// The tensor initialisation: `W0` (`k × d`, row-major) and [`Diagnostics`].
 ///
 /// 1. `V` = the top-k eigenvectors of the empirical `M2` (the span of the `w_j*`);
 /// 2. `P2 = Vᵀ M2 V = Σ_j c_j u_j u_jᵀ` with `u_j = Vᵀ w̄_j`, `c_j = ‖w_j‖/√(2π)`; whitening by
 ///    `P2^{−½}` makes the `√c_j P2^{−½} u_j` orthonormal;
 /// 3. the contraction `R = M4(V, V, Vα, Vα) = −Σ_j c_j (αᵀu_j)² u_j u_jᵀ` for a random unit `α`
-///    (the best separated of [`ALPHA_TRIALS`] draws),
+///    (of [`ALPHA_TRIALS`] draws, the one whose `W0` has the lowest empirical loss
+///    `(1/2n) Σ_i (Σ_j ReLU(w_jᵀx_i) − y_i)²`),
 ///    whitened, is diagonal in that orthonormal basis: its eigenvectors give the `u_j`
 ///    (`u_j ∝ P2^{½} v_j`), and `w̄_j = V u_j / ‖V u_j‖`. This is simultaneous diagonalisation of
 ///    `P2` and `R` (whitening + one symmetric eigendecomposition): exact for exact moments, and
@@ -192,12 +248,14 @@ pub fn tensor_init(
     let normal = Normal::new(0.0, 1.0).expect("standard normal");
     let mut rng = ChaCha8Rng::seed_from_u64(seed);
     // The eigenvalues of the whitened contraction are −(αᵀu_j)²: a random α can make two of them
-    // nearly equal (or one nearly 0) and mix their eigenvectors under sampling noise, so the best
-    // of `ALPHA_TRIALS` random α — the largest smallest gap, to each other and to 0 — is kept.
-    // (smallest gap, α, eigenvalues, eigenvectors) of the best α so far
-    type Candidate = (f64, Vec<f64>, Vec<f64>, Vec<f64>);
-    let mut best: Option<Candidate> = None;
+    // nearly equal (or one nearly 0) and mix their eigenvectors under sampling noise. Each of
+    // `ALPHA_TRIALS` random α gives a candidate W0; the one with the lowest empirical loss on
+    // the data is kept (the eigenvalue gap alone picks badly when the estimate is noisy).
     let projected = ProjectedMoments::new(x, y, &v, k);
+    let m1 = m1(x, y);
+    // (loss, W0, α, eigenvalues, magnitudes) of the best candidate so far
+    type Candidate = (f64, Vec<f64>, Vec<f64>, Vec<f64>, Vec<f64>);
+    let mut best: Option<Candidate> = None;
     for _ in 0..ALPHA_TRIALS {
         let mut alpha: Vec<f64> = (0..k).map(|_| normal.sample(&mut rng)).collect();
         let norm = alpha.iter().map(|a| a * a).sum::<f64>().sqrt();
@@ -211,49 +269,13 @@ pub fn tensor_init(
             }
         }
         let (values, vectors) = symmetric_eigen(&rw, k);
-        let mut gap = values.iter().map(|l| l.abs()).fold(f64::MAX, f64::min);
-        for w in values.windows(2) {
-            gap = gap.min(w[0] - w[1]);
-        }
-        if best.as_ref().is_none_or(|b| gap > b.0) {
-            best = Some((gap, alpha, values, vectors));
+        let (w, a) = candidate(&vectors, &v, p2, &m1, k, d);
+        let loss = empirical_loss(&w, k, d, x, y);
+        if best.as_ref().is_none_or(|b| loss < b.0) {
+            best = Some((loss, w, alpha, values, a));
         }
     }
-    let (_, alpha, m4_values, vs) = best.expect("at least one trial");
-    // u_j = P2^{½} v_j, w̄_j = V u_j / ‖V u_j‖ (columns of a d × k matrix).
-    let mut directions = vec![0.0; d * k];
-    for j in 0..k {
-        let u: Vec<f64> = (0..k).map(|i| p2[i].sqrt() * vs[i * k + j]).collect();
-        let col: Vec<f64> = (0..d)
-            .map(|r| (0..k).map(|i| v[r * k + i] * u[i]).sum())
-            .collect();
-        let cn = col.iter().map(|c| c * c).sum::<f64>().sqrt();
-        for r in 0..d {
-            directions[r * k + j] = col[r] / cn;
-        }
-    }
-    // Least squares M1 ≈ Σ_j a_j w̄_j: normal equations (k × k).
-    let m1 = m1(x, y);
-    let mut gram = vec![0.0; k * k];
-    let mut rhs = vec![0.0; k];
-    for i in 0..k {
-        rhs[i] = (0..d).map(|r| directions[r * k + i] * m1[r]).sum();
-        for j in 0..k {
-            gram[i * k + j] = (0..d)
-                .map(|r| directions[r * k + i] * directions[r * k + j])
-                .sum();
-        }
-    }
-    let inverse = crate::linalg::symmetric_power(&gram, k, -1.0);
-    let a: Vec<f64> = (0..k)
-        .map(|i| (0..k).map(|j| inverse[i * k + j] * rhs[j]).sum())
-        .collect();
-    let mut w = vec![0.0; k * d];
-    for j in 0..k {
-        for c in 0..d {
-            w[j * d + c] = 2.0 * a[j] * directions[c * k + j];
-        }
-    }
+    let (_, w, alpha, m4_values, a) = best.expect("at least one trial");
     Ok((
         w,
         Diagnostics {

@@ -2,8 +2,8 @@
 //!
 //! (a) error against iteration for gradient descent from the tensor initialisation, from a
 //!     random start, and for alternating minimisation;
-//! (b) the final error of tensor init + GD against the sample size n (log-log; slope ≈ −½ with
-//!     noise);
+//! (b) the final error of tensor init + GD against the sample size n over several sample draws
+//!     (log-log; slope ≈ −½ with noise), with the range over the draws;
 //! (c) the probability that alternating minimisation recovers a single ReLU against n/d (the
 //!     phase transition).
 //!
@@ -46,6 +46,9 @@ struct Args {
     /// Step size of gradient descent.
     #[arg(long, default_value_t = 1.0)]
     lr: f64,
+    /// Sample draws per n in experiment (b): the final error is reported as mean and range.
+    #[arg(long, default_value_t = 5)]
+    seeds: u64,
     /// Trials per point of the phase transition.
     #[arg(long, default_value_t = 20)]
     trials: usize,
@@ -81,12 +84,28 @@ fn check(args: &Args) -> cli::Outcome {
     cli::at_least("--iterations", args.iterations, 1)?;
     cli::positive("--lr", args.lr)?;
     cli::at_least("--trials", args.trials, 1)?;
+    cli::between("--seeds", args.seeds, 1, 100)?;
     teacher(args)?;
     cli::output_dir("--out-dir", &args.out_dir)
 }
 
 fn main() {
     cli::run(check, experiments);
+}
+
+/// Least-squares slope of log(error) against log(n).
+fn log_log_slope(points: &[(f64, f64)]) -> f64 {
+    let (lx, ly): (Vec<f64>, Vec<f64>) = points.iter().map(|(n, e)| (n.ln(), e.ln())).unzip();
+    let count = lx.len() as f64;
+    let (mx, my) = (
+        lx.iter().sum::<f64>() / count,
+        ly.iter().sum::<f64>() / count,
+    );
+    lx.iter()
+        .zip(&ly)
+        .map(|(a, b)| (a - mx) * (b - my))
+        .sum::<f64>()
+        / lx.iter().map(|a| (a - mx).powi(2)).sum::<f64>()
 }
 
 fn experiments(args: Args) -> cli::Outcome {
@@ -154,44 +173,66 @@ fn experiments(args: Args) -> cli::Outcome {
         ],
     )?;
 
-    // (b) final error against n.
-    let mut points = Vec::new();
+    // (b) final error against n, over several sample draws.
+    let mut mean = Vec::new();
+    let mut lowest = Vec::new();
+    let mut highest = Vec::new();
+    let mut per_seed: Vec<Vec<(f64, f64)>> = vec![Vec::new(); args.seeds as usize];
     for n in [2_000usize, 4_000, 8_000, 16_000, 32_000, 64_000] {
-        let (x, y) = teacher.sample(n, args.seed + 10 + n as u64, &device);
-        let Ok((w0, _)) = tensor_init(&x, &y, k, args.seed + 4) else {
+        let mut errors = Vec::new();
+        for (s, curve) in per_seed.iter_mut().enumerate() {
+            let s = s as u64;
+            let (x, y) = teacher.sample(n, args.seed + 10 + n as u64 + 1000 * s, &device);
+            let Ok((w0, _)) = tensor_init(&x, &y, k, args.seed + 4 + s) else {
+                continue;
+            };
+            let (_, trace) = gd.run(weights_tensor(&w0, k, d, &device), &x, &y, Some(&teacher));
+            let err = trace.last().expect("trace").error;
+            errors.push(err);
+            curve.push((n as f64, err));
+        }
+        if errors.is_empty() {
             continue;
-        };
-        let (_, trace) = gd.run(weights_tensor(&w0, k, d, &device), &x, &y, Some(&teacher));
-        let err = trace.last().expect("trace").error;
-        points.push((n as f64, err));
-        println!("(b) n = {n:>6}: final error {err:.4e}");
+        }
+        let log_mean = errors.iter().map(|e| e.ln()).sum::<f64>() / errors.len() as f64;
+        let (lo, hi) = errors
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), &e| (a.min(e), b.max(e)));
+        println!(
+            "(b) n = {n:>6}: final error {:.3e} (geometric mean of {}), range [{lo:.3e}, {hi:.3e}]",
+            log_mean.exp(),
+            errors.len()
+        );
+        mean.push((n as f64, log_mean.exp()));
+        lowest.push((n as f64, lo));
+        highest.push((n as f64, hi));
     }
-    let (lx, ly): (Vec<f64>, Vec<f64>) = points.iter().map(|(n, e)| (n.ln(), e.ln())).unzip();
-    let (mx, my) = (
-        lx.iter().sum::<f64>() / lx.len() as f64,
-        ly.iter().sum::<f64>() / ly.len() as f64,
-    );
-    let slope = lx
+    let slope = log_log_slope(&mean);
+    let seed_slopes: Vec<f64> = per_seed.iter().map(|c| log_log_slope(c)).collect();
+    let (lo, hi) = seed_slopes
         .iter()
-        .zip(&ly)
-        .map(|(a, b)| (a - mx) * (b - my))
-        .sum::<f64>()
-        / lx.iter().map(|a| (a - mx).powi(2)).sum::<f64>();
-    println!("    log-log slope of the final error against n: {slope:.3} (theory: −0.5)");
+        .fold((f64::MAX, f64::MIN), |(a, b), &s| (a.min(s), b.max(s)));
+    println!(
+        "    log-log slope of the mean error against n: {slope:.3} (theory: −0.5); per draw: [{lo:.2}, {hi:.2}]"
+    );
     chart(
         &args,
         "relu-error-vs-n.svg",
         ChartSpec {
             title: format!(
-                "Final error of tensor init + GD against n (σ = {}), slope {slope:.2}",
-                args.sigma
+                "Final error of tensor init + GD against n (σ = {}, {} draws), slope {slope:.2}",
+                args.sigma, args.seeds
             ),
             x_label: "n".into(),
             y_label: "‖W − W*‖/‖W*‖".into(),
             log_x: true,
             log_y: true,
         },
-        vec![Series::new("tensor init + GD", points)],
+        vec![
+            Series::new("geometric mean", mean),
+            Series::new("lowest", lowest),
+            Series::new("highest", highest),
+        ],
     )?;
 
     // (c) AltMin's phase transition for a single ReLU.
