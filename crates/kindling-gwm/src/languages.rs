@@ -223,9 +223,9 @@ pub fn dataset(
     test_size: usize,
     seed: u64,
 ) -> Result<Dataset, GwmError> {
-    if h < 2 || w < 2 || h * w > 30 {
+    if h < 2 || w < 2 || h * w > 64 {
         return Err(GwmError::Pictures(format!(
-            "data sets are built for sizes from 2×2 to 30 pixels, not {h}×{w}"
+            "data sets are built for sizes from 2×2 to 64 pixels, not {h}×{w}"
         )));
     }
     if negatives == 0 {

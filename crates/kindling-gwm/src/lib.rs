@@ -7,7 +7,8 @@
 //!   row-by-row contraction over a batch of pictures, any size ≥ 2×2, differentiable;
 //! * [`languages`]: Bars & Stripes and Shifting Bits, membership tests, negative sampling and
 //!   seeded balanced data sets;
-//! * [`train`]: regression or logistic training with any burn optimizer, [`accuracy`].
+//! * [`train`] / [`train_sizes`] (several picture sizes per epoch): regression or logistic
+//!   training with any burn optimizer; [`accuracy`] and the threshold-free [`auc`].
 //!
 //! ```
 //! use burn::optim::AdamConfig;
@@ -33,7 +34,7 @@ mod train;
 
 pub use error::GwmError;
 pub use model::{BoundaryEncoding, GwmInit, PictureGwm, PictureGwmConfig};
-pub use train::{Objective, Training, accuracy, mistakes, train};
+pub use train::{Objective, Training, accuracy, auc, mistakes, train, train_sizes};
 
 /// The README's example, compiled and run as a doctest.
 #[doc = include_str!("../README.md")]

@@ -64,30 +64,62 @@ impl Default for Training {
 /// Trains `model` on `set` with any burn optimizer. `progress(epoch, loss)` is called after each
 /// epoch; `Break` stops early. Returns the model and the per-epoch mean losses.
 pub fn train(
-    mut model: PictureGwm,
+    model: PictureGwm,
     optim: &mut ModuleOptimizer,
     set: &PictureSet,
+    settings: Training,
+    progress: impl FnMut(usize, f32) -> ControlFlow<()>,
+) -> (PictureGwm, Vec<f32>) {
+    train_sizes(model, optim, core::slice::from_ref(set), settings, progress)
+}
+
+/// Trains `model` on pictures of several sizes at once: `sets` holds one [`PictureSet`] per
+/// size. Each epoch takes the sets' mini-batches in turn (batch 1 of every set, then batch 2 of
+/// every set, …), so every step sees one size and no size dominates the end of an epoch; the
+/// tied tensors are thereby fitted for repeated use at different positions and sizes. The loss
+/// reported per epoch is the mean over all pictures. Empty sets are skipped.
+pub fn train_sizes(
+    mut model: PictureGwm,
+    optim: &mut ModuleOptimizer,
+    sets: &[PictureSet],
     settings: Training,
     mut progress: impl FnMut(usize, f32) -> ControlFlow<()>,
 ) -> (PictureGwm, Vec<f32>) {
     let device = model.tensors[0].val().device();
-    let (pictures, labels) = set.tensors(&device);
-    let n = set.len();
-    let batch = settings.batch.unwrap_or(n).clamp(1, n.max(1));
+    let sets: Vec<_> = sets
+        .iter()
+        .filter(|s| !s.is_empty())
+        .map(|s| {
+            let n = s.len();
+            let batch = settings.batch.unwrap_or(n).clamp(1, n);
+            (s.tensors(&device), n, batch)
+        })
+        .collect();
+    let rounds = sets
+        .iter()
+        .map(|(_, n, batch)| n.div_ceil(*batch))
+        .max()
+        .unwrap_or(0);
     let mut losses = Vec::with_capacity(settings.epochs);
     for epoch in 0..settings.epochs {
         let mut total = 0.0;
         let mut count = 0;
-        for start in (0..n).step_by(batch) {
-            let end = (start + batch).min(n);
-            let [_, h, w] = pictures.dims();
-            let x = pictures.clone().slice([start..end, 0..h, 0..w]);
-            let y = labels.clone().slice(start..end);
-            let loss = settings.objective.loss(model.forward(x), y);
-            total += loss.clone().into_scalar::<f32>() * (end - start) as f32;
-            count += end - start;
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(settings.lr, model, grads);
+        for round in 0..rounds {
+            for ((pictures, labels), n, batch) in &sets {
+                let start = round * batch;
+                if start >= *n {
+                    continue;
+                }
+                let end = (start + batch).min(*n);
+                let [_, h, w] = pictures.dims();
+                let x = pictures.clone().slice([start..end, 0..h, 0..w]);
+                let y = labels.clone().slice(start..end);
+                let loss = settings.objective.loss(model.forward(x), y);
+                total += loss.clone().into_scalar::<f32>() * (end - start) as f32;
+                count += end - start;
+                let grads = GradientsParams::from_grads(loss.backward(), &model);
+                model = optim.step(settings.lr, model, grads);
+            }
         }
         let mean = total / count.max(1) as f32;
         losses.push(mean);
@@ -96,6 +128,41 @@ pub fn train(
         }
     }
     (model, losses)
+}
+
+/// The area under the ROC curve of the model's values: the probability that a random member of
+/// `positives` gets a higher value than a random picture of `negatives` (ties count ½). 1 is a
+/// perfect ranking, 0.5 chance. It does not depend on a threshold, so it measures transfer to
+/// another picture size even when the value scale has drifted. `NaN` when either set is empty.
+pub fn auc(model: &PictureGwm, positives: &PictureSet, negatives: &PictureSet) -> f64 {
+    if positives.is_empty() || negatives.is_empty() {
+        return f64::NAN;
+    }
+    let device = model.tensors[0].val().device();
+    let values = |set: &PictureSet| -> Vec<f32> {
+        let (pictures, _) = set.tensors(&device);
+        model.forward(pictures).try_into_vec_as().expect("values")
+    };
+    let mut scored: Vec<(f32, bool)> = values(positives)
+        .into_iter()
+        .map(|v| (v, true))
+        .chain(values(negatives).into_iter().map(|v| (v, false)))
+        .collect();
+    scored.sort_by(|a, b| a.0.total_cmp(&b.0));
+    // Mann–Whitney: the sum of the positives' ranks (ties share their mean rank).
+    let mut rank_sum = 0.0;
+    let mut i = 0;
+    while i < scored.len() {
+        let mut j = i;
+        while j < scored.len() && scored[j].0 == scored[i].0 {
+            j += 1;
+        }
+        let mean_rank = (i + 1 + j) as f64 / 2.0;
+        rank_sum += mean_rank * scored[i..j].iter().filter(|s| s.1).count() as f64;
+        i = j;
+    }
+    let (p, n) = (positives.len() as f64, negatives.len() as f64);
+    (rank_sum - p * (p + 1.0) / 2.0) / (p * n)
 }
 
 /// Fraction of `set` classified correctly (pictures of any size the model accepts).
