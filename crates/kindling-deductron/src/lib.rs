@@ -30,7 +30,7 @@ mod train;
 pub mod wlang;
 
 pub use error::DeductronError;
-pub use model::{Deductron, DeductronConfig, DeductronOutput};
+pub use model::{Deductron, DeductronConfig, DeductronInit, DeductronOutput};
 pub use train::{AnnealResult, Annealer, GradientTraining, Progress, train_gradient};
 
 /// The README's example, compiled and run as a doctest.

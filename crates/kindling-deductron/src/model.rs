@@ -6,6 +6,18 @@ use rand::{RngExt, SeedableRng};
 
 use crate::DeductronError;
 
+/// How [`DeductronConfig::init_with_seed`] draws the weights.
+#[derive(Config, Debug, Copy, PartialEq, Eq)]
+pub enum DeductronInit {
+    /// Glorot (Xavier) uniform weights, `U(±√(6/(fan_in + fan_out)))`, and zero biases: the
+    /// authors' training start (Keras' default), for β = 1 and shift 0.
+    GlorotUniform,
+    /// Weights uniform in `[−0.5, 0.5]` and biases uniform in `c ± 0.1`, so every sigmoid starts
+    /// near its steepest point: for training at β = 10, where larger weights saturate the
+    /// sigmoids.
+    NearThreshold,
+}
+
 /// Configuration of a [`Deductron`].
 #[derive(Config, Debug, PartialEq)]
 pub struct DeductronConfig {
@@ -24,6 +36,11 @@ pub struct DeductronConfig {
     /// Shift c of the sigmoids (0.5 in the paper).
     #[config(default = 0.5)]
     pub shift: f32,
+    /// How the weights are drawn by `init` / `init_with_seed`
+    /// ([`GradientTraining::config`](crate::GradientTraining::config) sets it with the recipe's
+    /// β and shift).
+    #[config(default = "DeductronInit::GlorotUniform")]
+    pub init: DeductronInit,
 }
 
 /// The Deductron (Rychlik, *A Deductron: A recurrent neural network*,
@@ -110,10 +127,8 @@ impl DeductronConfig {
         Ok(())
     }
 
-    /// A network with small random weights, seeded (the same on every backend): weights
-    /// uniform in `[−0.5, 0.5]`, biases uniform in `c ± 0.1`, so every sigmoid starts near its
-    /// steepest point (with β = 10, larger weights saturate the sigmoids and gradient training
-    /// stalls far more often). Or the validation error.
+    /// A network with random weights drawn by the configured [`DeductronInit`], seeded (the
+    /// same on every backend), or the validation error.
     pub fn try_init_with_seed(
         &self,
         seed: u64,
@@ -126,18 +141,29 @@ impl DeductronConfig {
                 .map(|_| center + rng.random_range(-half_width..half_width))
                 .collect()
         };
-        let m = self.n_memory;
-        let c = self.shift;
-        Ok(Deductron::from_weights(
-            self,
-            (
-                draw(2 * m * self.n_in, 0.0, 0.5),
-                draw(2 * m, c, 0.1),
-                draw(self.n_out * m, 0.0, 0.5),
-                draw(self.n_out, c, 0.1),
-            ),
-            device,
-        ))
+        let (m, n_in, n_out) = (self.n_memory, self.n_in, self.n_out);
+        let weights = match self.init {
+            DeductronInit::GlorotUniform => {
+                let limit =
+                    |fan_in: usize, fan_out: usize| (6.0 / (fan_in + fan_out) as f32).sqrt();
+                (
+                    draw(2 * m * n_in, 0.0, limit(n_in, 2 * m)),
+                    vec![0.0; 2 * m],
+                    draw(n_out * m, 0.0, limit(m, n_out)),
+                    vec![0.0; n_out],
+                )
+            }
+            DeductronInit::NearThreshold => {
+                let c = self.shift;
+                (
+                    draw(2 * m * n_in, 0.0, 0.5),
+                    draw(2 * m, c, 0.1),
+                    draw(n_out * m, 0.0, 0.5),
+                    draw(n_out, c, 0.1),
+                )
+            }
+        };
+        Ok(Deductron::from_weights(self, weights, device))
     }
 
     /// The module with parameters drawn from `device`'s random generator, like burn's

@@ -4,20 +4,31 @@
 use std::ops::ControlFlow;
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
-use burn::tensor::Device;
-#[cfg(test)]
-use burn::tensor::Tensor;
+use burn::tensor::{Device, Tensor, TensorData};
 use rand::rngs::ChaCha8Rng;
 use rand::{RngExt, SeedableRng};
 
 use crate::wlang::{Frame, Sample};
-use crate::{Deductron, DeductronConfig, DeductronError};
+use crate::{Deductron, DeductronConfig, DeductronError, DeductronInit};
 
-/// The gradient-training recipe of the reference code: full-sequence steps on the sum of squared
-/// errors plus small L2 penalties, until the SSE falls below a target.
+/// A gradient-training recipe: the network's sharpness, shift and initialisation, the optimizer's
+/// learning rate, the step budget and stopping rule, and the L2 penalties.
+///
+/// The default is the authors' recipe for `small` (their TensorFlow code): β = 1, shift 0,
+/// Glorot-uniform weights and zero biases, Adam at lr 0.01, until the SSE falls below 0.1 or
+/// 20 000 steps, penalties 1e-4 on `W1`, `B1` and 1e-5 on `W2`, `B2`. [`combined`](Self::combined)
+/// is theirs for the combined data (lr 1e-3, up to 600 000 steps, m = 4 in their runs), and
+/// [`sharp`](Self::sharp) trains at the paper's β = 10 (the hand-built network's sharpness).
+/// Build the network with [`config`](Self::config), so that it has the recipe's β and shift.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct GradientTraining {
-    /// Learning rate (the reference: 0.01 with Adam).
+    /// Sharpness β of the trained network (the authors train at 1).
+    pub beta: f32,
+    /// Shift c of the trained network (the authors train at 0).
+    pub shift: f32,
+    /// Initialisation of the trained network.
+    pub init: DeductronInit,
+    /// Learning rate (the reference: 0.01 with Adam on `small`, 1e-3 on the combined data).
     pub lr: f64,
     /// Largest number of steps.
     pub max_steps: usize,
@@ -32,12 +43,51 @@ pub struct GradientTraining {
 impl Default for GradientTraining {
     fn default() -> Self {
         Self {
+            beta: 1.0,
+            shift: 0.0,
+            init: DeductronInit::GlorotUniform,
             lr: 0.01,
-            max_steps: 5000,
+            max_steps: 20_000,
             target_sse: 0.1,
             l2_input: 1e-4,
             l2_output: 1e-5,
         }
+    }
+}
+
+impl GradientTraining {
+    /// The authors' recipe for the combined data: as the default with Adam at lr 1e-3 and up
+    /// to 600 000 steps (use m = 4, as they did).
+    pub fn combined() -> Self {
+        Self {
+            lr: 1e-3,
+            max_steps: 600_000,
+            ..Self::default()
+        }
+    }
+
+    /// Training at the paper's sharpness β = 10 and shift ½ (the hand-built network's), from
+    /// small weights around the sigmoids' steepest point, 5 000 steps at lr 0.01: the recipe
+    /// this crate used before it followed the authors. Sharper sigmoids saturate sooner, so it
+    /// stalls on more seeds; kept as an option.
+    pub fn sharp() -> Self {
+        Self {
+            beta: 10.0,
+            shift: 0.5,
+            init: DeductronInit::NearThreshold,
+            max_steps: 5_000,
+            ..Self::default()
+        }
+    }
+
+    /// The network configuration this recipe trains: `n_memory` cells, the recipe's β, shift
+    /// and initialisation (6 inputs, 2 outputs: the W-language).
+    pub fn config(&self, n_memory: usize) -> DeductronConfig {
+        DeductronConfig::new()
+            .with_n_memory(n_memory)
+            .with_beta(self.beta)
+            .with_shift(self.shift)
+            .with_init(self.init)
     }
 }
 
@@ -46,15 +96,20 @@ impl Default for GradientTraining {
 pub struct Progress {
     /// Steps (gradient training) or iterations (annealing) done.
     pub step: usize,
-    /// Current sum of squared errors (annealing: of the current state).
+    /// Current sum of squared errors (annealing: of the best state, at `beta_max`).
     pub sse: f32,
     /// Classification errors `Σ|round(y) − target|` at this point.
     pub errors: usize,
 }
 
-/// Trains `model` on `sample` with `optim` by the [`GradientTraining`] recipe. `progress` is
-/// called after every step; returning `ControlFlow::Break` stops early. Returns the trained
-/// model and the last progress.
+/// Trains `model` on `sample` with `optim` by a [`GradientTraining`] recipe (build the model
+/// with [`GradientTraining::config`]). Each step computes the SSE plus the L2 penalties and
+/// their exact gradients by backpropagation through time on the host in f64 (the network has a
+/// few dozen weights and the sequence is one long recurrence, so this is hundreds of times
+/// faster than one tensor operation per frame, and it is tested against burn's autodiff), then
+/// `optim` updates the module like any burn optimizer. `progress` is called after every step;
+/// returning `ControlFlow::Break` stops early. Returns the trained model and the last progress
+/// (the SSE and errors of the model the step started from).
 pub fn train_gradient(
     mut model: Deductron,
     optim: &mut ModuleOptimizer,
@@ -62,56 +117,192 @@ pub fn train_gradient(
     recipe: GradientTraining,
     mut progress: impl FnMut(&Progress) -> ControlFlow<()>,
 ) -> (Deductron, Progress) {
-    let device = model.w1.val().device();
-    let x = sample.inputs(&device);
-    let targets = sample.targets(&device);
+    let device = model.w1.val().device().inner();
+    let (beta, shift) = (model.beta as f64, model.shift as f64);
+    let [m2, n_in] = model.w1.dims();
+    let [n_out, m] = model.w2.dims();
     let mut last = Progress {
         step: 0,
         sse: f32::INFINITY,
         errors: usize::MAX,
     };
     for step in 1..=recipe.max_steps {
-        let out = model.forward(x.clone());
-        let sse = (out.y.clone() - targets.clone()).square().sum();
-        let penalty = model
-            .w1
-            .val()
-            .square()
-            .sum()
-            .add(model.b1.val().square().sum())
-            .mul_scalar(recipe.l2_input)
-            + model
-                .w2
-                .val()
-                .square()
-                .sum()
-                .add(model.b2.val().square().sum())
-                .mul_scalar(recipe.l2_output);
+        let weights = host_weights(&model);
+        let (outputs, grads) = host_backward(&weights, beta, shift, sample);
+        let (sse, errors) = sse_and_errors(&outputs, sample);
         last = Progress {
             step,
-            sse: sse.clone().into_scalar::<f32>(),
-            errors: crate::wlang::errors(&out.y.inner(), &targets.clone().inner()),
+            sse: sse as f32,
+            errors,
         };
         if last.sse < recipe.target_sse || progress(&last).is_break() {
             break;
         }
-        let grads = GradientsParams::from_grads((sse + penalty).backward(), &model);
-        model = optim.step(recipe.lr, model, grads);
+        let penalised = |g: &[f64], w: &[f64], l2: f32| -> Vec<f32> {
+            g.iter()
+                .zip(w)
+                .map(|(g, w)| (g + 2.0 * l2 as f64 * w) as f32)
+                .collect()
+        };
+        let mut params = GradientsParams::new();
+        params.register(
+            model.w1.id,
+            Tensor::<2>::from_data(
+                TensorData::new(
+                    penalised(&grads.w1, &weights.w1, recipe.l2_input),
+                    [m2, n_in],
+                ),
+                &device,
+            ),
+        );
+        params.register(
+            model.b1.id,
+            Tensor::<1>::from_data(
+                TensorData::new(penalised(&grads.b1, &weights.b1, recipe.l2_input), [m2]),
+                &device,
+            ),
+        );
+        params.register(
+            model.w2.id,
+            Tensor::<2>::from_data(
+                TensorData::new(
+                    penalised(&grads.w2, &weights.w2, recipe.l2_output),
+                    [n_out, m],
+                ),
+                &device,
+            ),
+        );
+        params.register(
+            model.b2.id,
+            Tensor::<1>::from_data(
+                TensorData::new(penalised(&grads.b2, &weights.b2, recipe.l2_output), [n_out]),
+                &device,
+            ),
+        );
+        model = optim.step(recipe.lr, model, params);
     }
     (model, last)
+}
+
+/// The outputs and the exact gradients of the SSE `Σ_t Σ_k (y_{t,k} − target_{t,k})²` with
+/// respect to every weight, by backpropagation through time (f64, row-major like
+/// [`HostWeights`]).
+pub(crate) fn host_backward(
+    w: &HostWeights,
+    beta: f64,
+    shift: f64,
+    sample: &Sample,
+) -> (Vec<Vec<f64>>, HostWeights) {
+    let m = w.b1.len() / 2;
+    let n_in = w.w1.len() / (2 * m);
+    let n_out = w.b2.len();
+    let frames = &sample.inputs;
+    let time = frames.len();
+    let sigma = |a: f64| 1.0 / (1.0 + (-beta * (a - shift)).exp());
+    // Forward, keeping h_t (all frames) and z_t.
+    let h: Vec<Vec<f64>> = frames
+        .iter()
+        .map(|x| {
+            (0..2 * m)
+                .map(|j| {
+                    sigma(
+                        (0..n_in)
+                            .map(|i| w.w1[j * n_in + i] * x[i] as f64)
+                            .sum::<f64>()
+                            + w.b1[j],
+                    )
+                })
+                .collect()
+        })
+        .collect();
+    let mut z = vec![vec![0.0; m]; time];
+    for t in 1..time {
+        for k in 0..m {
+            let (l, r) = (h[t - 1][k], h[t - 1][m + k]);
+            z[t][k] = l * r * z[t - 1][k] + (1.0 - l);
+        }
+    }
+    let s: Vec<Vec<f64>> = z
+        .iter()
+        .map(|zt| {
+            (0..n_out)
+                .map(|o| sigma((0..m).map(|k| w.w2[o * m + k] * zt[k]).sum::<f64>() + w.b2[o]))
+                .collect()
+        })
+        .collect();
+    let outputs: Vec<Vec<f64>> = s
+        .iter()
+        .map(|st| st.iter().map(|v| 1.0 - v).collect())
+        .collect();
+    // Backward.
+    let mut g = HostWeights {
+        w1: vec![0.0; w.w1.len()],
+        b1: vec![0.0; w.b1.len()],
+        w2: vec![0.0; w.w2.len()],
+        b2: vec![0.0; w.b2.len()],
+    };
+    // dL/dz_{t+1} carried backwards through the recurrence.
+    let mut carry = vec![0.0; m];
+    for t in (0..time).rev() {
+        // Output layer: y = 1 − σ(o), dL/do = −2(y − T)·β·s(1 − s).
+        let mut gz = carry.clone();
+        for o in 0..n_out {
+            let st = s[t][o];
+            let d_o = -2.0 * (outputs[t][o] - sample.targets[t][o] as f64) * beta * st * (1.0 - st);
+            g.b2[o] += d_o;
+            for k in 0..m {
+                g.w2[o * m + k] += d_o * z[t][k];
+                gz[k] += d_o * w.w2[o * m + k];
+            }
+        }
+        // z_t = l_{t−1} r_{t−1} z_{t−1} + 1 − l_{t−1}: gradients into h_{t−1} and z_{t−1}.
+        if t == 0 {
+            break;
+        }
+        let prev = &h[t - 1];
+        for k in 0..m {
+            let (l, r, zp) = (prev[k], prev[m + k], z[t - 1][k]);
+            let dl = gz[k] * (r * zp - 1.0);
+            let dr = gz[k] * l * zp;
+            carry[k] = gz[k] * l * r;
+            for (j, dh) in [(k, dl), (m + k, dr)] {
+                let da = dh * beta * prev[j] * (1.0 - prev[j]);
+                g.b1[j] += da;
+                let row = &mut g.w1[j * n_in..(j + 1) * n_in];
+                for (gw, x) in row.iter_mut().zip(&frames[t - 1]) {
+                    *gw += da * *x as f64;
+                }
+            }
+        }
+    }
+    (outputs, g)
 }
 
 /// Simulated annealing over quantised weights (the paper's second training method): every weight
 /// is in {−1, 0, 1} and every bias in {0, …, 5} used as `value − 0.5`.
 ///
-/// Each iteration changes one random weight to another allowed value and accepts the change with
-/// the Metropolis probability `min(1, exp(−β·ΔE))`, where `E` is the SSE of the network evaluated
-/// with sigmoid sharpness β — the same β is the inverse temperature. β rises from 0 by
-/// `beta_step` per iteration up to `beta_max`; after `restart_after` consecutive rejections the
-/// search restarts from the best state seen, with the schedule restarted (β from 0). Biases are
-/// `level − 0.5` and the sigmoids have no shift (`shift = 0`), so every pre-activation is a
-/// half-integer and no unit sits undecided at σ = 1/2. The network is small, so the energy is evaluated on
-/// the host in f64 (the same recurrence as [`Deductron::forward`], tested against it).
+/// As the authors' reference code does it: each iteration picks one of the four groups `W1`,
+/// `B1`, `W2`, `B2` uniformly, one entry of it uniformly, and sets it to an allowed value drawn
+/// uniformly — possibly its current value (a no-op proposal, always accepted). The change is
+/// accepted with the Metropolis probability `min(1, exp(−β·ΔE))`, where `E` is the SSE of the
+/// network evaluated with sigmoid sharpness β — the same β is the inverse temperature. β rises
+/// from 0 by `beta_step` per iteration up to `beta_max`. After `restart_after` consecutive
+/// rejections (8192, the authors' value) the search restarts from the best state seen, at the β
+/// where that state was found (not from β = 0, which would accept every proposal and throw the
+/// state away).
+///
+/// **Two changes from the reference, kept on purpose.** When a chain has found no better state
+/// for `fresh_start_after` iterations, a fresh chain starts from a random state (one chain
+/// succeeds or stalls within a few ten thousand iterations on the combined data, so several
+/// chains in one budget succeed far more often than one long chain). And the best state is
+/// judged by its SSE at
+/// `beta_max`, the sharpness the final network runs at, rather than by its energy at whatever β
+/// it was found at (a state found at small β has a small energy only because every output is
+/// near ½). Biases are `level − 0.5` and the sigmoids have no shift (`shift = 0`), so every
+/// pre-activation is a half-integer and no unit sits undecided at σ = ½ (the reference uses
+/// shift ½, where integer pre-activations sit exactly there). The network is small, so the
+/// energy is evaluated on the host in f64 (the same recurrence as [`Deductron::forward`], tested
+/// against it).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Annealer {
     /// Memory cells `m` (the paper finds a decoder of `small` with m = 3).
@@ -122,8 +313,13 @@ pub struct Annealer {
     pub beta_step: f32,
     /// Iteration budget.
     pub max_iterations: usize,
-    /// Consecutive rejections after which the search returns to the best state and reheats.
+    /// Consecutive rejections after which the search returns to the best state, at the β where
+    /// it was found (the reference: 8192).
     pub restart_after: usize,
+    /// Iterations without a new best state of the current chain after which the search starts
+    /// a fresh chain from a random state at β = 0 (the best state over all chains is kept).
+    /// `usize::MAX` runs one chain, as the reference does.
+    pub fresh_start_after: usize,
     /// Shift c of the sigmoids (0: with biases `level − 0.5` pre-activations are half-integers).
     pub shift: f32,
     /// Seed of the initial state and of the proposals.
@@ -135,9 +331,10 @@ impl Default for Annealer {
         Self {
             n_memory: 3,
             beta_max: 10.0,
-            beta_step: 0.002,
-            max_iterations: 300_000,
-            restart_after: 500,
+            beta_step: 0.0005,
+            max_iterations: 1_000_000,
+            restart_after: 8192,
+            fresh_start_after: 30_000,
             shift: 0.0,
             seed: 0,
         }
@@ -167,34 +364,26 @@ struct Quantised {
 }
 
 impl Quantised {
-    fn len(&self) -> usize {
-        self.w1.len() + self.b1.len() + self.w2.len() + self.b2.len()
-    }
-
-    /// Changes weight `i` to a different allowed value.
-    fn perturb(&mut self, i: usize, rng: &mut ChaCha8Rng) {
-        let (a, b, c) = (self.w1.len(), self.b1.len(), self.w2.len());
-        let new_weight = |old: i8, rng: &mut ChaCha8Rng| loop {
-            let v = rng.random_range(-1..=1);
-            if v != old {
-                return v;
+    /// The reference proposal: a group (`W1`, `B1`, `W2`, `B2`) uniformly, an entry of it
+    /// uniformly, and a new allowed value uniformly (possibly the current one).
+    fn propose(&mut self, rng: &mut ChaCha8Rng) {
+        match rng.random_range(0..4) {
+            0 => {
+                let i = rng.random_range(0..self.w1.len());
+                self.w1[i] = rng.random_range(-1..=1);
             }
-        };
-        let new_bias = |old: u8, rng: &mut ChaCha8Rng| loop {
-            let v = rng.random_range(0..=5);
-            if v != old {
-                return v;
+            1 => {
+                let i = rng.random_range(0..self.b1.len());
+                self.b1[i] = rng.random_range(0..=5);
             }
-        };
-        if i < a {
-            self.w1[i] = new_weight(self.w1[i], rng);
-        } else if i < a + b {
-            self.b1[i - a] = new_bias(self.b1[i - a], rng);
-        } else if i < a + b + c {
-            self.w2[i - a - b] = new_weight(self.w2[i - a - b], rng);
-        } else {
-            let j = i - a - b - c;
-            self.b2[j] = new_bias(self.b2[j], rng);
+            2 => {
+                let i = rng.random_range(0..self.w2.len());
+                self.w2[i] = rng.random_range(-1..=1);
+            }
+            _ => {
+                let i = rng.random_range(0..self.b2.len());
+                self.b2[i] = rng.random_range(0..=5);
+            }
         }
     }
 
@@ -306,8 +495,8 @@ impl Annealer {
     }
 
     /// Anneals a decoder of `sample`. `progress` is called every 1000 iterations and at the end
-    /// (with the current state's SSE); returning `Break` stops early. The search also stops as
-    /// soon as the best state has zero errors and β has reached `beta_max`.
+    /// (with the best state's SSE and errors at `beta_max`); returning `Break` stops early. The
+    /// search also stops as soon as the best state has zero errors at `beta_max`.
     pub fn run(
         &self,
         sample: &Sample,
@@ -317,64 +506,87 @@ impl Annealer {
         self.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(self.seed);
         let m = self.n_memory;
-        let n_in = 6;
-        let mut state = Quantised {
-            w1: (0..2 * m * n_in)
-                .map(|_| rng.random_range(-1..=1))
-                .collect(),
+        let random_state = |rng: &mut ChaCha8Rng| Quantised {
+            w1: (0..2 * m * 6).map(|_| rng.random_range(-1..=1)).collect(),
             b1: (0..2 * m).map(|_| rng.random_range(0..=5)).collect(),
             w2: (0..2 * m).map(|_| rng.random_range(-1..=1)).collect(),
             b2: (0..2).map(|_| rng.random_range(0..=5)).collect(),
         };
         let shift = self.shift as f64;
+        let beta_max = self.beta_max as f64;
         let energy = |q: &Quantised, beta: f64| {
             sse_and_errors(
                 &host_forward(&q.weights(), beta, shift, &sample.inputs),
                 sample,
             )
         };
+        let mut state = random_state(&mut rng);
         let mut beta = 0.0_f64;
         let mut current = energy(&state, beta).0;
-        let mut best = (state.clone(), f64::INFINITY);
+        // The chain's best: (state, its SSE at β_max, the β where it was found), and the best
+        // over all chains with its errors.
+        let mut chain_best = (state.clone(), f64::INFINITY, 0.0_f64);
+        let mut best = (state.clone(), f64::INFINITY, usize::MAX);
+        let mut since_improvement = 0;
         let mut rejections = 0;
         let mut iterations = 0;
         for it in 1..=self.max_iterations {
             iterations = it;
-            if beta < self.beta_max as f64 {
-                beta = (beta + self.beta_step as f64).min(self.beta_max as f64);
+            if since_improvement >= self.fresh_start_after {
+                // This chain has stalled for good: a fresh random state, β from 0.
+                state = random_state(&mut rng);
+                beta = 0.0;
+                chain_best = (state.clone(), f64::INFINITY, 0.0);
+                since_improvement = 0;
+                rejections = 0;
+            }
+            if beta < beta_max {
+                beta = (beta + self.beta_step as f64).min(beta_max);
                 // Re-evaluate at the new β so ΔE compares like with like.
                 current = energy(&state, beta).0;
             }
+            since_improvement += 1;
             let mut proposal = state.clone();
-            proposal.perturb(rng.random_range(0..state.len()), &mut rng);
-            let candidate = energy(&proposal, beta).0;
-            let delta = candidate - current;
-            let mut errors = None;
-            if delta <= 0.0 || rng.random::<f64>() < (-beta * delta).exp() {
-                state = proposal;
-                current = candidate;
-                rejections = 0;
-                let at_max = energy(&state, self.beta_max as f64);
-                if at_max.0 < best.1 {
-                    best = (state.clone(), at_max.0);
+            proposal.propose(&mut rng);
+            let accepted = proposal == state || {
+                let candidate = energy(&proposal, beta).0;
+                let delta = candidate - current;
+                let accept = delta <= 0.0 || rng.random::<f64>() < (-beta * delta).exp();
+                if accept {
+                    state = proposal;
+                    current = candidate;
+                    let (sse, errors) = energy(&state, beta_max);
+                    if sse < chain_best.1 {
+                        // Only a clear gain (1%) counts as progress of the chain.
+                        if sse < 0.99 * chain_best.1 {
+                            since_improvement = 0;
+                        }
+                        chain_best = (state.clone(), sse, beta);
+                    }
+                    if sse < best.1 {
+                        best = (state.clone(), sse, errors);
+                    }
                 }
-                errors = Some(at_max.1);
+                accept
+            };
+            if accepted {
+                rejections = 0;
             } else {
                 rejections += 1;
             }
             if rejections >= self.restart_after {
-                // Frozen: restart the schedule (β from 0) from the best state seen.
-                state = best.0.clone();
-                beta = 0.0;
+                // Frozen: continue from the chain's best state, at the β where it was found.
+                state = chain_best.0.clone();
+                beta = chain_best.2;
                 current = energy(&state, beta).0;
                 rejections = 0;
             }
-            let done = errors == Some(0) && beta >= self.beta_max as f64;
+            let done = best.2 == 0;
             if it % 1000 == 0 || done {
                 let p = Progress {
                     step: it,
-                    sse: current as f32,
-                    errors: errors.unwrap_or_else(|| energy(&state, self.beta_max as f64).1),
+                    sse: best.1 as f32,
+                    errors: best.2,
                 };
                 if progress(&p).is_break() || done {
                     break;
@@ -402,8 +614,7 @@ impl Annealer {
     }
 }
 
-/// The host forward pass of a tensor model (for tests of the annealer's energy).
-#[cfg(test)]
+/// A module's weights on the host in f64.
 pub(crate) fn host_weights(model: &Deductron) -> HostWeights {
     let read = |t: Tensor<1>| -> Vec<f64> { t.try_into_vec_as::<f64>().expect("weights") };
     HostWeights {
@@ -443,6 +654,52 @@ mod tests {
                 .unwrap();
             for (h, t) in host.iter().flatten().zip(&tensor) {
                 assert!((*h as f32 - t).abs() < 1e-5, "{h} vs {t}");
+            }
+        }
+    }
+
+    /// The host backpropagation through time gives burn autodiff's gradients of the SSE (both
+    /// recipes' sharpness, on `small`), to f32 precision.
+    #[test]
+    fn host_gradients_match_autodiff() {
+        let device = kindling_testing::autodiff_device();
+        let sample = wlang::small();
+        for (recipe, seed) in [
+            (GradientTraining::default(), 3),
+            (GradientTraining::sharp(), 4),
+        ] {
+            let model = recipe.config(3).init_with_seed(seed, &device);
+            let sse = model.sse(sample.inputs(&device), sample.targets(&device));
+            let grads = GradientsParams::from_grads(sse.backward(), &model);
+            let (_, host) = host_backward(
+                &host_weights(&model),
+                model.beta as f64,
+                model.shift as f64,
+                &sample,
+            );
+            let read2 = |id| -> Vec<f32> {
+                grads
+                    .get::<2>(id)
+                    .unwrap()
+                    .flatten::<1>(0, 1)
+                    .try_into_vec_as()
+                    .unwrap()
+            };
+            let read1 = |id| -> Vec<f32> { grads.get::<1>(id).unwrap().try_into_vec_as().unwrap() };
+            for (auto, host) in [
+                (read2(model.w1.id), &host.w1),
+                (read1(model.b1.id), &host.b1),
+                (read2(model.w2.id), &host.w2),
+                (read1(model.b2.id), &host.b2),
+            ] {
+                let scale = host.iter().fold(1e-3_f64, |m, v| m.max(v.abs()));
+                for (a, h) in auto.iter().zip(host) {
+                    assert!(
+                        ((*a as f64) - h).abs() < 1e-4 * scale,
+                        "autodiff {a} vs host {h} (β = {})",
+                        recipe.beta
+                    );
+                }
             }
         }
     }

@@ -1,13 +1,13 @@
 //! The W-language: a cursive script over {X, O} whose characters need unbounded memory to tell
 //! apart, its three reference samples, a generator for any string, and the decoder.
 //!
-//! An image is a sequence of 3-pixel columns (top, middle, bottom), each one-hot (the pen's
-//! height: 0 = top, 1 = middle, 2 = bottom) or blank. `X` is drawn as the stroke
-//! `bottom → top → bottom` and `O` as `top → bottom → top` (the upper halves of the letters,
-//! ∧ and ∨ in the image's orientation). Consecutive letters that meet at the same height share
+//! An image is a sequence of 3-pixel columns, each one-hot (the pen's height: 0 = bottom,
+//! 1 = middle, 2 = top) or blank. `X` is drawn as the stroke `top → bottom → top` and `O` as
+//! `bottom → top → bottom`: the upper halves of the letters, ∨ for `X` (its two upper arms) and
+//! ∧ for `O` (its upper arc), as in the paper. Consecutive letters that meet at the same height share
 //! that column; otherwise the pen jumps. The network reads frames — column `t` followed by
 //! column `t+1` — and must say "X" or "O" at the frame of each letter's turning point. Locally,
-//! the shared top of two merged `O`s looks exactly like the turning point of an `X`: only the
+//! the shared bottom of two merged `O`s looks exactly like the turning point of an `X`: only the
 //! parity of turning points since the last jump tells them apart, and that can lie arbitrarily
 //! far back.
 //!
@@ -22,7 +22,7 @@ use serde::Deserialize;
 
 use crate::DeductronError;
 
-/// One column of an image: `[top, middle, bottom]`, one-hot or blank.
+/// One column of an image, indexed by height: `[bottom, middle, top]`, one-hot or blank.
 pub type Column = [u8; 3];
 /// One input frame: column `t` followed by column `t + 1`.
 pub type Frame = [f32; 6];
@@ -138,7 +138,7 @@ fn height(c: &Column) -> Option<usize> {
     c.iter().position(|&v| v == 1)
 }
 
-/// Text art of an image (see [`Sample::render`]).
+/// Text art of an image (see [`Sample::render`]): three lines, the top height first.
 pub fn render(image: &[Column]) -> String {
     let mut rows = vec![String::new(); 3];
     for (i, c) in image.iter().enumerate() {
@@ -147,14 +147,14 @@ pub fn render(image: &[Column]) -> String {
         let next = image.get(i + 1).and_then(height);
         for (r, row) in rows.iter_mut().enumerate() {
             let glyph = match here {
-                Some(h) if h == r => match (prev, next) {
-                    (Some(p), Some(n)) if p > h && n > h => '∧',
-                    (Some(p), Some(n)) if p < h && n < h => '∨',
+                Some(h) if h == 2 - r => match (prev, next) {
+                    (Some(p), Some(n)) if p < h && n < h => '∧',
+                    (Some(p), Some(n)) if p > h && n > h => '∨',
                     (_, Some(n)) if n.abs_diff(h) > 1 => '|',
-                    (_, Some(n)) if n < h => '/',
-                    (_, Some(n)) if n > h => '\\',
-                    (Some(p), None) if p > h => '\\',
+                    (_, Some(n)) if n > h => '/',
+                    (_, Some(n)) if n < h => '\\',
                     (Some(p), None) if p < h => '/',
+                    (Some(p), None) if p > h => '\\',
                     _ => '─',
                 },
                 _ => ' ',
