@@ -615,13 +615,30 @@ impl Annealer {
 }
 
 /// A module's weights on the host in f64.
+/// All four tensors are read back in one transfer (one device sync per training step on GPU
+/// backends, not four).
 pub(crate) fn host_weights(model: &Deductron) -> HostWeights {
-    let read = |t: Tensor<1>| -> Vec<f64> { t.try_into_vec_as::<f64>().expect("weights") };
+    let parts = [
+        model.w1.val().flatten::<1>(0, 1),
+        model.b1.val(),
+        model.w2.val().flatten::<1>(0, 1),
+        model.b2.val(),
+    ];
+    let sizes: Vec<usize> = parts.iter().map(|t| t.dims()[0]).collect();
+    let all: Vec<f64> = Tensor::cat(parts.to_vec(), 0)
+        .try_into_vec_as::<f64>()
+        .expect("weights");
+    let mut rest = all.as_slice();
+    let mut take = |n: usize| {
+        let (head, tail) = rest.split_at(n);
+        rest = tail;
+        head.to_vec()
+    };
     HostWeights {
-        w1: read(model.w1.val().flatten(0, 1)),
-        b1: read(model.b1.val()),
-        w2: read(model.w2.val().flatten(0, 1)),
-        b2: read(model.b2.val()),
+        w1: take(sizes[0]),
+        b1: take(sizes[1]),
+        w2: take(sizes[2]),
+        b2: take(sizes[3]),
     }
 }
 

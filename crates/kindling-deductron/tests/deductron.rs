@@ -178,13 +178,13 @@ fn weights_round_trip_through_burn_records() {
 
 /// Gradient training with the authors' recipe (β = 1, shift 0, Glorot init, Adam lr 0.01,
 /// m = 3, until SSE < 0.1, L2 1e-4 / 1e-5) reaches zero errors on `small` on every seed tried
-/// (4 here, each in 4 000–7 000 steps; the example solves 8 of 8).
+/// (2 here, in 3 915 and 5 599 steps; the example solves 8 of 8).
 #[test]
 fn gradient_training_learns_small() {
     let device = autodiff_device();
     let sample = wlang::small();
     let recipe = GradientTraining::default();
-    for seed in 0..4 {
+    for seed in 0..2 {
         let model = recipe.config(3).init_with_seed(seed, &device);
         assert_eq!((model.beta, model.shift), (1.0, 0.0));
         let mut optim = AdamConfig::new().init();
@@ -204,9 +204,15 @@ fn gradient_training_learns_small() {
 /// zero errors on all 547 frames within 45 000 steps (seed 1: at step 21 652; the example solves
 /// 3 of 4 seeds within 60 000). The earlier recipe (β = 10, lr 0.01) solved 0 of 4 seeds with
 /// m = 3.
+///
+/// This test measures what 21 000 steps reach, which does not depend on the backend (the
+/// gradients are computed on the host either way), so it trains on Flex whatever
+/// `KINDLING_TEST_DEVICE` selects: on a software Vulkan driver each optimizer step's tiny
+/// kernels and read-back cost milliseconds. `gradient_training_learns_small` runs on every
+/// backend.
 #[test]
 fn gradient_training_decodes_the_combined_data() {
-    let device = autodiff_device();
+    let device = burn::tensor::Device::flex().autodiff();
     let sample = wlang::combined();
     let recipe = GradientTraining {
         max_steps: 45_000,

@@ -4,19 +4,24 @@
 use crate::DistError;
 
 const MAGIC: &[u8; 4] = b"KDRS";
-const VERSION: u32 = 1;
+const VERSION: u32 = 2;
 
-/// A rank's exchange state between two steps: the step count, the position of its RNG stream
-/// (randomised codecs) and the protocol's state ([`Reducer::state`](crate::Reducer::state):
-/// error-feedback residuals, PowerSGD's warm-start matrices).
+/// A rank's exchange state between two steps: the protocol it belongs to, the step count, the
+/// position of its RNG stream (randomised codecs) and the protocol's state
+/// ([`Reducer::state`](crate::Reducer::state): error-feedback residuals, PowerSGD's warm-start
+/// matrices).
 ///
 /// Made by [`DataParallel::checkpoint`](crate::DataParallel::checkpoint), restored by
 /// [`DataParallel::restore`](crate::DataParallel::restore). [`to_bytes`](Self::to_bytes) writes
-/// a little-endian format (`KDRS`, version, steps, RNG position, then each named buffer's name
-/// and f32 values); [`from_bytes`](Self::from_bytes) rejects anything corrupt or truncated with
-/// an error, never a panic.
+/// a little-endian format (`KDRS`, version 2, the protocol identity, steps, RNG position, then
+/// each named buffer's name and f32 values); [`from_bytes`](Self::from_bytes) rejects anything
+/// corrupt or truncated with an error, never a panic. Restoring into a trainer whose protocol
+/// has another [`identity`](crate::Reducer::identity) (another codec, or the same codec with
+/// other settings) is an error that names both.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ReducerCheckpoint {
+    /// The protocol and its configuration ([`Reducer::identity`](crate::Reducer::identity)).
+    pub protocol: String,
     /// Steps taken.
     pub steps: u64,
     /// The rank's RNG word position.
@@ -29,9 +34,11 @@ impl ReducerCheckpoint {
     /// The checkpoint as bytes.
     pub fn to_bytes(&self) -> Vec<u8> {
         let floats: usize = self.state.iter().map(|(k, v)| k.len() + 4 * v.len()).sum();
-        let mut out = Vec::with_capacity(36 + 16 * self.state.len() + floats);
+        let mut out = Vec::with_capacity(44 + self.protocol.len() + 16 * self.state.len() + floats);
         out.extend_from_slice(MAGIC);
         out.extend_from_slice(&VERSION.to_le_bytes());
+        out.extend_from_slice(&(self.protocol.len() as u64).to_le_bytes());
+        out.extend_from_slice(self.protocol.as_bytes());
         out.extend_from_slice(&self.steps.to_le_bytes());
         out.extend_from_slice(&self.rng_position.to_le_bytes());
         out.extend_from_slice(&(self.state.len() as u64).to_le_bytes());
@@ -56,15 +63,15 @@ impl ReducerCheckpoint {
                 "version {version}, this build reads {VERSION}"
             )));
         }
+        let len = r.length("protocol length", 1)?;
+        let protocol = r.utf8(len, "protocol")?;
         let steps = u64::from_le_bytes(r.array("step count")?);
         let rng_position = u128::from_le_bytes(r.array("RNG position")?);
         let entries = r.length("buffer count", 8)?;
         let mut state = Vec::with_capacity(entries);
         for _ in 0..entries {
             let len = r.length("name length", 1)?;
-            let name = std::str::from_utf8(r.take(len, "name")?)
-                .map_err(|_| DistError::Checkpoint("a buffer name is not UTF-8".into()))?
-                .to_string();
+            let name = r.utf8(len, "buffer name")?;
             let count = r.length("value count", 4)?;
             let values = r
                 .take(4 * count, "values")?
@@ -80,6 +87,7 @@ impl ReducerCheckpoint {
             )));
         }
         Ok(Self {
+            protocol,
             steps,
             rng_position,
             state,
@@ -102,6 +110,12 @@ impl<'a> Cursor<'a> {
         let out = &self.bytes[self.at..end];
         self.at = end;
         Ok(out)
+    }
+
+    fn utf8(&mut self, n: usize, what: &str) -> Result<String, DistError> {
+        std::str::from_utf8(self.take(n, what)?)
+            .map(str::to_string)
+            .map_err(|_| DistError::Checkpoint(format!("the {what} is not UTF-8")))
     }
 
     fn array<const N: usize>(&mut self, what: &str) -> Result<[u8; N], DistError> {
@@ -127,6 +141,7 @@ mod tests {
 
     fn sample() -> ReducerCheckpoint {
         ReducerCheckpoint {
+            protocol: "qsgd: Qsgd { levels: 16 }".into(),
             steps: 12,
             rng_position: (1u128 << 70) + 5,
             state: vec![

@@ -230,6 +230,7 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
     /// model and optimizer.
     pub fn checkpoint(&self) -> ReducerCheckpoint {
         ReducerCheckpoint {
+            protocol: self.reducer.identity(),
             steps: self.steps,
             rng_position: self.rng.get_word_pos(),
             state: self.reducer.state(),
@@ -237,12 +238,21 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
     }
 
     /// Restores a state saved by [`checkpoint`](Self::checkpoint) on the same rank of a trainer
-    /// built with the same protocol and seed; buffers go to `device`.
+    /// built with the same protocol and seed; buffers go to `device`. A checkpoint of another
+    /// protocol or configuration ([`Reducer::identity`]) is an error naming both, and nothing
+    /// is changed.
     pub fn restore(
         &mut self,
         checkpoint: ReducerCheckpoint,
         device: &Device,
     ) -> Result<(), DistError> {
+        let ours = self.reducer.identity();
+        if checkpoint.protocol != ours {
+            return Err(DistError::Checkpoint(format!(
+                "the checkpoint belongs to protocol `{}`, this trainer runs `{ours}`",
+                checkpoint.protocol
+            )));
+        }
         self.reducer.load_state(checkpoint.state, device)?;
         self.rng.set_word_pos(checkpoint.rng_position);
         self.steps = checkpoint.steps;

@@ -53,6 +53,13 @@ pub trait Reducer: Send {
     /// A short name for reports.
     fn name(&self) -> String;
 
+    /// The protocol and its configuration, as recorded in a [`ReducerCheckpoint`]
+    /// (crate::ReducerCheckpoint): restoring a checkpoint into a reducer with another identity
+    /// is an error. The default is [`name`](Self::name); protocols with settings add them.
+    fn identity(&self) -> String {
+        self.name()
+    }
+
     /// Agrees on the gradients of every float parameter of `module` (in module order).
     fn reduce<M: Module>(
         &mut self,
@@ -266,9 +273,14 @@ impl<C: Compressor + Clone> GradOp for GatherOp<'_, C> {
     }
 }
 
-impl<C: Compressor + Clone + Send> Reducer for Gathered<C> {
+impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
     fn name(&self) -> String {
         self.name.clone()
+    }
+
+    /// The name and the codec's configuration (its `Debug` form, before any state).
+    fn identity(&self) -> String {
+        format!("{}: {:?}", self.prototype.name(), self.prototype)
     }
 
     fn reduce<M: Module>(
@@ -478,6 +490,10 @@ impl Reducer for TernGradShared {
         "TernGrad (shared scale)".into()
     }
 
+    fn identity(&self) -> String {
+        format!("{}: {:?}", self.name(), self.codec)
+    }
+
     fn reduce<M: Module>(
         &mut self,
         module: &M,
@@ -572,6 +588,10 @@ impl GradOp for PowerOp<'_> {
 impl Reducer for PowerSgd {
     fn name(&self) -> String {
         format!("PowerSGD rank {}", self.config.rank)
+    }
+
+    fn identity(&self) -> String {
+        format!("PowerSGD: {:?}", self.config)
     }
 
     fn reduce<M: Module>(

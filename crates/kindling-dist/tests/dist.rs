@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{
-    Atomo, Budget, Count, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TopK,
+    Atomo, Budget, Count, EntryWise, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TopK,
 };
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
@@ -236,10 +236,12 @@ fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams 
 
 /// Saving the reducer state (PowerSGD's Q and residuals; error-feedback residuals of a gathered
 /// codec), the optimizer state and the RNG position after 3 steps and restoring them into fresh
-/// trainers reproduces the uninterrupted run bit for bit.
+/// trainers reproduces the uninterrupted run bit for bit. QSGD and entry-wise ATOMO keep no
+/// state, but draw from the rank's RNG every step: their resume holds only because the RNG
+/// position is restored (a fresh trainer starts its stream from the beginning).
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    fn check<R: Reducer>(name: &str, make: impl Fn() -> R + Sync) {
+    fn check<R: Reducer>(name: &str, stateful: bool, make: impl Fn() -> R + Sync) {
         let (data, _) = shards(2);
         let run = |resume_at: Option<usize>| {
             run_workers(2, TIMEOUT, |g| {
@@ -251,9 +253,10 @@ fn resume_reproduces_the_uninterrupted_run() {
                 for step in 0..5 {
                     if resume_at == Some(step) {
                         let saved = trainer.checkpoint();
-                        assert!(
+                        assert_eq!(
                             !saved.state.is_empty(),
-                            "{name} has state after {step} steps"
+                            stateful,
+                            "{name}: state after {step} steps"
                         );
                         let saved = ReducerCheckpoint::from_bytes(&saved.to_bytes())?;
                         let bytes = optim.into_bytes().unwrap();
@@ -274,7 +277,7 @@ fn resume_reproduces_the_uninterrupted_run() {
         };
         assert_eq!(run(None), run(Some(3)), "{name}");
     }
-    check("powersgd", || {
+    check("powersgd", true, || {
         PowerSgd::new(
             PowerSgdConfig::new(2)
                 .unwrap()
@@ -282,11 +285,41 @@ fn resume_reproduces_the_uninterrupted_run() {
                 .unwrap(),
         )
     });
-    check("ef top-k", || {
+    check("ef top-k", true, || {
         Gathered::new(ErrorFeedback::new(
             TopK::new(Count::Fraction(0.05)).unwrap(),
         ))
     });
+    check("qsgd", false, || Gathered::new(Qsgd::new(4).unwrap()));
+    check("atomo entry-wise", false, || {
+        Gathered::new(Atomo::new(EntryWise, Budget::Fraction(0.3)).unwrap())
+    });
+}
+
+/// A checkpoint names its protocol and configuration: restoring it into another protocol, or
+/// into the same codec with other settings, is an error that names both, and leaves the trainer
+/// as it was.
+#[test]
+fn a_checkpoint_restores_only_into_its_own_protocol() {
+    let device = kindling_testing::device();
+    let results = run_workers(1, TIMEOUT, |g| {
+        let power = DataParallel::new(g, PowerSgd::new(PowerSgdConfig::new(2).unwrap()), 5);
+        let saved = ReducerCheckpoint::from_bytes(&power.checkpoint().to_bytes())?;
+        assert!(saved.protocol.contains("PowerSGD"), "{}", saved.protocol);
+        let mut qsgd = DataParallel::new(power.comm, Gathered::new(Qsgd::new(4).unwrap()), 5);
+        let err = qsgd.restore(saved, &device).unwrap_err();
+        let text = err.to_string();
+        assert!(text.contains("PowerSGD") && text.contains("qsgd"), "{text}");
+        let four = qsgd.checkpoint();
+        let mut sixteen = DataParallel::new(qsgd.comm, Gathered::new(Qsgd::new(16).unwrap()), 5);
+        let err = sixteen.restore(four.clone(), &device).unwrap_err();
+        assert!(matches!(err, DistError::Checkpoint(_)), "{err}");
+        let mut same = DataParallel::new(sixteen.comm, Gathered::new(Qsgd::new(4).unwrap()), 5);
+        same.restore(four, &device)?;
+        Ok(())
+    })
+    .unwrap();
+    assert_eq!(results.len(), 1);
 }
 
 /// A gathered protocol's state does not load into the wrong codec or with a missing shape.
