@@ -53,9 +53,9 @@ pub trait Reducer: Send {
     /// A short name for reports.
     fn name(&self) -> String;
 
-    /// The protocol and its configuration, as recorded in a [`ReducerCheckpoint`]
-    /// (crate::ReducerCheckpoint): restoring a checkpoint into a reducer with another identity
-    /// is an error. The default is [`name`](Self::name); protocols with settings add them.
+    /// The protocol and its configuration, as recorded in a
+    /// [`ReducerCheckpoint`](crate::ReducerCheckpoint): restoring a checkpoint into a reducer
+    /// with another identity is an error. The default is [`name`](Self::name); protocols with settings add them.
     fn identity(&self) -> String {
         self.name()
     }
