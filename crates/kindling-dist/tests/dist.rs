@@ -7,7 +7,8 @@ use std::time::{Duration, Instant};
 use burn::optim::{GradientsParams, ModuleOptimizer};
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{
-    Atomo, Budget, Count, EntryWise, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TopK,
+    Atomo, Budget, Count, EntryWise, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TernGrad,
+    TopK,
 };
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
@@ -228,6 +229,44 @@ fn majority_vote_is_robust_where_averaging_is_not() {
     assert!(acc_vote > 0.8, "{acc_vote}");
     assert!(acc_dense.is_nan() || acc_dense < 0.3, "{acc_dense}");
     assert!(acc_scaled.is_nan() || acc_scaled < 0.3, "{acc_scaled}");
+}
+
+/// TernGrad's shared scale with one rank's gradient holding NaN or ±∞: the max over ranks must
+/// not drop a NaN or take an ∞, and the error must name the rank that holds it, not rank 0 or
+/// the rank that happened to notice. Every rank ends (the group aborts) within the timeout.
+#[test]
+fn a_non_finite_shared_scale_names_its_rank() {
+    let (data, _) = shards(3);
+    for poison in [f64::NAN, 1e39, -1e39] {
+        let start = Instant::now();
+        let err = run_workers(3, TIMEOUT, |g| {
+            let device = kindling_testing::autodiff_device();
+            let rank = g.rank();
+            let mut trainer = DataParallel::new(g, TernGradShared::new(TernGrad::new()), 5);
+            let model = Mlp::new(16, 0, &device);
+            let mut optim = burn::optim::AdamConfig::new().init();
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            let grads = if rank == 2 {
+                kindling_optim_scale(grads, &model, poison)
+            } else {
+                grads
+            };
+            trainer.step(model, grads, &mut optim, 1e-3).map(|_| ())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(
+                err,
+                DistError::Encode {
+                    rank: 2,
+                    param: 0,
+                    ..
+                }
+            ),
+            "{poison}: {err}"
+        );
+        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+    }
 }
 
 fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams {
