@@ -34,6 +34,11 @@ impl<O: GradOp> ModuleVisitor for Walker<'_, O> {
             return;
         }
         let Some(grad) = self.grads.remove::<D>(param.id) else {
+            if !param.val().is_require_grad() {
+                // Frozen (`no_grad`): no gradient on any rank, since the replicas are identical
+                // down to this flag; left out of the exchange and of the update.
+                return;
+            }
             self.error = Some(DistError::Protocol(format!(
                 "parameter {index} ({}) has no gradient on this rank",
                 param.id
@@ -47,8 +52,9 @@ impl<O: GradOp> ModuleVisitor for Walker<'_, O> {
     }
 }
 
-/// Applies `op` to every float parameter's gradient, in module order. Every parameter must have
-/// a gradient (all ranks must walk the same list).
+/// Applies `op` to every float parameter's gradient, in module order. Every parameter that
+/// requires a gradient must have one (all ranks must walk the same list); frozen parameters
+/// (no gradient required, none given) are skipped, keeping their index.
 pub(crate) fn walk<M: Module, O: GradOp>(
     module: &M,
     mut grads: GradientsParams,

@@ -118,6 +118,47 @@ fn every_protocol_keeps_replicas_bit_identical() {
     each_protocol(&mut Check);
 }
 
+/// Frozen parameters (no gradient) train the same on every rank: with the hidden layer frozen,
+/// every protocol keeps the replicas bit-identical, the frozen layer never moves, and the output
+/// layer does.
+#[test]
+fn frozen_parameters_are_left_out_on_every_rank() {
+    struct Check;
+    impl EachProtocol for Check {
+        fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync) {
+            let (data, _) = shards(3);
+            let results = run_workers(3, TIMEOUT, |g| {
+                let device = kindling_testing::autodiff_device();
+                let rank = g.rank();
+                let mut trainer = DataParallel::new(g, make(), 3);
+                let mut model = Mlp::new(16, 0, &device).freeze_hidden();
+                let hidden = fingerprint(model.hidden());
+                let output = fingerprint(model.output());
+                let mut optim = sgd();
+                for _ in 0..3 {
+                    let grads =
+                        GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                    model = trainer.step(model, grads, &mut optim, 0.1)?.0;
+                }
+                assert_eq!(
+                    fingerprint(model.hidden()),
+                    hidden,
+                    "{name}: frozen layer moved"
+                );
+                assert_ne!(
+                    fingerprint(model.output()),
+                    output,
+                    "{name}: output layer stuck"
+                );
+                Ok(fingerprint(&model))
+            })
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert!(results.iter().all(|&r| r == results[0]), "{name}");
+        }
+    }
+    each_protocol(&mut Check);
+}
+
 /// A payload that fails to decode is an error naming the sender and the parameter, on every rank.
 #[test]
 fn a_corrupt_payload_names_rank_and_parameter() {

@@ -31,6 +31,12 @@ impl Mlp {
         }
     }
 
+    /// The same network with the hidden layer frozen (`no_grad`): only the output layer trains.
+    pub fn freeze_hidden(mut self) -> Self {
+        self.hidden = self.hidden.no_grad();
+        self
+    }
+
     /// Class scores `[batch, 10]` for images `[batch, 64]`.
     pub fn forward(&self, images: Tensor<2>) -> Tensor<2> {
         let x = self.activation.forward(self.hidden.forward(images));
