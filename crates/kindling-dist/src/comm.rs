@@ -108,11 +108,41 @@ pub(crate) fn all_gather_traffic(all: &[Vec<u8>], rank: usize) -> (u64, u64) {
 /// Every rank's byte and float contributions to one round, in rank order.
 type Contributions = (Vec<Option<Vec<u8>>>, Vec<Option<Vec<f32>>>);
 
+/// What a rank says it is doing in a collective round: every rank must say the same, or the
+/// round is an error on every rank (never mixed data).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag {
+    /// Collectives this rank has entered before this one.
+    sequence: u64,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    AllReduce { len: usize },
+    AllGather,
+    Broadcast { root: usize },
+    Barrier,
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Kind::AllReduce { len } => write!(f, "an all-reduce of {len} floats")?,
+            Kind::AllGather => write!(f, "an all-gather")?,
+            Kind::Broadcast { root } => write!(f, "a broadcast from rank {root}")?,
+            Kind::Barrier => write!(f, "a barrier")?,
+        }
+        write!(f, " as its collective #{}", self.sequence)
+    }
+}
+
 /// One collective round of a [`LocalGroup`]: every rank deposits, then every rank reads.
 struct Round {
     generation: u64,
     deposited: usize,
     read: usize,
+    tags: Vec<Option<Tag>>,
     slots: Vec<Option<Vec<u8>>>,
     floats: Vec<Option<Vec<f32>>>,
     failed: Option<String>,
@@ -129,9 +159,16 @@ struct Shared {
 /// Collectives meet at a shared rendezvous; a rank that does not arrive within the timeout, or
 /// that [`abort`](LocalGroup::abort)s, turns the collective into an error on every rank — a dead
 /// worker never hangs the group.
+///
+/// Every collective carries a tag — its kind, the broadcast root or the all-reduce length, and
+/// the rank's collective sequence number — checked on every rank: ranks that call different
+/// collectives (an all-gather against an all-reduce, different roots or lengths, one rank a
+/// collective ahead) get a [`DistError::Protocol`] naming rank 0's call and the first rank
+/// whose call differs, on every rank, and no data is combined.
 pub struct LocalGroup {
     rank: usize,
     shared: Arc<Shared>,
+    sequence: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
 }
@@ -150,6 +187,7 @@ impl LocalGroup {
                 generation: 0,
                 deposited: 0,
                 read: 0,
+                tags: vec![None; world],
                 slots: vec![None; world],
                 floats: vec![None; world],
                 failed: None,
@@ -162,6 +200,7 @@ impl LocalGroup {
             .map(|rank| LocalGroup {
                 rank,
                 shared: shared.clone(),
+                sequence: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
             })
@@ -201,12 +240,18 @@ impl Aborter {
 }
 
 impl LocalGroup {
-    /// Deposits this rank's contribution, waits for all, and returns every rank's, in rank order.
+    /// Deposits this rank's contribution, waits for all, checks that every rank made the same
+    /// call, and returns every rank's contribution, in rank order.
     fn exchange(
         &self,
+        kind: Kind,
         bytes: Option<Vec<u8>>,
         floats: Option<Vec<f32>>,
     ) -> Result<Contributions, DistError> {
+        let tag = Tag {
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
+            kind,
+        };
         let shared = &self.shared;
         let deadline = Instant::now() + shared.timeout;
         let mut round = shared.round.lock().unwrap_or_else(|p| p.into_inner());
@@ -218,6 +263,7 @@ impl LocalGroup {
             return Err(DistError::PeerFailed(reason.clone()));
         }
         let generation = round.generation;
+        round.tags[self.rank] = Some(tag);
         round.slots[self.rank] = bytes;
         round.floats[self.rank] = floats;
         round.deposited += 1;
@@ -231,16 +277,32 @@ impl LocalGroup {
         if let Some(reason) = &round.failed {
             return Err(DistError::PeerFailed(reason.clone()));
         }
+        let first = round.tags[0].expect("every rank deposited");
+        let mismatch = round
+            .tags
+            .iter()
+            .enumerate()
+            .find(|(_, t)| **t != Some(first))
+            .map(|(r, t)| {
+                DistError::Protocol(format!(
+                    "mismatched collectives: rank 0 called {first}, rank {r} called {}",
+                    t.expect("every rank deposited")
+                ))
+            });
         let out = (round.slots.clone(), round.floats.clone());
         round.read += 1;
         if round.read == shared.world {
             round.read = 0;
             round.deposited = 0;
+            round.tags.iter_mut().for_each(|t| *t = None);
             round.slots.iter_mut().for_each(|s| *s = None);
             round.floats.iter_mut().for_each(|s| *s = None);
             shared.changed.notify_all();
         }
-        Ok(out)
+        match mismatch {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
     }
 }
 
@@ -287,17 +349,11 @@ impl Communicator for LocalGroup {
     }
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
-        let (_, all) = self.exchange(None, Some(values.to_vec()))?;
+        let kind = Kind::AllReduce { len: values.len() };
+        let (_, all) = self.exchange(kind, None, Some(values.to_vec()))?;
         let mut sum = vec![0.0f32; values.len()];
-        // Rank order, so every rank computes bit-identical sums.
+        // Rank order, so every rank computes bit-identical sums (the tags checked the lengths).
         for contribution in all.iter().flatten() {
-            if contribution.len() != values.len() {
-                return Err(DistError::Protocol(format!(
-                    "all-reduce of {} floats met a contribution of {}",
-                    values.len(),
-                    contribution.len()
-                )));
-            }
             for (s, v) in sum.iter_mut().zip(contribution) {
                 *s += v;
             }
@@ -310,7 +366,7 @@ impl Communicator for LocalGroup {
     }
 
     fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
-        let (all, _) = self.exchange(Some(payload), None)?;
+        let (all, _) = self.exchange(Kind::AllGather, Some(payload), None)?;
         let all: Vec<Vec<u8>> = all.into_iter().map(|p| p.unwrap_or_default()).collect();
         let (sent, received) = all_gather_traffic(&all, self.rank);
         self.sent.fetch_add(sent, Ordering::Relaxed);
@@ -325,7 +381,7 @@ impl Communicator for LocalGroup {
             )));
         }
         let mine = (self.rank == root).then_some(bytes);
-        let (all, _) = self.exchange(mine, None)?;
+        let (all, _) = self.exchange(Kind::Broadcast { root }, mine, None)?;
         let out = all[root].clone().unwrap_or_default();
         if self.rank == root {
             self.sent.fetch_add(
@@ -339,7 +395,7 @@ impl Communicator for LocalGroup {
     }
 
     fn barrier(&mut self) -> Result<(), DistError> {
-        self.exchange(None, None).map(|_| ())
+        self.exchange(Kind::Barrier, None, None).map(|_| ())
     }
 
     fn traffic(&self) -> Traffic {

@@ -159,6 +159,83 @@ fn frozen_parameters_are_left_out_on_every_rank() {
     each_protocol(&mut Check);
 }
 
+/// Ranks that call different collectives — an all-gather against an all-reduce, broadcasts from
+/// different roots, all-reduces of different lengths, or one rank a collective ahead — get an
+/// error naming both calls on every rank, within the timeout, and never mixed data.
+#[test]
+fn mismatched_collectives_are_errors_on_every_rank() {
+    type Call = fn(&mut LocalGroup) -> Result<(), DistError>;
+    let all_reduce: Call = |g| g.all_reduce_sum(&mut [1.0, 2.0]);
+    let all_reduce_3: Call = |g| g.all_reduce_sum(&mut [1.0, 2.0, 3.0]);
+    let all_gather: Call = |g| g.all_gather(vec![1, 2]).map(|_| ());
+    let from_0: Call = |g| g.broadcast(vec![7], 0).map(|_| ());
+    let from_1: Call = |g| g.broadcast(vec![7], 1).map(|_| ());
+    let barrier_first: Call = |g| {
+        g.barrier()?;
+        g.all_gather(vec![1]).map(|_| ())
+    };
+    let gather_first: Call = |g| {
+        g.all_gather(vec![1])?;
+        g.barrier()
+    };
+    let cases: [(&str, Call, Call, &str, &str); 4] = [
+        (
+            "gather vs reduce",
+            all_gather,
+            all_reduce,
+            "all-gather",
+            "all-reduce of 2",
+        ),
+        ("roots", from_0, from_1, "from rank 0", "from rank 1"),
+        (
+            "lengths",
+            all_reduce,
+            all_reduce_3,
+            "of 2 floats",
+            "of 3 floats",
+        ),
+        (
+            "order",
+            gather_first,
+            barrier_first,
+            "an all-gather",
+            "a barrier",
+        ),
+    ];
+    for (name, rank0, others, says0, says_other) in cases {
+        let start = Instant::now();
+        let outcomes: Vec<Result<(), DistError>> = LocalGroup::new(3, TIMEOUT)
+            .unwrap()
+            .into_iter()
+            .map(|mut g| {
+                std::thread::spawn(move || {
+                    if g.rank() == 0 {
+                        rank0(&mut g)
+                    } else {
+                        others(&mut g)
+                    }
+                })
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .collect();
+        for (rank, outcome) in outcomes.iter().enumerate() {
+            match outcome {
+                Err(DistError::Protocol(m)) => assert!(
+                    m.contains("rank 0")
+                        && m.contains("rank 1")
+                        && m.contains(says0)
+                        && m.contains(says_other),
+                    "{name}, rank {rank}: {m}"
+                ),
+                other => panic!("{name}, rank {rank}: {other:?}"),
+            }
+        }
+        assert!(start.elapsed() < TIMEOUT, "{name}: {:?}", start.elapsed());
+    }
+}
+
 /// A payload that fails to decode is an error naming the sender and the parameter, on every rank.
 #[test]
 fn a_corrupt_payload_names_rank_and_parameter() {
