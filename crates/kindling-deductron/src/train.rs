@@ -128,8 +128,8 @@ pub fn train_gradient(
     };
     for step in 1..=recipe.max_steps {
         let weights = host_weights(&model);
-        let (outputs, grads) = host_backward(&weights, beta, shift, sample);
-        let (sse, errors) = sse_and_errors(&outputs, sample);
+        let trace = HostTrace::new(&weights, beta, shift, &sample.inputs);
+        let (sse, errors) = trace.sse_and_errors(sample);
         last = Progress {
             step,
             sse: sse as f32,
@@ -138,103 +138,50 @@ pub fn train_gradient(
         if last.sse < recipe.target_sse || progress(&last).is_break() {
             break;
         }
-        let penalised = |g: &[f64], w: &[f64], l2: f32| -> Vec<f32> {
-            g.iter()
+        let grads = host_backward(&weights, &trace, beta, sample);
+        // The SSE's gradient plus the L2 penalty's, `g + 2λw`, as a tensor of `shape`.
+        fn penalised<const D: usize>(
+            g: &[f64],
+            w: &[f64],
+            l2: f32,
+            shape: [usize; D],
+            device: &Device,
+        ) -> Tensor<D> {
+            let values: Vec<f32> = g
+                .iter()
                 .zip(w)
                 .map(|(g, w)| (g + 2.0 * l2 as f64 * w) as f32)
-                .collect()
-        };
+                .collect();
+            Tensor::from_data(TensorData::new(values, shape), device)
+        }
+        let (l2_in, l2_out) = (recipe.l2_input, recipe.l2_output);
         let mut params = GradientsParams::new();
-        params.register(
-            model.w1.id,
-            Tensor::<2>::from_data(
-                TensorData::new(
-                    penalised(&grads.w1, &weights.w1, recipe.l2_input),
-                    [m2, n_in],
-                ),
-                &device,
-            ),
-        );
-        params.register(
-            model.b1.id,
-            Tensor::<1>::from_data(
-                TensorData::new(penalised(&grads.b1, &weights.b1, recipe.l2_input), [m2]),
-                &device,
-            ),
-        );
-        params.register(
-            model.w2.id,
-            Tensor::<2>::from_data(
-                TensorData::new(
-                    penalised(&grads.w2, &weights.w2, recipe.l2_output),
-                    [n_out, m],
-                ),
-                &device,
-            ),
-        );
-        params.register(
-            model.b2.id,
-            Tensor::<1>::from_data(
-                TensorData::new(penalised(&grads.b2, &weights.b2, recipe.l2_output), [n_out]),
-                &device,
-            ),
-        );
+        let w1 = penalised(&grads.w1, &weights.w1, l2_in, [m2, n_in], &device);
+        params.register(model.w1.id, w1);
+        let b1 = penalised(&grads.b1, &weights.b1, l2_in, [m2], &device);
+        params.register(model.b1.id, b1);
+        let w2 = penalised(&grads.w2, &weights.w2, l2_out, [n_out, m], &device);
+        params.register(model.w2.id, w2);
+        let b2 = penalised(&grads.b2, &weights.b2, l2_out, [n_out], &device);
+        params.register(model.b2.id, b2);
         model = optim.step(recipe.lr, model, params);
     }
     (model, last)
 }
 
-/// The outputs and the exact gradients of the SSE `Σ_t Σ_k (y_{t,k} − target_{t,k})²` with
-/// respect to every weight, by backpropagation through time (f64, row-major like
-/// [`HostWeights`]).
+/// The exact gradients of the SSE `Σ_t Σ_k (y_{t,k} − target_{t,k})²` with respect to every
+/// weight of the forward pass `trace` (made with the same weights `w` and β), by
+/// backpropagation through time (f64, row-major like [`HostWeights`]).
 pub(crate) fn host_backward(
     w: &HostWeights,
+    trace: &HostTrace,
     beta: f64,
-    shift: f64,
     sample: &Sample,
-) -> (Vec<Vec<f64>>, HostWeights) {
-    let m = w.b1.len() / 2;
+) -> HostWeights {
+    let (m, n_out) = (trace.m, trace.n_out);
     let n_in = w.w1.len() / (2 * m);
-    let n_out = w.b2.len();
     let frames = &sample.inputs;
-    let time = frames.len();
-    let sigma = |a: f64| 1.0 / (1.0 + (-beta * (a - shift)).exp());
-    // Forward, keeping h_t (all frames) and z_t.
-    let h: Vec<Vec<f64>> = frames
-        .iter()
-        .map(|x| {
-            (0..2 * m)
-                .map(|j| {
-                    sigma(
-                        (0..n_in)
-                            .map(|i| w.w1[j * n_in + i] * x[i] as f64)
-                            .sum::<f64>()
-                            + w.b1[j],
-                    )
-                })
-                .collect()
-        })
-        .collect();
-    let mut z = vec![vec![0.0; m]; time];
-    for t in 1..time {
-        for k in 0..m {
-            let (l, r) = (h[t - 1][k], h[t - 1][m + k]);
-            z[t][k] = l * r * z[t - 1][k] + (1.0 - l);
-        }
-    }
-    let s: Vec<Vec<f64>> = z
-        .iter()
-        .map(|zt| {
-            (0..n_out)
-                .map(|o| sigma((0..m).map(|k| w.w2[o * m + k] * zt[k]).sum::<f64>() + w.b2[o]))
-                .collect()
-        })
-        .collect();
-    let outputs: Vec<Vec<f64>> = s
-        .iter()
-        .map(|st| st.iter().map(|v| 1.0 - v).collect())
-        .collect();
-    // Backward.
+    let (h, z) = (&trace.h, &trace.z);
     let mut g = HostWeights {
         w1: vec![0.0; w.w1.len()],
         b1: vec![0.0; w.b1.len()],
@@ -243,15 +190,16 @@ pub(crate) fn host_backward(
     };
     // dL/dz_{t+1} carried backwards through the recurrence.
     let mut carry = vec![0.0; m];
-    for t in (0..time).rev() {
+    for t in (0..frames.len()).rev() {
         // Output layer: y = 1 − σ(o), dL/do = −2(y − T)·β·s(1 − s).
         let mut gz = carry.clone();
         for o in 0..n_out {
-            let st = s[t][o];
-            let d_o = -2.0 * (outputs[t][o] - sample.targets[t][o] as f64) * beta * st * (1.0 - st);
+            let st = trace.s[t * n_out + o];
+            let error = trace.output(t, o) - sample.targets[t][o] as f64;
+            let d_o = -2.0 * error * beta * st * (1.0 - st);
             g.b2[o] += d_o;
             for k in 0..m {
-                g.w2[o * m + k] += d_o * z[t][k];
+                g.w2[o * m + k] += d_o * z[t * m + k];
                 gz[k] += d_o * w.w2[o * m + k];
             }
         }
@@ -259,9 +207,9 @@ pub(crate) fn host_backward(
         if t == 0 {
             break;
         }
-        let prev = &h[t - 1];
+        let prev = &h[(t - 1) * 2 * m..t * 2 * m];
         for k in 0..m {
-            let (l, r, zp) = (prev[k], prev[m + k], z[t - 1][k]);
+            let (l, r, zp) = (prev[k], prev[m + k], z[(t - 1) * m + k]);
             let dl = gz[k] * (r * zp - 1.0);
             let dr = gz[k] * l * zp;
             carry[k] = gz[k] * l * r;
@@ -275,7 +223,7 @@ pub(crate) fn host_backward(
             }
         }
     }
-    (outputs, g)
+    g
 }
 
 /// Simulated annealing over quantised weights (the paper's second training method): every weight
@@ -406,60 +354,70 @@ pub(crate) struct HostWeights {
     pub(crate) b2: Vec<f64>,
 }
 
-/// The Deductron recurrence on the host: outputs `[time][n_out]` for `frames`.
-pub(crate) fn host_forward(
-    w: &HostWeights,
-    beta: f64,
-    shift: f64,
-    frames: &[Frame],
-) -> Vec<Vec<f64>> {
-    let m = w.b1.len() / 2;
-    let n_in = w.w1.len() / (2 * m);
-    let n_out = w.b2.len();
-    let sigma = |a: f64| 1.0 / (1.0 + (-beta * (a - shift)).exp());
-    let mut z = vec![0.0; m];
-    let mut h_prev: Option<Vec<f64>> = None;
-    let mut out = Vec::with_capacity(frames.len());
-    for x in frames {
-        if let Some(h) = &h_prev {
-            for k in 0..m {
-                let (l, r) = (h[k], h[m + k]);
-                z[k] = l * r * z[k] + (1.0 - l);
-            }
-        }
-        out.push(
-            (0..n_out)
-                .map(|o| {
-                    let a: f64 = (0..m).map(|k| w.w2[o * m + k] * z[k]).sum::<f64>() + w.b2[o];
-                    1.0 - sigma(a)
-                })
-                .collect(),
-        );
-        h_prev = Some(
-            (0..2 * m)
-                .map(|j| {
-                    let a: f64 = (0..n_in)
-                        .map(|i| w.w1[j * n_in + i] * x[i] as f64)
-                        .sum::<f64>()
-                        + w.b1[j];
-                    sigma(a)
-                })
-                .collect(),
-        );
-    }
-    out
+/// The Deductron recurrence on the host in f64 (the same as [`Deductron::forward`], tested
+/// against it), keeping what backpropagation needs: per frame `t`, row-major, the hidden
+/// activations `h_t` (`2m`), the memory `z_t` (`m`) and the output sigmoids
+/// `s_t = σ(W2·z_t + B2)` (`n_out`; the outputs are `y_t = 1 − s_t`).
+pub(crate) struct HostTrace {
+    m: usize,
+    n_out: usize,
+    h: Vec<f64>,
+    z: Vec<f64>,
+    s: Vec<f64>,
 }
 
-fn sse_and_errors(outputs: &[Vec<f64>], sample: &Sample) -> (f64, usize) {
-    let mut sse = 0.0;
-    let mut errors = 0;
-    for (y, t) in outputs.iter().zip(&sample.targets) {
-        for (a, b) in y.iter().zip(t) {
-            sse += (a - *b as f64).powi(2);
-            errors += (a.round() - *b as f64).abs() as usize;
+impl HostTrace {
+    pub(crate) fn new(w: &HostWeights, beta: f64, shift: f64, frames: &[Frame]) -> Self {
+        let m = w.b1.len() / 2;
+        let n_in = w.w1.len() / (2 * m);
+        let n_out = w.b2.len();
+        let time = frames.len();
+        let sigma = |a: f64| 1.0 / (1.0 + (-beta * (a - shift)).exp());
+        let mut h = Vec::with_capacity(time * 2 * m);
+        for x in frames {
+            h.extend((0..2 * m).map(|j| {
+                let a: f64 = (0..n_in)
+                    .map(|i| w.w1[j * n_in + i] * x[i] as f64)
+                    .sum::<f64>()
+                    + w.b1[j];
+                sigma(a)
+            }));
         }
+        let mut z = vec![0.0; time * m];
+        for t in 1..time {
+            for k in 0..m {
+                let (l, r) = (h[(t - 1) * 2 * m + k], h[(t - 1) * 2 * m + m + k]);
+                z[t * m + k] = l * r * z[(t - 1) * m + k] + (1.0 - l);
+            }
+        }
+        let mut s = Vec::with_capacity(time * n_out);
+        for zt in z.chunks_exact(m) {
+            s.extend((0..n_out).map(|o| {
+                let a: f64 = (0..m).map(|k| w.w2[o * m + k] * zt[k]).sum::<f64>() + w.b2[o];
+                sigma(a)
+            }));
+        }
+        Self { m, n_out, h, z, s }
     }
-    (sse, errors)
+
+    /// The output `y_{t,o} = 1 − s_{t,o}`.
+    fn output(&self, t: usize, o: usize) -> f64 {
+        1.0 - self.s[t * self.n_out + o]
+    }
+
+    /// The SSE against `sample`'s targets and the classification errors `Σ|round(y) − target|`.
+    fn sse_and_errors(&self, sample: &Sample) -> (f64, usize) {
+        let mut sse = 0.0;
+        let mut errors = 0;
+        for (t, target) in sample.targets.iter().enumerate() {
+            for (o, b) in target.iter().enumerate() {
+                let a = self.output(t, o);
+                sse += (a - *b as f64).powi(2);
+                errors += (a.round() - *b as f64).abs() as usize;
+            }
+        }
+        (sse, errors)
+    }
 }
 
 impl Annealer {
@@ -515,10 +473,7 @@ impl Annealer {
         let shift = self.shift as f64;
         let beta_max = self.beta_max as f64;
         let energy = |q: &Quantised, beta: f64| {
-            sse_and_errors(
-                &host_forward(&q.weights(), beta, shift, &sample.inputs),
-                sample,
-            )
+            HostTrace::new(&q.weights(), beta, shift, &sample.inputs).sse_and_errors(sample)
         };
         let mut state = random_state(&mut rng);
         let mut beta = 0.0_f64;
@@ -549,13 +504,18 @@ impl Annealer {
             let mut proposal = state.clone();
             proposal.propose(&mut rng);
             let accepted = proposal == state || {
-                let candidate = energy(&proposal, beta).0;
-                let delta = candidate - current;
+                let candidate = energy(&proposal, beta);
+                let delta = candidate.0 - current;
                 let accept = delta <= 0.0 || rng.random::<f64>() < (-beta * delta).exp();
                 if accept {
                     state = proposal;
-                    current = candidate;
-                    let (sse, errors) = energy(&state, beta_max);
+                    current = candidate.0;
+                    // Once β has reached β_max the candidate's energy is already the one there.
+                    let (sse, errors) = if beta == beta_max {
+                        candidate
+                    } else {
+                        energy(&state, beta_max)
+                    };
                     if sse < chain_best.1 {
                         // Only a clear gain (1%) counts as progress of the chain.
                         if sse < 0.99 * chain_best.1 {
@@ -647,7 +607,8 @@ mod tests {
     use super::*;
     use crate::wlang;
 
-    /// The annealer's host energy uses the same recurrence as the tensor module.
+    /// The host forward pass (the annealer's energy, the gradients' trace) uses the same
+    /// recurrence as the tensor module.
     #[test]
     fn host_forward_matches_the_tensor_forward() {
         let device = kindling_testing::device();
@@ -658,7 +619,7 @@ mod tests {
                 .init_with_seed(5, &device),
         ] {
             let sample = wlang::small();
-            let host = host_forward(
+            let host = HostTrace::new(
                 &host_weights(&model),
                 model.beta as f64,
                 model.shift as f64,
@@ -669,8 +630,10 @@ mod tests {
                 .y
                 .try_into_vec_as()
                 .unwrap();
-            for (h, t) in host.iter().flatten().zip(&tensor) {
-                assert!((*h as f32 - t).abs() < 1e-5, "{h} vs {t}");
+            assert_eq!(tensor.len(), host.s.len());
+            for (i, t) in tensor.iter().enumerate() {
+                let h = host.output(i / 2, i % 2);
+                assert!((h as f32 - t).abs() < 1e-5, "{h} vs {t}");
             }
         }
     }
@@ -688,12 +651,10 @@ mod tests {
             let model = recipe.config(3).init_with_seed(seed, &device);
             let sse = model.sse(sample.inputs(&device), sample.targets(&device));
             let grads = GradientsParams::from_grads(sse.backward(), &model);
-            let (_, host) = host_backward(
-                &host_weights(&model),
-                model.beta as f64,
-                model.shift as f64,
-                &sample,
-            );
+            let weights = host_weights(&model);
+            let (beta, shift) = (model.beta as f64, model.shift as f64);
+            let trace = HostTrace::new(&weights, beta, shift, &sample.inputs);
+            let host = host_backward(&weights, &trace, beta, &sample);
             let read2 = |id| -> Vec<f32> {
                 grads
                     .get::<2>(id)
