@@ -169,6 +169,13 @@ mod tests {
         let mut extra = bytes.clone();
         extra.push(0);
         assert!(ReducerCheckpoint::from_bytes(&extra).is_err());
+        // The protocol name starts after magic, version and its length: an invalid UTF-8 byte.
+        let mut not_utf8 = bytes.clone();
+        not_utf8[16] = 0xFF;
+        assert!(matches!(
+            ReducerCheckpoint::from_bytes(&not_utf8),
+            Err(DistError::Checkpoint(m)) if m.contains("protocol is not UTF-8")
+        ));
         let mut bad = bytes;
         bad[0] = b'X';
         assert!(matches!(
