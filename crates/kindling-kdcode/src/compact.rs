@@ -1,7 +1,7 @@
 use burn::module::{Module, Param, ParamId};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::model::{Composer, embed_codes};
+use crate::model::Composer;
 use crate::{KdEmbedding, KdEmbeddingConfig};
 
 /// The inference form of a [`KdEmbedding`]: the argmax codes bit-packed, the code-embedding
@@ -176,9 +176,7 @@ impl CompactKdEmbedding {
         let [b, s] = ids.dims();
         let codes = self.codes_of(ids.reshape([b * s])); // [n, D]
         let one_hot: Tensor<3> = codes.one_hot(self.choices).float();
-        let out = self
-            .composer
-            .forward(embed_codes(one_hot, self.tables.val()));
+        let out = self.composer.compose(one_hot, self.tables.val());
         let d = out.dims()[1];
         out.reshape([b, s, d])
     }
@@ -195,11 +193,7 @@ impl CompactKdEmbedding {
                 .norm
                 .as_ref()
                 .map_or(0, |n| 2 * n.gamma.dims()[0] as u64 * 32);
-        let d_model = self
-            .composer
-            .output
-            .as_ref()
-            .map_or(self.tables.dims()[2], |l| l.weight.dims()[1]);
+        let d_model = self.composer.d_model(self.tables.dims()[2]);
         SizeReport {
             code_bits,
             stored_code_bits,

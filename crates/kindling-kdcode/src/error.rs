@@ -15,4 +15,10 @@ pub enum KdError {
         /// What it must satisfy.
         reason: &'static str,
     },
+    /// A table given for distillation or evaluation does not fit.
+    #[error("invalid table: {reason}")]
+    InvalidTable {
+        /// What is wrong with it.
+        reason: String,
+    },
 }

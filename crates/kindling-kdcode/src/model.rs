@@ -67,6 +67,11 @@ pub struct KdEmbeddingConfig {
     /// One code-embedding table shared by all D dimensions instead of one per dimension.
     #[config(default = false)]
     pub shared_tables: bool,
+    /// Standard deviation of the initial code logits, N(0, σ²). Small logits let the first few
+    /// dozen optimizer steps (Adam at 10⁻² moves a logit by about 10⁻² a step) settle the codes
+    /// instead of keeping a random start.
+    #[config(default = 0.1)]
+    pub logit_std: f32,
 }
 
 /// The composition function's parameters (shared by [`KdEmbedding`] and the compact form).
@@ -81,12 +86,49 @@ pub struct Composer {
 }
 
 impl Composer {
+    /// One-hot (or relaxed) codes `[n, D, K]` and tables `[D|1, K, d']` → embeddings `[n, d]`.
+    ///
+    /// Linear composition takes the mean of the code embeddings as one matrix product
+    /// `codes[n, D·K] × tables[D·K, d'] / D` (no `[n, D, d']` intermediate); recurrent
+    /// composition runs the LSTM over the `D` code embeddings.
+    pub fn compose(&self, codes: Tensor<3>, tables: Tensor<3>) -> Tensor<2> {
+        if self.lstm.is_some() {
+            return self.forward(embed_codes(codes, tables));
+        }
+        let [n, d, k] = codes.dims();
+        let [tables_d, _, dc] = tables.dims();
+        let pooled = if tables_d == 1 {
+            codes
+                .sum_dim(1)
+                .reshape([n, k])
+                .matmul(tables.reshape([k, dc]))
+        } else {
+            codes
+                .reshape([n, d * k])
+                .matmul(tables.reshape([d * k, dc]))
+        }
+        .div_scalar(d as f32);
+        self.finish(pooled)
+    }
+
+    /// The output dimension, for code embeddings of dimension `d_code`.
+    pub fn d_model(&self, d_code: usize) -> usize {
+        self.output
+            .as_ref()
+            .map_or(d_code, |linear| linear.weight.dims()[1])
+    }
+
     /// `[n, D, d'] → [n, d]`.
     pub fn forward(&self, codes: Tensor<3>) -> Tensor<2> {
         let pooled: Tensor<2> = match &self.lstm {
             Some(lstm) => lstm.forward(codes, None).0.mean_dim(1).squeeze_dim(1),
             None => codes.mean_dim(1).squeeze_dim(1),
         };
+        self.finish(pooled)
+    }
+
+    /// The output map and batch norm after pooling.
+    fn finish(&self, pooled: Tensor<2>) -> Tensor<2> {
         let out = match &self.output {
             Some(linear) => linear.forward(pooled),
             None => pooled,
@@ -109,7 +151,7 @@ impl Composer {
 /// ```
 ///
 /// The code logits are trained end to end with the rest of the model (or by distillation toward
-/// a pretrained table: [`crate::distillation_loss`]); after training, [`crate::CompactKdEmbedding`]
+/// a pretrained table: [`crate::guidance`]); after training, [`crate::CompactKdEmbedding`]
 /// keeps only the argmax codes (⌈log₂K⌉ bits each), the tables and the composition.
 ///
 /// ```
@@ -175,6 +217,7 @@ impl KdEmbeddingConfig {
         for (field, v) in [
             ("temperature", self.temperature),
             ("min_temperature", self.min_temperature),
+            ("logit_std", self.logit_std),
         ] {
             if !(v.is_finite() && v > 0.0) {
                 return Err(fail(field, v.to_string(), "must be finite and > 0"));
@@ -215,8 +258,13 @@ impl KdEmbeddingConfig {
         }
     }
 
-    /// A KD embedding with code logits and tables drawn from `seed` (logits N(0, 1), tables
-    /// N(0, 1/d')), or the validation error.
+    /// A KD embedding with code logits and tables drawn from `seed` (logits N(0, `logit_std`²),
+    /// tables N(0, 1)), or the validation error.
+    ///
+    /// The composition's output is then rescaled — the tables for linear composition without a
+    /// map, else the final linear map — so that the embeddings of the initial codes have unit
+    /// root-mean-square entries, the scale of `burn::nn::Embedding`'s N(0, 1) rows: a model
+    /// tuned for a full embedding sees inputs of the size it expects.
     pub fn try_init_with_seed(&self, seed: u64, device: &Device) -> Result<KdEmbedding, KdError> {
         self.validate()?;
         let mut rng = ChaCha8Rng::seed_from_u64(seed);
@@ -236,16 +284,13 @@ impl KdEmbeddingConfig {
             self.d_code,
         );
         let tables_d = if self.shared_tables { 1 } else { d };
-        Ok(KdEmbedding {
+        let embedding = KdEmbedding {
             code_logits: Param::from_data(
-                TensorData::new(normal(v * d * k, 1.0), [v, d, k]),
+                TensorData::new(normal(v * d * k, self.logit_std), [v, d, k]),
                 device,
             ),
             tables: Param::from_data(
-                TensorData::new(
-                    normal(tables_d * k * dc, 1.0 / (dc as f32).sqrt()),
-                    [tables_d, k, dc],
-                ),
+                TensorData::new(normal(tables_d * k * dc, 1.0), [tables_d, k, dc]),
                 device,
             ),
             composer: self.composer(device),
@@ -253,7 +298,8 @@ impl KdEmbeddingConfig {
             temperature_decay: self.temperature_decay,
             min_temperature: self.min_temperature,
             gumbel: self.relaxation == Relaxation::Gumbel,
-        })
+        };
+        Ok(embedding.with_output_scale(1.0))
     }
 
     /// The module with parameters drawn from `device`'s random generator, like burn's
@@ -284,7 +330,7 @@ impl KdEmbeddingConfig {
 }
 
 /// `[n, D, K]` one-hot codes × tables `[D|1, K, d']` → code embeddings `[n, D, d']`.
-pub(crate) fn embed_codes(codes: Tensor<3>, tables: Tensor<3>) -> Tensor<3> {
+fn embed_codes(codes: Tensor<3>, tables: Tensor<3>) -> Tensor<3> {
     let [_, d, k] = codes.dims();
     let dc = tables.dims()[2];
     let tables = if tables.dims()[0] == 1 && d > 1 {
@@ -296,6 +342,35 @@ pub(crate) fn embed_codes(codes: Tensor<3>, tables: Tensor<3>) -> Tensor<3> {
 }
 
 impl KdEmbedding {
+    /// Rescales the composition's output — the tables for linear composition without a map,
+    /// else the final linear map — so that the embeddings of the first (up to) 1024 symbols'
+    /// current codes have root-mean-square entries `rms`. (No effect with a batch norm, which
+    /// sets the scale itself.)
+    pub fn with_output_scale(mut self, rms: f32) -> Self {
+        if self.composer.norm.is_some() {
+            return self;
+        }
+        let n = self.vocab().min(1024);
+        let plain = self.clone().valid();
+        let ids = Tensor::<1, Int>::arange(0..n as i64, &plain.code_logits.device());
+        let codes = one_hot_argmax(plain.code_logits.val().select(0, ids));
+        let sample = plain.composer.compose(codes, plain.tables.val());
+        let now = sample.square().mean().sqrt().into_scalar::<f32>();
+        if !(now.is_finite() && now > 0.0 && rms.is_finite()) {
+            return self;
+        }
+        let scale = rms / now;
+        match self.composer.output.take() {
+            Some(mut linear) => {
+                linear.weight = linear.weight.map(|w| rescaled(w, scale));
+                linear.bias = linear.bias.map(|b| b.map(|b| rescaled(b, scale)));
+                self.composer.output = Some(linear);
+            }
+            None => self.tables = self.tables.map(|t| rescaled(t, scale)),
+        }
+        self
+    }
+
     /// Vocabulary size.
     pub fn vocab(&self) -> usize {
         self.code_logits.dims()[0]
@@ -311,6 +386,11 @@ impl KdEmbedding {
         self.code_logits.dims()[2]
     }
 
+    /// Output dimension d.
+    pub fn d_model(&self) -> usize {
+        self.composer.d_model(self.tables.dims()[2])
+    }
+
     /// Multiplies τ by the configured decay (not below the floor); call once per epoch or step.
     pub fn decay_temperature(&mut self) {
         self.temperature = (self.temperature * self.temperature_decay).max(self.min_temperature);
@@ -319,7 +399,12 @@ impl KdEmbedding {
     /// The relaxed one-hot codes `[n, D, K]` of flat ids `[n]`: straight-through (or, while the
     /// logits track gradients and the relaxation is Gumbel, Gumbel straight-through).
     pub fn relaxed_codes(&self, ids: Tensor<1, Int>) -> Tensor<3> {
-        let logits = self.code_logits.val().select(0, ids);
+        self.relax(self.code_logits.val().select(0, ids))
+    }
+
+    /// The relaxation of code logits `[n, D, K]` at the current temperature: Gumbel
+    /// straight-through when configured and the logits track gradients, else straight-through.
+    pub fn relax(&self, logits: Tensor<3>) -> Tensor<3> {
         if self.gumbel && logits.is_require_grad() {
             let u = Tensor::<3>::random(
                 logits.dims(),
@@ -337,7 +422,7 @@ impl KdEmbedding {
     pub fn forward(&self, ids: Tensor<2, Int>) -> Tensor<3> {
         let [b, s] = ids.dims();
         let codes = self.relaxed_codes(ids.reshape([b * s]));
-        let out = self.composer.forward(embed_codes(codes, self.tables.val()));
+        let out = self.composer.compose(codes, self.tables.val());
         let d = out.dims()[1];
         out.reshape([b, s, d])
     }
@@ -356,7 +441,26 @@ impl KdEmbedding {
     /// relaxation involved).
     pub fn table(&self) -> Tensor<2> {
         let codes = one_hot_argmax(self.code_logits.val());
-        self.composer.forward(embed_codes(codes, self.tables.val()))
+        self.composer.compose(codes, self.tables.val())
+    }
+}
+
+/// `tensor · scale` as a fresh trainable leaf, as the initialiser would have drawn it at that
+/// scale (not an autodiff node of the old value).
+fn rescaled<const D: usize>(tensor: Tensor<D>, scale: f32) -> Tensor<D> {
+    let device = tensor.device();
+    let shape = tensor.shape();
+    let tracked = tensor.is_require_grad();
+    let values: Vec<f32> = tensor
+        .into_data()
+        .iter::<f32>()
+        .map(|x| x * scale)
+        .collect();
+    let fresh = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+    if tracked {
+        fresh.set_require_grad(true)
+    } else {
+        fresh
     }
 }
 

@@ -46,14 +46,22 @@ pub fn gumbel_noise<const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// Gumbel-softmax with straight-through: Gumbel noise is added to `log_softmax(logits)` and the
-/// result goes through [`straight_through`]. Sampling `argmax(log_softmax(z) + g)` draws option
-/// `k` with probability `softmax(z)_k`; at inference use the deterministic argmax instead.
+/// Gumbel-softmax with straight-through at temperature τ: Gumbel noise `g` is added to
+/// `log_softmax(logits/τ)` and the result goes through [`straight_through`] (at τ = 1).
+///
+/// ```text
+/// y = onehot(argmax(log_softmax(z/τ) + g)) + (soft − stopgrad(soft)),   soft = softmax(log_softmax(z/τ) + g)
+/// ```
+///
+/// The forward value samples option `k` with probability `softmax(z/τ)_k`: at τ = 1 the
+/// softmax of the logits, and ever closer to the deterministic argmax as a schedule lowers τ
+/// (use the plain argmax at inference).
 pub fn gumbel_straight_through<const D: usize>(
     logits: Tensor<D>,
     temperature: f32,
     noise: Tensor<D>,
 ) -> Tensor<D> {
-    let perturbed = burn::tensor::activation::log_softmax(logits, D - 1) + noise;
-    straight_through(perturbed, temperature)
+    let perturbed =
+        burn::tensor::activation::log_softmax(logits.div_scalar(temperature), D - 1) + noise;
+    straight_through(perturbed, 1.0)
 }

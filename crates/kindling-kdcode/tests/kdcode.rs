@@ -2,9 +2,11 @@
 //! sampling frequencies, the compact form, the size arithmetic, and codes that reflect latent
 //! structure.
 
-use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
+use kindling_kdcode::guidance::{
+    DistillConfig, DistillStart, MixedOptimizerConfig, distill, online_guidance_loss,
+};
 use kindling_kdcode::relax::*;
 use kindling_kdcode::*;
 use kindling_testing::{autodiff_device, device, to_vec};
@@ -49,21 +51,31 @@ fn gumbel_argmax_frequencies_match_softmax() {
     let logits =
         Tensor::<2>::from_data(TensorData::new(z.to_vec(), [1, 5]), &device).repeat_dim(0, n);
     let mut rng = ChaCha8Rng::seed_from_u64(11);
-    let noise = gumbel_noise([n, 5], &mut rng, &device);
-    let samples = gumbel_straight_through(logits, 1.0, noise);
-    let counts = to_vec(&samples.sum_dim(0));
-    let e: Vec<f64> = z.iter().map(|v| (*v as f64).exp()).collect();
-    let total: f64 = e.iter().sum();
-    let chi2: f64 = counts
-        .iter()
-        .zip(&e)
-        .map(|(c, ek)| {
-            let expected = n as f64 * ek / total;
-            (*c as f64 - expected).powi(2) / expected
-        })
-        .sum();
-    assert_eq!(counts.iter().sum::<f32>() as usize, n, "one-hot rows");
-    assert!(chi2 < 18.47, "χ² = {chi2} for counts {counts:?}");
+    // At τ the samples follow softmax(z/τ): the temperature schedule sharpens the sampling.
+    for temperature in [1.0f32, 0.5] {
+        let noise = gumbel_noise([n, 5], &mut rng, &device);
+        let samples = gumbel_straight_through(logits.clone(), temperature, noise);
+        let counts = to_vec(&samples.sum_dim(0));
+        let e: Vec<f64> = z
+            .iter()
+            .map(|v| (*v as f64 / temperature as f64).exp())
+            .collect();
+        let total: f64 = e.iter().sum();
+        let chi2: f64 = counts
+            .iter()
+            .zip(&e)
+            .map(|(c, ek)| {
+                let expected = n as f64 * ek / total;
+                (*c as f64 - expected).powi(2) / expected
+            })
+            .sum();
+        assert_eq!(counts.iter().sum::<f32>() as usize, n, "one-hot rows");
+        // χ², 4 degrees of freedom, p = 0.001.
+        assert!(
+            chi2 < 18.47,
+            "τ = {temperature}: χ² = {chi2} for counts {counts:?}"
+        );
+    }
 }
 
 /// The compact form reproduces the training module's embeddings (argmax codes), for linear and
@@ -207,21 +219,14 @@ fn distilled_codes_reflect_clusters() {
         0,
         Tensor::from_data(TensorData::new(cluster_of, [v]), &device.clone().inner()),
     ) + noise;
-    let table = table.to_device(&device);
-    let mut embedding = KdEmbeddingConfig::new(v, d)
+    let embedding = KdEmbeddingConfig::new(v, d)
         .with_choices(4)
         .with_code_length(6)
         .with_d_code(16)
         .init_with_seed(1, &device);
-    let mut optim = mixed_optimizer(0.1);
-    let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
-    let first = distillation_loss(&embedding, ids.clone(), &table, 1.0).into_scalar::<f32>();
-    for _ in 0..300 {
-        let loss = distillation_loss(&embedding, ids.clone(), &table, 1.0);
-        let grads = GradientsParams::from_grads(loss.backward(), &embedding);
-        embedding = optim.step(0.1, embedding, grads);
-    }
-    let last = distillation_loss(&embedding, ids, &table, 1.0).into_scalar::<f32>();
+    let mut losses = Vec::new();
+    let config = DistillConfig::new().with_steps(300).with_batch_size(v);
+    let embedding = distill(embedding, &table, &config, |p| losses.push(p.loss)).unwrap();
     let codes = embedding.codes();
     let hamming =
         |a: &Vec<u32>, b: &Vec<u32>| a.iter().zip(b).filter(|(x, y)| x != y).count() as f64;
@@ -238,6 +243,7 @@ fn distilled_codes_reflect_clusters() {
         }
     }
     let (within, between) = (within / nw, between / nb);
+    let (first, last) = (losses[0], losses[losses.len() - 1]);
     eprintln!(
         "distillation loss {first:.3} → {last:.3}; mean code Hamming distance within clusters {within:.2}, between {between:.2}"
     );
@@ -246,7 +252,226 @@ fn distilled_codes_reflect_clusters() {
         within < 0.7 * between,
         "within {within} vs between {between}"
     );
-    let _ = embedding.num_params();
+}
+
+/// The stall the issue measured cannot come back: on a real-shaped table (2000 × 64, the
+/// statistics of a pretrained token table) at K = D = 16, 300 steps of distillation from random
+/// codes change most codes and beat the same budget with the codes frozen at their random start
+/// (tables still fitted) by a clear margin, in reconstruction error and in top-10 neighbour
+/// overlap; the temperature schedule is applied once per step.
+#[test]
+fn distillation_at_realistic_size_learns_codes() {
+    let device = autodiff_device();
+    let table = data::pretrained_like_table(2000, 64, 3, &device.clone().inner());
+    let config = KdEmbeddingConfig::new(2000, 64)
+        .with_choices(16)
+        .with_code_length(16)
+        .with_d_code(64)
+        .with_temperature(1.0)
+        .with_temperature_decay(0.99)
+        .with_min_temperature(0.2);
+    let start = config.init_with_seed(0, &device);
+    let start_codes = start.codes();
+    let run = |logit_learning_rate: f64| {
+        let distill_config = DistillConfig::new()
+            .with_steps(300)
+            .with_batch_size(256)
+            .with_optimizer(
+                MixedOptimizerConfig::new().with_logit_learning_rate(logit_learning_rate),
+            );
+        let mut temperatures = Vec::new();
+        let e = distill(start.clone(), &table, &distill_config, |p| {
+            temperatures.push(p.temperature)
+        })
+        .unwrap();
+        (e, temperatures)
+    };
+    let (learned, temperatures) = run(MixedOptimizerConfig::new().logit_learning_rate);
+    let (frozen, _) = run(0.0);
+    assert_eq!(
+        frozen.codes(),
+        start_codes,
+        "a zero logit rate keeps the codes"
+    );
+    let changed = learned
+        .codes()
+        .iter()
+        .flatten()
+        .zip(start_codes.iter().flatten())
+        .filter(|(a, b)| a != b)
+        .count() as f64
+        / (2000.0 * 16.0);
+    let measure = |e: &KdEmbedding| {
+        let rebuilt = e.table().inner();
+        (
+            eval::relative_error(&rebuilt, &table),
+            eval::neighbour_overlap(&table, &rebuilt, 500, 10),
+        )
+    };
+    let (learned_error, learned_overlap) = measure(&learned);
+    let (frozen_error, frozen_overlap) = measure(&frozen);
+    eprintln!(
+        "codes changed {changed:.2}; learned codes: error {learned_error:.3}, overlap {learned_overlap:.3}; \
+         random codes: error {frozen_error:.3}, overlap {frozen_overlap:.3}"
+    );
+    assert!(changed > 0.5, "only {changed} of the codes moved");
+    assert!(
+        learned_error < frozen_error - 0.1,
+        "{learned_error} vs {frozen_error}"
+    );
+    assert!(
+        learned_overlap > frozen_overlap + 0.1,
+        "{learned_overlap} vs {frozen_overlap}"
+    );
+    assert_eq!(temperatures.len(), 300);
+    assert_eq!(temperatures[0], 1.0);
+    assert!((temperatures[1] - 0.99).abs() < 1e-6);
+    assert_eq!(learned.temperature, 0.2, "decayed to the floor");
+}
+
+/// The RQ start begins at residual quantisation's reconstruction and the joint refinement of
+/// the tables lowers its error.
+#[test]
+fn residual_start_refines_residual_quantisation() {
+    let device = autodiff_device();
+    let table = data::pretrained_like_table(1000, 32, 4, &device.clone().inner());
+    let rq = eval::QuantizerConfig::new(8, 4).residual(&table).unwrap();
+    let rq_error = eval::relative_error(&rq.table, &table);
+    let embedding = KdEmbeddingConfig::new(1000, 32)
+        .with_choices(8)
+        .with_code_length(4)
+        .with_d_code(32)
+        .init_with_seed(0, &device);
+    let config = DistillConfig::new()
+        .with_steps(200)
+        .with_batch_size(250)
+        .with_start(DistillStart::Residual { margin: 1.0 });
+    let mut first = None;
+    let refined = distill(embedding, &table, &config, |p| {
+        first.get_or_insert(p.loss);
+    })
+    .unwrap();
+    let error = eval::relative_error(&refined.table().inner(), &table);
+    let first = first.unwrap().sqrt();
+    eprintln!(
+        "RQ error {rq_error:.4}; KD from the RQ start: first batch {first:.4}, after 200 steps {error:.4}"
+    );
+    assert!(
+        (first - rq_error).abs() < 0.05,
+        "starts at RQ: {first} vs {rq_error}"
+    );
+    assert!(error < 0.995 * rq_error, "{error} vs {rq_error}");
+}
+
+/// Online distillation guidance: a full table trained on a task and KD codes pulled toward it
+/// by `online_guidance_loss` alone end close to it.
+#[test]
+fn online_guidance_follows_the_jointly_trained_table() {
+    let device = autodiff_device();
+    let (v, d) = (64, 8);
+    let target = data::pretrained_like_table(v, d, 7, &device.clone().inner()).to_device(&device);
+    let mut full = burn::nn::EmbeddingConfig::new(v, d).init(&device);
+    let mut codes = KdEmbeddingConfig::new(v, d)
+        .with_choices(8)
+        .with_code_length(4)
+        .with_d_code(d)
+        .init_with_seed(0, &device);
+    let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
+    let mut full_optim = burn::optim::AdamConfig::new().init();
+    let mut codes_optim = MixedOptimizerConfig::new().init(&codes, &target);
+    let mut guidance = Vec::new();
+    for _ in 0..300 {
+        // The task: regress each row onto its target.
+        let task = (full.forward(ids.clone().reshape([1, v])).reshape([v, d]) - target.clone())
+            .square()
+            .mean();
+        let grads = GradientsParams::from_grads(task.backward(), &full);
+        full = full_optim.step(0.05, full, grads);
+        let loss = online_guidance_loss(&codes, &full, ids.clone());
+        guidance.push(loss.clone().into_scalar::<f32>());
+        let grads = GradientsParams::from_grads(loss.backward(), &codes);
+        codes = codes_optim.step(1.0, codes, grads);
+    }
+    let (first, last) = (guidance[0], guidance[guidance.len() - 1]);
+    eprintln!("ODG guidance (relative squared error) {first:.3} → {last:.3}");
+    assert!(last < 0.5, "{last}");
+    assert!(last < 0.3 * first, "{first} → {last}");
+}
+
+/// The baselines' sizes are exact, RQ's error falls with every stage, and the neighbour overlap
+/// is 1 for the table itself and near `k/V` for an unrelated one.
+#[test]
+fn baselines_and_metrics() {
+    let device = device();
+    let table = data::pretrained_like_table(600, 24, 1, &device);
+    let pq = eval::QuantizerConfig::new(16, 6).product(&table).unwrap();
+    assert_eq!(pq.code_bits, 600 * 6 * 4);
+    assert_eq!(pq.codebook_bits, 16 * 24 * 32);
+    assert_eq!(pq.codes.len(), 600 * 6);
+    let errors: Vec<f64> = (1..=4)
+        .map(|d| {
+            let rq = eval::QuantizerConfig::new(16, d).residual(&table).unwrap();
+            assert_eq!(rq.codebook_bits, (d * 16 * 24 * 32) as u64);
+            eval::relative_error(&rq.table, &table)
+        })
+        .collect();
+    assert!(errors.windows(2).all(|w| w[1] < w[0]), "{errors:?}");
+    assert!((eval::neighbour_overlap(&table, &table, 100, 10) - 1.0).abs() < 1e-9);
+    let other = data::pretrained_like_table(600, 24, 2, &device);
+    let chance = eval::neighbour_overlap(&table, &other, 300, 10);
+    assert!(chance < 0.05, "{chance}");
+    assert!(eval::QuantizerConfig::new(16, 25).product(&table).is_err());
+    let err = eval::QuantizerConfig::new(1, 4)
+        .residual(&table)
+        .unwrap_err();
+    assert!(err.to_string().contains("choices"), "{err}");
+}
+
+/// `init` matches `burn::nn::Embedding`'s scale — unit root-mean-square entries — for linear
+/// composition with and without a map and for recurrent composition.
+#[test]
+fn init_matches_the_scale_of_a_full_embedding() {
+    let device = device();
+    for config in [
+        KdEmbeddingConfig::new(500, 32).with_d_code(32),
+        KdEmbeddingConfig::new(500, 32).with_d_code(8),
+        KdEmbeddingConfig::new(500, 32)
+            .with_d_code(8)
+            .with_composition(Composition::Recurrent { hidden: 16 }),
+        KdEmbeddingConfig::new(500, 32).with_shared_tables(true),
+    ] {
+        let table = config.init_with_seed(0, &device).table();
+        let rms = table.square().mean().sqrt().into_scalar::<f32>();
+        assert!((rms - 1.0).abs() < 0.05, "{config:?}: rms {rms}");
+    }
+}
+
+/// Invalid guidance settings are rejected naming the field; tables of the wrong shape and
+/// unsupported starts are errors, not panics.
+#[test]
+fn invalid_guidance_is_named() {
+    let device = autodiff_device();
+    let err = DistillConfig::new().with_steps(0).validate().unwrap_err();
+    assert!(err.to_string().contains("steps"), "{err}");
+    let err = DistillConfig::new()
+        .with_optimizer(MixedOptimizerConfig::new().with_table_step(f64::NAN))
+        .validate()
+        .unwrap_err();
+    assert!(err.to_string().contains("table_step"), "{err}");
+    let embedding = KdEmbeddingConfig::new(10, 4).init_with_seed(0, &device);
+    let wrong = Tensor::<2>::zeros([11, 4], &device);
+    let err = distill(embedding.clone(), &wrong, &DistillConfig::new(), |_| {}).unwrap_err();
+    assert!(matches!(err, KdError::InvalidTable { .. }), "{err}");
+    let zeros = Tensor::<2>::zeros([10, 4], &device);
+    let err = distill(embedding, &zeros, &DistillConfig::new(), |_| {}).unwrap_err();
+    assert!(err.to_string().contains("mean squared row norm"), "{err}");
+    let recurrent = KdEmbeddingConfig::new(10, 4)
+        .with_composition(Composition::Recurrent { hidden: 4 })
+        .init_with_seed(0, &device);
+    let table = data::pretrained_like_table(10, 4, 0, &device.clone().inner());
+    let start = DistillConfig::new().with_start(DistillStart::Residual { margin: 1.0 });
+    let err = distill(recurrent, &table, &start, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("start"), "{err}");
 }
 
 /// `init(&device)` draws from the device's generator like burn's `EmbeddingConfig::init` (two

@@ -11,8 +11,6 @@ pub struct Corpus {
     pub vocab: Vec<String>,
     /// The token stream.
     pub tokens: Vec<usize>,
-    /// The latent cluster of each word (synthetic corpora only).
-    pub clusters: Option<Vec<usize>>,
 }
 
 /// A synthetic corpus: `clusters` groups of `per_cluster` words, Zipfian frequencies inside each
@@ -40,15 +38,7 @@ pub fn synthetic(clusters: usize, per_cluster: usize, length: usize, seed: u64) 
     let vocab = (0..clusters * per_cluster)
         .map(|i| format!("w{}_{}", i / per_cluster, i % per_cluster))
         .collect();
-    Corpus {
-        vocab,
-        tokens,
-        clusters: Some(
-            (0..clusters * per_cluster)
-                .map(|i| i / per_cluster)
-                .collect(),
-        ),
-    }
+    Corpus { vocab, tokens }
 }
 
 /// Reads PTB's plain-text format (space-separated tokens, one sentence a line; an `<eos>` token
@@ -81,9 +71,5 @@ pub fn read_ptb(text: &str, max_vocab: usize) -> Corpus {
         .flatten()
         .map(|w| *index.get(w).unwrap_or(&unk))
         .collect();
-    Corpus {
-        vocab,
-        tokens,
-        clusters: None,
-    }
+    Corpus { vocab, tokens }
 }

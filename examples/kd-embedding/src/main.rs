@@ -1,19 +1,27 @@
-//! An LSTM language model trained with a full `burn::nn::Embedding` and with KD-code embeddings
-//! (linear and recurrent composition), reporting held-out perplexity and the embedding's size
-//! side by side; and the distillation of a pretrained embedding table (from a safetensors file,
-//! or the full model's own table) into KD codes, reporting reconstruction error and how many
-//! nearest neighbours survive.
+//! KD codes (Chen, Min & Sun, ICML 2018) two ways:
+//!
+//! * **a language model** — an LSTM LM with a full `burn::nn::Embedding` (the teacher), then
+//!   the same model with KD-code embeddings of several sizes learned by pre-trained distillation
+//!   guidance (PDG: distil the teacher's table into codes, then fine-tune end to end with the
+//!   guidance term), reporting held-out perplexity and sizes, and a plot of perplexity against
+//!   embedding size;
+//! * **a pretrained table** (`--distill FILE`, safetensors or `.npy`; or `--synthetic-table`
+//!   for a generated stand-in) — distilled into KD codes in mini-batches of rows, against product
+//!   and residual quantisation at the same code bits.
 //!
 //! ```text
-//! cargo run --release -p kd-embedding                                  # synthetic corpus
-//! cargo run --release -p kd-embedding -- --corpus path/ptb.train.txt   # PTB-format text
-//! cargo run --release -p kd-embedding -- --distill table.safetensors   # compress a table
+//! cargo run --release -p kd-embedding                                    # synthetic corpus
+//! cargo run --release -p kd-embedding -- --corpus path/ptb.train.txt     # PTB-format text
+//! cargo run --release -p kd-embedding -- --distill table.safetensors     # compress a table
+//! cargo run --release -p kd-embedding -- --synthetic-table 30000x384 --grid
 //! ```
 
 mod corpus;
+mod report;
+mod table;
 
 use std::path::PathBuf;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use burn::module::Module;
 use burn::nn::loss::CrossEntropyLossConfig;
@@ -23,12 +31,12 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use clap::Parser;
 use kindling_examples_common::cli;
 use kindling_examples_common::plot::{ChartSpec, Series, line_chart};
+use kindling_kdcode::guidance::{DistillConfig, DistillStart, distill, guidance_loss};
 use kindling_kdcode::{
-    CompactKdEmbedding, Composition, KdEmbedding, KdEmbeddingConfig, distillation_loss,
-    mixed_optimizer,
+    CompactKdEmbedding, Composition, KdEmbedding, KdEmbeddingConfig, Relaxation, data,
 };
 
-/// Full embedding vs KD codes in a language model.
+/// Full embedding vs KD codes in a language model; or distil a pretrained table.
 #[derive(Parser, Debug)]
 #[command(version, about)]
 struct Args {
@@ -38,27 +46,53 @@ struct Args {
     /// Largest vocabulary kept from a corpus file.
     #[arg(long, default_value_t = 10_000)]
     max_vocab: usize,
-    /// A safetensors file with a 2-D embedding table to distil (first 2-D tensor, or --tensor).
+    /// A pretrained embedding table to distil: `.npy`, or safetensors (first 2-D tensor by
+    /// name, or --tensor).
     #[arg(long)]
     distill: Option<PathBuf>,
     /// Name of the tensor in the safetensors file.
     #[arg(long)]
     tensor: Option<String>,
-    /// Embedding and LSTM size.
+    /// Distil a generated stand-in for a pretrained table instead, `ROWSxCOLS` (e.g. 30000x384).
+    #[arg(long)]
+    synthetic_table: Option<String>,
+    /// With a table: try K, D ∈ {16, 32, 64} (d′ = d, random and RQ starts; and d′ = 64).
+    #[arg(long)]
+    grid: bool,
+    /// Embedding and LSTM size of the language model.
     #[arg(long, default_value_t = 64)]
     dim: usize,
-    /// Choices per code dimension K.
-    #[arg(long, default_value_t = 16)]
+    /// Choices per code dimension K (one table shape).
+    #[arg(long, default_value_t = 32)]
     k: usize,
-    /// Code length D.
-    #[arg(long, default_value_t = 16)]
+    /// Code length D (one table shape).
+    #[arg(long, default_value_t = 32)]
     d: usize,
-    /// Full-batch steps of distillation.
+    /// Code-embedding width d′ (one table shape; default: the table's width).
+    #[arg(long)]
+    d_code: Option<usize>,
+    /// Distillation steps.
     #[arg(long, default_value_t = 1000)]
     distill_steps: usize,
-    /// Training epochs of each language model.
+    /// Rows per distillation step.
+    #[arg(long, default_value_t = 512)]
+    batch_size: usize,
+    /// Rows probed for the top-10 neighbour overlap.
+    #[arg(long, default_value_t = 1000)]
+    probes: usize,
+    /// Training epochs of the full (teacher) language model.
     #[arg(long, default_value_t = 3)]
     epochs: usize,
+    /// Fine-tuning epochs of each KD language model (and further epochs of the full one).
+    #[arg(long, default_value_t = 2)]
+    finetune_epochs: usize,
+    /// Weight of the guidance term (relative squared error) while fine-tuning.
+    #[arg(long, default_value_t = 0.1)]
+    guidance: f64,
+    /// Language model: Gumbel-softmax codes with a temperature schedule (τ 0.5 → 0.05)
+    /// instead of straight-through argmax.
+    #[arg(long)]
+    gumbel: bool,
     /// Seed.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -130,7 +164,16 @@ fn perplexity(model: &LanguageModel, data: &Tensor<2, Int>) -> f64 {
     (total / n as f64).exp()
 }
 
-fn train(mut model: LanguageModel, train: &Tensor<2, Int>, epochs: usize) -> LanguageModel {
+// ANCHOR: pdg
+/// Trains `model` for `epochs` epochs of Adam; with `guide` (the teacher's table and a weight),
+/// the KD embedding's guidance term toward it is added to the task loss (PDG's fine-tuning).
+fn train(
+    mut model: LanguageModel,
+    train: &Tensor<2, Int>,
+    epochs: usize,
+    learning_rate: f64,
+    guide: Option<(&Tensor<2>, f64)>,
+) -> LanguageModel {
     let mut optim = AdamConfig::new().init();
     let [n, s] = train.dims();
     for epoch in 1..=epochs {
@@ -138,10 +181,18 @@ fn train(mut model: LanguageModel, train: &Tensor<2, Int>, epochs: usize) -> Lan
         let mut total = 0.0;
         for first in (0..n).step_by(32) {
             let batch = train.clone().slice([first..(first + 32).min(n), 0..s]);
-            let loss = model.loss(batch);
+            let mut loss = model.loss(batch.clone());
             total += loss.clone().into_scalar::<f64>() * (32.min(n - first)) as f64;
+            if let (Some((table, weight)), Embed::Codes(codes)) = (guide, &model.embed) {
+                let ids = batch.flatten::<1>(0, 1);
+                let targets = table.clone().select(0, ids.clone());
+                loss = loss + guidance_loss(codes, ids, targets).mul_scalar(weight);
+            }
             let grads = GradientsParams::from_grads(loss.backward(), &model);
-            model = optim.step(3e-3, model, grads);
+            model = optim.step(learning_rate, model, grads);
+            if let Embed::Codes(codes) = &mut model.embed {
+                codes.decay_temperature();
+            }
         }
         println!(
             "    epoch {epoch}/{epochs}: training perplexity {:.1} ({:.1}s)",
@@ -152,167 +203,95 @@ fn train(mut model: LanguageModel, train: &Tensor<2, Int>, epochs: usize) -> Lan
     model
 }
 
-/// Top-`m` cosine neighbours of row `i` of a `[V, d]` table.
-fn neighbours(table: &[f32], d: usize, i: usize, m: usize) -> Vec<usize> {
-    let v = table.len() / d;
-    let row = |r: usize| &table[r * d..(r + 1) * d];
-    let norm = |x: &[f32]| x.iter().map(|a| a * a).sum::<f32>().sqrt().max(1e-12);
-    let q = row(i);
-    let mut scored: Vec<(usize, f32)> = (0..v)
-        .filter(|&r| r != i)
-        .map(|r| {
-            (
-                r,
-                q.iter().zip(row(r)).map(|(a, b)| a * b).sum::<f32>() / (norm(q) * norm(row(r))),
-            )
-        })
-        .collect();
-    scored.sort_by(|a, b| b.1.total_cmp(&a.1));
-    scored.into_iter().take(m).map(|(r, _)| r).collect()
-}
-
-/// Mean Hamming distance between the codes of words in the same latent cluster and in different
-/// ones.
-fn code_distances(codes: &[Vec<u32>], clusters: &[usize]) -> (f64, f64) {
-    let (mut within, mut between, mut nw, mut nb) = (0.0f64, 0.0f64, 0.0f64, 0.0f64);
-    for i in 0..codes.len() {
-        for j in (i + 1..codes.len()).step_by(7) {
-            let d = codes[i]
-                .iter()
-                .zip(&codes[j])
-                .filter(|(a, b)| a != b)
-                .count() as f64;
-            if clusters[i] == clusters[j] {
-                (within, nw) = (within + d, nw + 1.0);
-            } else {
-                (between, nb) = (between + d, nb + 1.0);
-            }
-        }
-    }
-    (within / nw.max(1.0), between / nb.max(1.0))
-}
-
-// ANCHOR: distill
-/// Distils `table` (`[V, d]`) into KD codes: `λ‖e − e_pre‖²` with Adam on the code logits and SGD
-/// elsewhere (the reference's recipe).
-fn distill(table: Tensor<2>, k: usize, d: usize, steps: usize, seed: u64) -> KdEmbedding {
-    let device = table.device().autodiff();
-    let [v, dim] = table.dims();
-    let config = KdEmbeddingConfig::new(v, dim)
-        .with_choices(k)
-        .with_code_length(d)
-        .with_d_code(dim);
-    let mut embedding = config.init_with_seed(seed, &device);
-    // SGD at 1.0 on the tables and the composition, Adam at 0.01 on the code logits.
-    let mut optim = mixed_optimizer(0.01);
-    let ids = Tensor::<1, Int>::arange(0..v as i64, &device);
-    let mut ticker = cli::Ticker::new(Duration::from_secs(3));
-    for step in 0..steps {
-        let loss = distillation_loss(&embedding, ids.clone(), &table, 1.0);
-        if ticker.due() {
-            println!(
-                "    step {step}/{steps}: distillation loss {:.4}",
-                loss.clone().into_scalar::<f64>()
-            );
-        }
-        let grads = GradientsParams::from_grads(loss.backward(), &embedding);
-        embedding = optim.step(1.0, embedding, grads);
-    }
-    embedding
-}
-// ANCHOR_END: distill
-
-fn report_distillation(original: Tensor<2>, args: &Args, label: &str) {
-    let device = original.device();
-    let [v, dim] = original.dims();
-    let start = Instant::now();
-    let embedding = distill(
-        original.clone(),
-        args.k,
-        args.d,
-        args.distill_steps,
-        args.seed,
-    );
-    let compact = CompactKdEmbedding::from_trained(&embedding);
-    let ids =
-        Tensor::<2, Int>::from_data(TensorData::new((0..v as i64).collect(), [1, v]), &device);
-    let rebuilt = compact.forward(ids).reshape([v, dim]);
-    let error = ((rebuilt.clone() - original.clone())
-        .square()
-        .sum()
-        .into_scalar::<f64>()
-        / original.clone().square().sum().into_scalar::<f64>())
-    .sqrt();
-    let a: Vec<f32> = original.try_into_vec_as().expect("table");
-    let b: Vec<f32> = rebuilt.try_into_vec_as().expect("table");
-    let probes = v.min(200);
-    let overlap: f64 = (0..probes)
-        .map(|i| {
-            let i = i * v / probes;
-            let x = neighbours(&a, dim, i, 10);
-            let y = neighbours(&b, dim, i, 10);
-            x.iter().filter(|w| y.contains(w)).count() as f64 / 10.0
-        })
-        .sum::<f64>()
-        / probes as f64;
-    println!(
-        "distilled {label} ({v} × {dim}) into K = {}, D = {} codes in {:.1}s: relative reconstruction error {error:.3}, \
-         top-10 neighbour overlap {:.0}%\n  {}",
-        args.k,
-        args.d,
-        start.elapsed().as_secs_f64(),
-        100.0 * overlap,
-        compact.size_report()
-    );
-}
-
-fn read_table(path: &PathBuf, name: Option<&str>, device: &Device) -> Result<Tensor<2>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
-    let file = safetensors::SafeTensors::deserialize(&bytes).map_err(|e| e.to_string())?;
-    let (tensor_name, view) = match name {
-        Some(n) => (n.to_string(), file.tensor(n).map_err(|e| e.to_string())?),
-        None => file
-            .tensors()
-            .into_iter()
-            .find(|(_, t)| t.shape().len() == 2)
-            .ok_or("no 2-D tensor in the file")?,
+/// PDG: distil the teacher's embedding table into `config`'s codes, then put them in place of
+/// the teacher's embedding (its LSTM and output layer kept) and fine-tune end to end, the
+/// guidance term still pulling toward the teacher's table.
+fn pdg(
+    teacher: &LanguageModel,
+    config: &KdEmbeddingConfig,
+    start: DistillStart,
+    args: &Args,
+    train_set: &Tensor<2, Int>,
+) -> Result<LanguageModel, String> {
+    let Embed::Full(full) = &teacher.embed else {
+        return Err("the teacher has a full embedding".into());
     };
-    if view.dtype() != safetensors::Dtype::F32 {
-        return Err(format!(
-            "{tensor_name} is {:?}; f32 tables are supported",
-            view.dtype()
-        ));
-    }
-    let values: Vec<f32> = view
-        .data()
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect();
-    let shape = view.shape();
-    Ok(Tensor::from_data(
-        TensorData::new(values, [shape[0], shape[1]]),
-        device,
+    let table = full.weight.val().detach();
+    let device = table.device();
+    let codes = distill(
+        config.init_with_seed(args.seed, &device),
+        &table,
+        &DistillConfig::new()
+            .with_steps(args.distill_steps)
+            .with_batch_size(args.batch_size)
+            .with_start(start)
+            .with_seed(args.seed),
+        |_| {},
+    )
+    .map_err(|e| e.to_string())?;
+    let student = LanguageModel {
+        embed: Embed::Codes(codes),
+        lstm: teacher.lstm.clone(),
+        output: teacher.output.clone(),
+    };
+    Ok(train(
+        student,
+        train_set,
+        args.finetune_epochs,
+        1e-3,
+        Some((&table, args.guidance)),
     ))
 }
+// ANCHOR_END: pdg
 
 /// Every argument, checked before any work.
 fn check(args: &Args) -> cli::Outcome {
     cli::between("--k", args.k, 2, 1 << 16)?;
     cli::at_least("--d", args.d, 1)?;
-    // The recurrent composer has dim/2 hidden units.
-    cli::at_least("--dim", args.dim, 2)?;
+    cli::at_least("--dim", args.dim, 1)?;
+    if let Some(d_code) = args.d_code {
+        cli::at_least("--d-code", d_code, 1)?;
+    }
     cli::at_least("--distill-steps", args.distill_steps, 1)?;
+    cli::at_least("--batch-size", args.batch_size, 1)?;
+    cli::at_least("--probes", args.probes, 1)?;
     cli::at_least("--epochs", args.epochs, 1)?;
     cli::at_least("--max-vocab", args.max_vocab, 2)?;
+    if !(args.guidance.is_finite() && args.guidance >= 0.0) {
+        return Err(format!(
+            "--guidance {} must be finite and ≥ 0",
+            args.guidance
+        ));
+    }
     if let Some(path) = &args.corpus {
         cli::input_file("--corpus", path)?;
+    }
+    if let Some(spec) = &args.synthetic_table {
+        parse_shape(spec).map_err(|e| format!("--synthetic-table {spec}: {e}"))?;
+        if args.distill.is_some() {
+            return Err("--synthetic-table and --distill are alternatives".into());
+        }
     }
     match &args.distill {
         Some(path) => cli::input_file("--distill", path)?,
         None if args.tensor.is_some() => return Err("--tensor needs --distill FILE".into()),
+        None if args.synthetic_table.is_none() && args.grid => {
+            return Err("--grid needs --distill FILE or --synthetic-table".into());
+        }
         None => cli::output_dir("--out-dir", &args.out_dir)?,
     }
     Ok(())
+}
+
+/// `ROWSxCOLS`, both at least 2 and 1.
+fn parse_shape(spec: &str) -> Result<(usize, usize), String> {
+    let (r, c) = spec.split_once('x').ok_or("expected ROWSxCOLS")?;
+    let r: usize = r.trim().parse().map_err(|_| "ROWS is not a number")?;
+    let c: usize = c.trim().parse().map_err(|_| "COLS is not a number")?;
+    if r < 2 || c < 1 || r.checked_mul(c).is_none_or(|n| n > 1 << 30) {
+        return Err("needs ROWS ≥ 2, COLS ≥ 1 and at most 2³⁰ entries".into());
+    }
+    Ok((r, c))
 }
 
 fn main() {
@@ -321,12 +300,72 @@ fn main() {
 
 fn run(args: Args) -> cli::Outcome {
     let device = Device::flex().autodiff();
-    if let Some(path) = &args.distill {
-        let table = read_table(path, args.tensor.as_deref(), &device.clone().inner())
+    let plain = device.clone().inner();
+    let table = if let Some(path) = &args.distill {
+        let t = table::read(path, args.tensor.as_deref())
             .map_err(|e| format!("cannot read the table: {e}"))?;
-        report_distillation(table.to_device(&device), &args, &path.display().to_string());
+        println!("{}: a {} × {} table", path.display(), t.rows, t.cols);
+        Some(Tensor::<2>::from_data(
+            TensorData::new(t.values, [t.rows, t.cols]),
+            &plain,
+        ))
+    } else if let Some(spec) = &args.synthetic_table {
+        let (rows, cols) = parse_shape(spec)?;
+        println!(
+            "a generated {rows} × {cols} stand-in for a pretrained table (mean direction, \
+             power-law spectrum, loose clusters of 50 rows)"
+        );
+        Some(data::pretrained_like_table(rows, cols, args.seed, &plain))
+    } else {
+        None
+    };
+    if let Some(table) = table {
+        let width = table.dims()[1];
+        let shapes: Vec<report::Shape> = if args.grid {
+            let mut variants = vec![
+                (width, DistillStart::Random),
+                (width, DistillStart::Residual { margin: 1.0 }),
+            ];
+            if width > 64 {
+                variants.push((64, DistillStart::Random));
+            }
+            [16, 32, 64]
+                .into_iter()
+                .flat_map(|k| [16, 32, 64].map(|d| (k, d)))
+                .map(|(k, d)| report::Shape {
+                    k,
+                    d,
+                    variants: variants.clone(),
+                })
+                .collect()
+        } else {
+            let d_code = args.d_code.unwrap_or(width);
+            let start = if d_code == width {
+                DistillStart::Residual { margin: 1.0 }
+            } else {
+                DistillStart::Random
+            };
+            vec![report::Shape {
+                k: args.k,
+                d: args.d,
+                variants: vec![(d_code, start)],
+            }]
+        };
+        let budget = report::Budget {
+            steps: args.distill_steps,
+            batch_size: args.batch_size,
+            probes: args.probes,
+            seed: args.seed,
+        };
+        let start = Instant::now();
+        report::compare(&table, &shapes, &budget)?;
+        println!("done in {:.0}s", start.elapsed().as_secs_f64());
         return Ok(());
     }
+    language_model(&args, &device)
+}
+
+fn language_model(args: &Args, device: &Device) -> cli::Outcome {
     let corpus = match &args.corpus {
         Some(path) => {
             let text = std::fs::read_to_string(path)
@@ -338,99 +377,127 @@ fn run(args: Args) -> cli::Outcome {
     let v = corpus.vocab.len();
     let cut = corpus.tokens.len() * 9 / 10;
     let seq = 20;
-    let train_set = windows(&corpus.tokens[..cut], seq, &device);
-    let valid = windows(&corpus.tokens[cut..], seq, &device);
-    println!(
-        "corpus: {} tokens, vocabulary {v}; LSTM LM with {}-dimensional embeddings",
-        corpus.tokens.len(),
-        args.dim
-    );
+    let train_set = windows(&corpus.tokens[..cut], seq, device);
+    let valid = windows(&corpus.tokens[cut..], seq, device);
     let dim = args.dim;
-    let make = |embed: Embed| LanguageModel {
-        embed,
-        lstm: LstmConfig::new(dim, dim, true).init(&device),
-        output: LinearConfig::new(dim, v).init(&device),
-    };
-    let full_bits = v as u64 * dim as u64 * 32;
     println!(
-        "{:<26} {:>12} {:>16} {:>10}",
-        "embedding", "perplexity", "embedding Mbit", "time"
+        "corpus: {} tokens, vocabulary {v}; LSTM LM with {dim}-dimensional embeddings",
+        corpus.tokens.len()
     );
+    let full_bits = v as u64 * dim as u64 * 32;
+    let teacher = LanguageModel {
+        embed: Embed::Full(EmbeddingConfig::new(v, dim).init(device)),
+        lstm: LstmConfig::new(dim, dim, true).init(device),
+        output: LinearConfig::new(dim, v).init(device),
+    };
+    let rest_bits = (teacher.num_params() as u64 - v as u64 * dim as u64) * 32;
+    println!("  training the full-table model (the teacher)…");
     let start = Instant::now();
-    println!("  training the full-table model…");
+    let teacher = train(teacher, &train_set, args.epochs, 3e-3, None);
+    let teacher_perplexity = perplexity(&teacher, &valid);
+    println!(
+        "  …and {} more epochs of it, for a fair reference",
+        args.finetune_epochs
+    );
     let full = train(
-        make(Embed::Full(EmbeddingConfig::new(v, dim).init(&device))),
+        teacher.clone(),
         &train_set,
-        args.epochs,
+        args.finetune_epochs,
+        1e-3,
+        None,
     );
     let full_perplexity = perplexity(&full, &valid);
     println!(
-        "{:<26} {:>12.2} {:>16.3} {:>9.1}s",
-        "full table",
-        full_perplexity,
+        "\n{:<34} {:>10} {:>14} {:>10} {:>10} {:>8}",
+        "embedding", "perplexity", "embedding Mbit", "emb. ×", "model ×", "time"
+    );
+    let whole =
+        |embedding_bits: u64| (full_bits + rest_bits) as f64 / (embedding_bits + rest_bits) as f64;
+    println!(
+        "{:<34} {:>10.2} {:>14.3} {:>10} {:>10} {:>7.1}s",
+        format!("full table ({} epochs)", args.epochs),
+        teacher_perplexity,
         full_bits as f64 / 1e6,
+        "1.0×",
+        "1.0×",
         start.elapsed().as_secs_f64()
     );
-    let mut points = vec![Series::new(
+    println!(
+        "{:<34} {:>10.2} {:>14.3} {:>10} {:>10}",
+        format!("full table ({} epochs)", args.epochs + args.finetune_epochs),
+        full_perplexity,
+        full_bits as f64 / 1e6,
+        "1.0×",
+        "1.0×"
+    );
+    let mut series = vec![Series::new(
         "full table",
         vec![(full_bits as f64 / 1e6, full_perplexity)],
     )];
-    for (label, composition) in [
-        ("KD codes, linear", Composition::Linear),
-        (
-            "KD codes, recurrent",
-            Composition::Recurrent { hidden: dim / 2 },
-        ),
-    ] {
-        let start = Instant::now();
-        println!("  training the model with {label}…");
-        let config = KdEmbeddingConfig::new(v, dim)
-            .with_choices(args.k)
-            .with_code_length(args.d)
-            .with_d_code(dim)
-            .with_composition(composition);
-        let model = train(
-            make(Embed::Codes(config.init_with_seed(args.seed, &device))),
-            &train_set,
-            args.epochs,
-        );
-        let Embed::Codes(codes) = &model.embed else {
-            unreachable!("a KD model")
-        };
-        let report = CompactKdEmbedding::from_trained(codes).size_report();
-        let kd_perplexity = perplexity(&model, &valid);
-        points.push(Series::new(
-            label,
-            vec![(report.total_bits as f64 / 1e6, kd_perplexity)],
-        ));
-        println!(
-            "{label:<26} {:>12.2} {:>16.3} {:>9.1}s   ({:.1}× smaller)",
-            kd_perplexity,
-            report.total_bits as f64 / 1e6,
-            start.elapsed().as_secs_f64(),
-            report.ratio()
-        );
-        if let Some(clusters) = &corpus.clusters {
-            let (within, between) = code_distances(&codes.codes(), clusters);
+    // (K, D) per size; linear codes compose in the embedding's own width, recurrent ones in
+    // d′ = 16 through an LSTM with hidden size d′ and a linear map to the embedding.
+    let sizes = [(16, 4), (16, 8), (32, 16)];
+    let variants = [
+        ("KD linear", dim, Composition::Linear),
+        ("KD recurrent", 16, Composition::Recurrent { hidden: 16 }),
+    ];
+    for (name, d_code, composition) in variants {
+        let mut points = Vec::new();
+        for (k, d) in sizes {
+            let config = KdEmbeddingConfig::new(v, dim)
+                .with_choices(k)
+                .with_code_length(d)
+                .with_d_code(d_code)
+                .with_composition(composition);
+            // --gumbel: sampling at τ from 0.5 down to 0.05, one decay a step — exploration
+            // early in the distillation, nearly the argmax by the fine-tuning.
+            let config = if args.gumbel {
+                config
+                    .with_relaxation(Relaxation::Gumbel)
+                    .with_temperature(0.5)
+                    .with_temperature_decay(0.997)
+                    .with_min_temperature(0.05)
+            } else {
+                config
+            };
+            let start = if composition == Composition::Linear {
+                DistillStart::Residual { margin: 1.0 }
+            } else {
+                DistillStart::Random
+            };
+            let label = format!("{name}, K = {k}, D = {d}");
+            println!("  {label}: distilling the teacher's table, then fine-tuning…");
+            let clock = Instant::now();
+            let model = pdg(&teacher, &config, start, args, &train_set)?;
+            let Embed::Codes(codes) = &model.embed else {
+                unreachable!("a KD model")
+            };
+            let report = CompactKdEmbedding::from_trained(codes).size_report();
+            let kd_perplexity = perplexity(&model, &valid);
             println!(
-                "{:<26} mean code Hamming distance: within latent clusters {within:.2}, between {between:.2}",
-                ""
+                "{label:<34} {:>10.2} {:>14.3} {:>9.1}× {:>9.2}× {:>7.1}s",
+                kd_perplexity,
+                report.total_bits as f64 / 1e6,
+                report.ratio(),
+                whole(report.total_bits),
+                clock.elapsed().as_secs_f64()
             );
+            points.push((report.total_bits as f64 / 1e6, kd_perplexity));
         }
+        series.push(Series::new(name, points));
     }
     let spec = ChartSpec {
-        title: format!("LSTM language model, vocabulary {v}: perplexity against embedding size"),
+        title: format!(
+            "LSTM language model, vocabulary {v}: perplexity against embedding size (PDG)"
+        ),
         x_label: "embedding Mbit".into(),
         y_label: "held-out perplexity".into(),
         log_x: true,
         ..Default::default()
     };
     let path = args.out_dir.join("kd-embedding-perplexity.svg");
-    line_chart(&path, &spec, &points)
+    line_chart(&path, &spec, &series)
         .map_err(|e| format!("could not write {}: {e}", path.display()))?;
     println!("plot written to {}", path.display());
-    if let Embed::Full(e) = &full.embed {
-        report_distillation(e.weight.val(), &args, "the full model's table");
-    }
     Ok(())
 }
