@@ -425,6 +425,15 @@ fn baselines_and_metrics() {
         .residual(&table)
         .unwrap_err();
     assert!(err.to_string().contains("choices"), "{err}");
+    let err = eval::QuantizerConfig::new(16, 0)
+        .product(&table)
+        .unwrap_err();
+    assert!(err.to_string().contains("code_length"), "{err}");
+    let empty = Tensor::<2>::zeros([0, 24], &device);
+    let err = eval::QuantizerConfig::new(16, 4)
+        .residual(&empty)
+        .unwrap_err();
+    assert!(matches!(err, KdError::InvalidTable { .. }), "{err}");
 }
 
 /// `init` matches `burn::nn::Embedding`'s scale — unit root-mean-square entries — for linear
@@ -472,6 +481,12 @@ fn invalid_guidance_is_named() {
     let start = DistillConfig::new().with_start(DistillStart::Residual { margin: 1.0 });
     let err = distill(recurrent, &table, &start, |_| {}).unwrap_err();
     assert!(err.to_string().contains("start"), "{err}");
+    let linear = KdEmbeddingConfig::new(10, 4)
+        .with_d_code(4)
+        .init_with_seed(0, &device);
+    let bad_margin = DistillConfig::new().with_start(DistillStart::Residual { margin: f32::NAN });
+    let err = distill(linear, &table, &bad_margin, |_| {}).unwrap_err();
+    assert!(err.to_string().contains("margin"), "{err}");
 }
 
 /// `init(&device)` draws from the device's generator like burn's `EmbeddingConfig::init` (two
