@@ -6,6 +6,7 @@
 //!
 //! `cargo bench -p kindling-dist`; the ratios to `dense` are the figures to report.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use burn::module::Param;
@@ -41,13 +42,18 @@ fn setup() -> (Linear, Vec<Tensor<2>>) {
 }
 
 /// One exchange on a fresh group; returns rank 0's wire bytes.
-fn exchange<R: Reducer>(layer: &Linear, grads: &[Tensor<2>], make: impl Fn() -> R + Sync) -> u64 {
-    let wire = run_workers(WORKERS, TIMEOUT, |mut group| {
+fn exchange<R: Reducer + 'static>(
+    layer: &Arc<Linear>,
+    grads: &Arc<Vec<Tensor<2>>>,
+    make: &Arc<impl Fn() -> R + Send + Sync + 'static>,
+) -> u64 {
+    let (layer, grads, make) = (layer.clone(), grads.clone(), make.clone());
+    let wire = run_workers(WORKERS, TIMEOUT, move |mut group| {
         let rank = group.rank();
         let mut g = GradientsParams::new();
         g.register(layer.weight.id, grads[rank].clone());
         let mut rng = ChaCha8Rng::seed_from_u64(rank as u64);
-        let (agreed, stats) = make().reduce(layer, g, &mut group, &mut rng)?;
+        let (agreed, stats) = make().reduce(&*layer, g, &mut group, &mut rng)?;
         let out: Tensor<2> = agreed.get(layer.weight.id).expect("aggregated gradient");
         out.device().sync().expect("sync");
         Ok(stats.wire_bytes)
@@ -56,8 +62,9 @@ fn exchange<R: Reducer>(layer: &Linear, grads: &[Tensor<2>], make: impl Fn() -> 
     wire[0]
 }
 
-fn bench<R: Reducer>(b: divan::Bencher, make: impl Fn() -> R + Sync) {
+fn bench<R: Reducer + 'static>(b: divan::Bencher, make: impl Fn() -> R + Send + Sync + 'static) {
     let (layer, grads) = setup();
+    let (layer, grads, make) = (Arc::new(layer), Arc::new(grads), Arc::new(make));
     b.bench_local(|| exchange(&layer, &grads, &make));
 }
 

@@ -1,5 +1,6 @@
-//! MPI all-gather throughput: `Mpi::all_gather` (what the gathered protocols call: a length
-//! exchange, one variable-count all-gather, one `Vec` per rank) against the raw rsmpi call
+//! MPI all-gather throughput: `Mpi::all_gather_borrowed` (what the gathered protocols call: a
+//! header exchange that checks the call and carries the lengths, one variable-count all-gather
+//! polled by the watchdog, payloads borrowed from the receive buffer) against the raw rsmpi call
 //! `all_gather_varcount_into` with the counts known in advance and the buffer preallocated.
 //!
 //! Harness-free, to run under `mpirun -np W` (every rank runs the same fixed schedule). For each
@@ -56,8 +57,8 @@ fn main() {
         };
 
         let ours = time(&mut || {
-            let all = comm.all_gather(payload.clone()).expect("all-gather");
-            assert_eq!(all[w - 1][0], (w - 1) as u8);
+            let all = comm.all_gather_borrowed(&payload).expect("all-gather");
+            assert_eq!(all.get(w - 1)[0], (w - 1) as u8);
         });
         let counts = vec![size as i32; w];
         let displs: Vec<i32> = (0..w as i32).map(|r| r * size as i32).collect();

@@ -14,6 +14,48 @@ pub struct Traffic {
     pub sent: u64,
     /// Bytes this rank received.
     pub received: u64,
+    /// Collectives this rank has run (each pays the network's latency; see
+    /// [`NetworkModel`](crate::NetworkModel)). Transports outside this crate may leave it 0.
+    pub collectives: u64,
+}
+
+/// Every rank's payload from one all-gather, in rank order, borrowed from the transport's receive
+/// buffer: decoders read each peer's bytes where they arrived, with no copy per peer.
+#[derive(Debug, Clone, Copy)]
+pub struct Received<'a> {
+    bytes: &'a [u8],
+    ends: &'a [usize],
+}
+
+impl<'a> Received<'a> {
+    /// The payloads laid end to end in `bytes`, rank `r`'s ending at `ends[r]` (for transports
+    /// outside this crate). `None` unless `ends` is non-decreasing and ends at `bytes.len()`.
+    pub fn new(bytes: &'a [u8], ends: &'a [usize]) -> Option<Self> {
+        let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
+        let complete = ends.last().copied().unwrap_or(0) == bytes.len();
+        (ordered && complete).then_some(Self { bytes, ends })
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        self.ends.len()
+    }
+
+    /// Rank `rank`'s payload (panics outside the group).
+    pub fn get(&self, rank: usize) -> &'a [u8] {
+        let start = if rank == 0 { 0 } else { self.ends[rank - 1] };
+        &self.bytes[start..self.ends[rank]]
+    }
+
+    /// The payloads in rank order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &'a [u8]> + '_ {
+        (0..self.world_size()).map(|r| self.get(r))
+    }
+
+    /// Owned copies, one per rank.
+    pub fn to_vecs(&self) -> Vec<Vec<u8>> {
+        self.iter().map(<[u8]>::to_vec).collect()
+    }
 }
 
 /// Collectives over a group of workers (in-process threads, MPI processes, …).
@@ -21,6 +63,11 @@ pub struct Traffic {
 /// Byte counts follow the transport's real traffic model: all-gather sends this rank's payload to
 /// every other rank and receives theirs; the float all-reduce is counted as a ring all-reduce,
 /// `2·(W−1)/W` of the buffer sent and received per rank.
+///
+/// **Failure.** A rank that cannot go on calls [`fail`](Communicator::fail) (the trainers in
+/// this crate do so on every error), so that its peers end within the transport's bound instead
+/// of waiting for it: a [`LocalGroup`] turns every rank's pending and next collective into an
+/// error; `Mpi` prints the reason and aborts the job.
 pub trait Communicator: Send {
     /// This worker's rank, `0..world_size`.
     fn rank(&self) -> usize;
@@ -28,14 +75,28 @@ pub trait Communicator: Send {
     fn world_size(&self) -> usize;
     /// Element-wise sum of `values` over all ranks, in place.
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError>;
-    /// Every rank's payload, indexed by rank (payloads may differ in length).
-    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError>;
+    /// Every rank's payload, in rank order, borrowed from this handle's receive buffer until the
+    /// next collective (payloads may differ in length).
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError>;
     /// Rank `root`'s bytes on every rank.
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError>;
     /// Waits for every rank.
     fn barrier(&mut self) -> Result<(), DistError>;
     /// Bytes sent and received so far.
     fn traffic(&self) -> Traffic;
+
+    /// Every rank's payload as owned bytes, indexed by rank (a copy of
+    /// [`all_gather_borrowed`](Communicator::all_gather_borrowed)'s).
+    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
+        Ok(self.all_gather_borrowed(&payload)?.to_vecs())
+    }
+
+    /// This rank cannot go on (`reason` says why): make its peers end within the transport's
+    /// bound rather than wait for a collective it will never join. The default does nothing,
+    /// for transports whose peers notice a departure on their own.
+    fn fail(&mut self, reason: &str) {
+        let _ = reason;
+    }
 
     /// Element-wise mean over all ranks, in place.
     fn all_reduce_mean(&mut self, values: &mut [f32]) -> Result<(), DistError> {
@@ -47,11 +108,10 @@ pub trait Communicator: Send {
 
     /// The maximum of one scalar over all ranks.
     fn all_reduce_max(&mut self, value: f32) -> Result<f32, DistError> {
-        let all = self.all_gather(value.to_le_bytes().to_vec())?;
+        let all = self.all_gather_borrowed(&value.to_le_bytes())?;
         all.iter()
             .map(|b| {
-                b.as_slice()
-                    .try_into()
+                b.try_into()
                     .map(f32::from_le_bytes)
                     .map_err(|_| DistError::Protocol("a scalar of the wrong size".into()))
             })
@@ -71,8 +131,14 @@ impl<C: Communicator + ?Sized> Communicator for &mut C {
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
         (**self).all_reduce_sum(values)
     }
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+        (**self).all_gather_borrowed(payload)
+    }
     fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
         (**self).all_gather(payload)
+    }
+    fn fail(&mut self, reason: &str) {
+        (**self).fail(reason)
     }
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
         (**self).broadcast(bytes, root)
@@ -92,21 +158,13 @@ pub(crate) fn ring_all_reduce_bytes(len: usize, world: usize) -> u64 {
     4 * len as u64 * 2 * (w - 1) / w.max(1)
 }
 
-/// `(sent, received)` bytes of rank `rank` in an all-gather of `all` (indexed by rank): its own
-/// payload to each of the `W − 1` peers, and every peer's payload.
-pub(crate) fn all_gather_traffic(all: &[Vec<u8>], rank: usize) -> (u64, u64) {
-    let own = all[rank].len() as u64;
-    let others: u64 = all
-        .iter()
-        .enumerate()
-        .filter(|(r, _)| *r != rank)
-        .map(|(_, p)| p.len() as u64)
-        .sum();
-    (own * (all.len() as u64 - 1), others)
+/// `(sent, received)` bytes of rank `rank` in an all-gather: its own payload to each of the
+/// `W − 1` peers, and every peer's payload.
+pub(crate) fn all_gather_traffic(all: &Received<'_>, rank: usize) -> (u64, u64) {
+    let own = all.get(rank).len() as u64;
+    let total = all.bytes.len() as u64;
+    (own * (all.world_size() as u64 - 1), total - own)
 }
-
-/// Every rank's byte and float contributions to one round, in rank order.
-type Contributions = (Vec<Option<Vec<u8>>>, Vec<Option<Vec<f32>>>);
 
 /// What a rank says it is doing in a collective round: every rank must say the same, or the
 /// round is an error on every rank (never mixed data).
@@ -171,6 +229,9 @@ pub struct LocalGroup {
     sequence: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
+    /// The last all-gather's payloads end to end, and where each rank's ends.
+    gathered: Vec<u8>,
+    ends: Vec<usize>,
 }
 
 impl LocalGroup {
@@ -203,6 +264,8 @@ impl LocalGroup {
                 sequence: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
+                gathered: Vec::new(),
+                ends: Vec::new(),
             })
             .collect())
     }
@@ -241,13 +304,15 @@ impl Aborter {
 
 impl LocalGroup {
     /// Deposits this rank's contribution, waits for all, checks that every rank made the same
-    /// call, and returns every rank's contribution, in rank order.
-    fn exchange(
+    /// call, and lets `read` see every rank's contribution (in rank order) before the round is
+    /// released.
+    fn exchange<T>(
         &self,
         kind: Kind,
         bytes: Option<Vec<u8>>,
         floats: Option<Vec<f32>>,
-    ) -> Result<Contributions, DistError> {
+        read: impl FnOnce(&Round) -> T,
+    ) -> Result<T, DistError> {
         let tag = Tag {
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             kind,
@@ -274,8 +339,11 @@ impl LocalGroup {
         while round.generation == generation && round.failed.is_none() {
             round = wait(shared, round, deadline, self.rank)?;
         }
-        if let Some(reason) = &round.failed {
-            return Err(DistError::PeerFailed(reason.clone()));
+        // A round every rank joined is delivered even if a rank failed since (it may have
+        // failed decoding this very round); one that never completed is the failure.
+        if round.generation == generation {
+            let reason = round.failed.clone().expect("woken by a failure");
+            return Err(DistError::PeerFailed(reason));
         }
         let first = round.tags[0].expect("every rank deposited");
         let mismatch = round
@@ -289,7 +357,7 @@ impl LocalGroup {
                     t.expect("every rank deposited")
                 ))
             });
-        let out = (round.slots.clone(), round.floats.clone());
+        let out = mismatch.is_none().then(|| read(&round));
         round.read += 1;
         if round.read == shared.world {
             round.read = 0;
@@ -299,9 +367,9 @@ impl LocalGroup {
             round.floats.iter_mut().for_each(|s| *s = None);
             shared.changed.notify_all();
         }
-        match mismatch {
-            Some(e) => Err(e),
-            None => Ok(out),
+        match (mismatch, out) {
+            (Some(e), _) => Err(e),
+            (None, out) => Ok(out.expect("read when every rank made the same call")),
         }
     }
 }
@@ -315,10 +383,23 @@ fn wait<'a>(
     let now = Instant::now();
     if now >= deadline {
         let mut guard = guard;
-        let reason = format!(
-            "rank {rank} timed out after {:?} waiting for the group",
-            shared.timeout
-        );
+        // Before the round is complete, the ranks that have not deposited are the missing ones.
+        let missing: Vec<usize> = (0..shared.world)
+            .filter(|&r| guard.read == 0 && guard.tags[r].is_none())
+            .collect();
+        let reason = if missing.is_empty() {
+            format!(
+                "rank {rank} timed out after {:?} waiting for the group to finish the previous \
+                 collective",
+                shared.timeout
+            )
+        } else {
+            format!(
+                "rank {rank} timed out after {:?} waiting for rank(s) {missing:?} to join the \
+                 collective",
+                shared.timeout
+            )
+        };
         guard.failed.get_or_insert(reason.clone());
         shared.changed.notify_all();
         return Err(DistError::Timeout(reason));
@@ -350,28 +431,48 @@ impl Communicator for LocalGroup {
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
         let kind = Kind::AllReduce { len: values.len() };
-        let (_, all) = self.exchange(kind, None, Some(values.to_vec()))?;
-        let mut sum = vec![0.0f32; values.len()];
-        // Rank order, so every rank computes bit-identical sums (the tags checked the lengths).
-        for contribution in all.iter().flatten() {
-            for (s, v) in sum.iter_mut().zip(contribution) {
-                *s += v;
+        self.exchange(kind, None, Some(values.to_vec()), |round| {
+            // Rank order, so every rank computes bit-identical sums (the tags checked the lengths).
+            values.fill(0.0);
+            for contribution in round.floats.iter().flatten() {
+                for (s, v) in values.iter_mut().zip(contribution) {
+                    *s += v;
+                }
             }
-        }
-        values.copy_from_slice(&sum);
+        })?;
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
         self.sent.fetch_add(ring, Ordering::Relaxed);
         self.received.fetch_add(ring, Ordering::Relaxed);
         Ok(())
     }
 
-    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
-        let (all, _) = self.exchange(Kind::AllGather, Some(payload), None)?;
-        let all: Vec<Vec<u8>> = all.into_iter().map(|p| p.unwrap_or_default()).collect();
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+        let (mut gathered, mut ends) = (
+            std::mem::take(&mut self.gathered),
+            std::mem::take(&mut self.ends),
+        );
+        let outcome = self.exchange(Kind::AllGather, Some(payload.to_vec()), None, |round| {
+            gathered.clear();
+            ends.clear();
+            for slot in &round.slots {
+                gathered.extend_from_slice(slot.as_deref().unwrap_or_default());
+                ends.push(gathered.len());
+            }
+        });
+        (self.gathered, self.ends) = (gathered, ends);
+        outcome?;
+        let all = Received {
+            bytes: &self.gathered,
+            ends: &self.ends,
+        };
         let (sent, received) = all_gather_traffic(&all, self.rank);
         self.sent.fetch_add(sent, Ordering::Relaxed);
         self.received.fetch_add(received, Ordering::Relaxed);
         Ok(all)
+    }
+
+    fn fail(&mut self, reason: &str) {
+        self.abort(reason);
     }
 
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
@@ -381,8 +482,9 @@ impl Communicator for LocalGroup {
             )));
         }
         let mine = (self.rank == root).then_some(bytes);
-        let (all, _) = self.exchange(Kind::Broadcast { root }, mine, None)?;
-        let out = all[root].clone().unwrap_or_default();
+        let out = self.exchange(Kind::Broadcast { root }, mine, None, |round| {
+            round.slots[root].clone().unwrap_or_default()
+        })?;
         if self.rank == root {
             self.sent.fetch_add(
                 out.len() as u64 * (self.shared.world as u64 - 1),
@@ -395,13 +497,14 @@ impl Communicator for LocalGroup {
     }
 
     fn barrier(&mut self) -> Result<(), DistError> {
-        self.exchange(Kind::Barrier, None, None).map(|_| ())
+        self.exchange(Kind::Barrier, None, None, |_| ())
     }
 
     fn traffic(&self) -> Traffic {
         Traffic {
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
+            collectives: self.sequence.load(Ordering::Relaxed),
         }
     }
 }

@@ -1,47 +1,99 @@
 //! The MPI transport (feature `mpi`): one process per rank, started by `mpirun`.
 
+use std::time::{Duration, Instant};
+
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
 use mpi::datatype::PartitionMut;
 use mpi::environment::Universe;
-use mpi::topology::Communicator as _;
+use mpi::request::{Request, Scope};
+use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::{Count, Threading};
 
 use crate::DistError;
-use crate::comm::{Communicator, Traffic, all_gather_traffic, ring_all_reduce_bytes};
+use crate::comm::{Communicator, Received, Traffic, all_gather_traffic, ring_all_reduce_bytes};
+
+/// The watchdog's default: how long a collective may wait for its slowest rank.
+const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// Words in a collective's header: sequence number, kind, argument (all-reduce length or
+/// broadcast root), payload length.
+const HEADER_WORDS: usize = 4;
+const HEADER_BYTES: u64 = 8 * HEADER_WORDS as u64;
 
 /// One MPI process's handle on `MPI_COMM_WORLD` (built on the [`mpi`] crate, rsmpi).
 ///
 /// Start the program with `mpirun -np W program`; every process calls [`Mpi::init`] once and
 /// hands the result to [`DataParallel`](crate::DataParallel) like a [`LocalGroup`](crate::LocalGroup)
-/// handle. MPI is finalised when the handle is dropped.
+/// handle.
 ///
 /// * **Sums are identical on every rank.** `all_reduce_sum` is a reduction to rank 0 followed
 ///   by a broadcast of its result, so every replica receives the same bits whatever order the
 ///   MPI library adds in (an `MPI_Allreduce` may add in a different order on different ranks).
 ///   Replicas therefore stay bit-identical for every protocol, as with `LocalGroup`; the sums
 ///   themselves may differ in the last bits from `LocalGroup`'s rank-order sums.
-/// * **Byte counters** follow the same model as `LocalGroup` (a ring all-reduce,
-///   `2·(W−1)/W` of the buffer; all-gather of each payload to every peer), the figures the
-///   [`NetworkModel`](crate::NetworkModel) expects, not the MPI library's internal traffic.
-/// * **Failures.** MPI's default error handler aborts the whole job on a communication error,
-///   and `mpirun` terminates every rank when one process dies, so a dead rank ends the job
-///   rather than hanging it. Buffers over `i32::MAX` elements (MPI's count type) are rejected
-///   with [`DistError::InvalidConfig`].
+/// * **Tagged collectives.** Every collective starts with an all-gather of a 32-byte header —
+///   its sequence number, kind, broadcast root or all-reduce length, and payload length — which
+///   every rank checks before any data moves. Ranks that call different collectives get a
+///   [`DistError::Protocol`] naming rank 0's call and the first rank whose call differs, on
+///   every rank; data is never mixed. The header doubles as the all-gather's length exchange.
+/// * **Zero-copy all-gather.** [`all_gather_borrowed`](Communicator::all_gather_borrowed)
+///   returns the peers' payloads where MPI wrote them, in one receive buffer kept for the
+///   handle's lifetime.
+/// * **Byte counters** count every byte this rank sends and receives, headers included: headers
+///   and payloads of an all-gather as sent to each peer, a broadcast's payload once per peer
+///   from the root, and the float all-reduce as a ring all-reduce (`2·(W−1)/W` of the buffer),
+///   the figure the [`NetworkModel`](crate::NetworkModel) expects, not the MPI library's
+///   internal algorithm.
+/// * **Bounded failure.** No rank waits forever:
+///   - a collective that does not complete within the timeout (default 5 minutes,
+///     [`with_timeout`](Mpi::with_timeout)) — a peer stopped, stalled, left early or failed —
+///     prints the collective and the timeout and aborts the job (`MPI_Abort`, which `mpirun`
+///     turns into the end of every rank);
+///   - [`fail`](Communicator::fail) (called by [`DataParallel`](crate::DataParallel) and
+///     `CompressedDdp` on every error: a local encode error, a payload that does not decode,
+///     a protocol mismatch) prints the reason with the rank and aborts the job at once;
+///   - a rank that panics aborts the job when the handle is dropped during the unwind (the
+///     panic message is printed first);
+///   - dropping the handle waits (up to the timeout) until every rank has dropped its own, then
+///     finalises MPI: a rank that finishes while its peers still wait in a collective (fewer
+///     batches, a missing call) aborts the job at the timeout instead of hanging in
+///     `MPI_Finalize`;
+///   - a process that dies ends the job through `mpirun`.
+///
+///   Buffers over `i32::MAX` elements (MPI's count type) are rejected with
+///   [`DistError::InvalidConfig`].
 /// * The handle may move between threads (MPI is initialised with `MPI_THREAD_SERIALIZED`);
 ///   `&mut self` on every collective keeps calls serialised.
 ///
 /// A CUDA user could add burn's NCCL all-reduce (`burn::tensor::distributed`) the same way: a
 /// type implementing [`Communicator`] whose `all_reduce_sum` calls it.
 pub struct Mpi {
+    /// A duplicate of the world for the finishing handshake, so it never matches a collective
+    /// that a peer is still waiting in (freed before the universe finalises MPI).
+    finish: FinishComm,
     universe: Universe,
     rank: usize,
     world: usize,
+    timeout: Duration,
+    sequence: u64,
     traffic: Traffic,
+    /// Every rank's header of the last collective, `HEADER_WORDS` words each.
+    headers: Vec<u64>,
     gather_buffer: Vec<u8>,
+    ends: Vec<usize>,
 }
 
+/// The finishing handshake's communicator.
+struct FinishComm(SimpleCommunicator);
+
+// SAFETY: an MPI communicator handle names process-wide MPI state, not state of the thread that
+// created it. MPI is initialised with `MPI_THREAD_SERIALIZED`, and the handle is used only in
+// `Mpi`'s drop, which no other call of the same `Mpi` can overlap.
+unsafe impl Send for FinishComm {}
+
 impl Mpi {
-    /// Initialises MPI (once per process) and returns this rank's handle.
+    /// Initialises MPI (once per process) and returns this rank's handle, with the default
+    /// 5-minute collective timeout.
     ///
     /// Fails if MPI was initialised before in this process or the library cannot serialise
     /// calls from several threads.
@@ -58,18 +110,176 @@ impl Mpi {
         let world = universe.world();
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         Ok(Self {
+            finish: FinishComm(world.duplicate()),
             universe,
             rank,
             world: size,
+            timeout: DEFAULT_TIMEOUT,
+            sequence: 0,
             traffic: Traffic::default(),
+            headers: vec![0; HEADER_WORDS * size],
             gather_buffer: Vec::new(),
+            ends: Vec::new(),
         })
     }
 
+    /// How long a collective (and the finishing handshake) waits for the slowest rank before
+    /// this rank aborts the job. Rank 0's validation or checkpointing runs while the others wait
+    /// in their next collective, so keep it above the longest of those. Zero is rejected.
+    pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, DistError> {
+        if timeout.is_zero() {
+            return Err(DistError::InvalidConfig(
+                "timeout: an MPI collective timeout must be positive".into(),
+            ));
+        }
+        self.timeout = timeout;
+        Ok(self)
+    }
+
+    /// The collective timeout.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
     /// `MPI_COMM_WORLD` as an [`mpi`] crate communicator, for MPI calls of your own beside
-    /// kindling's collectives (they do not count in [`traffic`](Communicator::traffic)).
-    pub fn world(&self) -> mpi::topology::SimpleCommunicator {
+    /// kindling's collectives (they are not tagged, bounded or counted in
+    /// [`traffic`](Communicator::traffic)).
+    pub fn world(&self) -> SimpleCommunicator {
         self.universe.world()
+    }
+
+    /// Prints `reason` and ends every rank of the job.
+    fn abort(&self, reason: &str) -> ! {
+        eprintln!(
+            "kindling-dist: rank {} of {}: {reason}; aborting the MPI job",
+            self.rank, self.world
+        );
+        self.universe.world().abort(1)
+    }
+
+    /// Polls `request` until it completes; past the timeout, aborts the job naming `what`.
+    fn complete<'a, D: ?Sized, S: Scope<'a>>(
+        &self,
+        mut request: Request<'a, D, S>,
+        what: impl Fn() -> String,
+    ) {
+        let start = Instant::now();
+        let mut polls = 0u32;
+        loop {
+            request = match request.test() {
+                Ok(_) => return,
+                Err(pending) => pending,
+            };
+            polls = polls.wrapping_add(1);
+            if polls.is_multiple_of(64) {
+                let waited = start.elapsed();
+                if waited >= self.timeout {
+                    self.abort(&format!(
+                        "{} did not complete within {:?}: a peer stopped, failed or left \
+                         without calling it",
+                        what(),
+                        self.timeout
+                    ));
+                }
+                // Past the first millisecond, give the CPU to other ranks between polls.
+                if waited > Duration::from_millis(1) {
+                    std::thread::yield_now();
+                }
+            }
+        }
+    }
+
+    /// Exchanges this rank's header for `kind` (with `len` payload bytes), checks that every
+    /// rank made the same call, and returns the ranks' payload lengths.
+    fn agree(&mut self, kind: Kind, len: usize) -> Result<Vec<usize>, DistError> {
+        let tag = Tag {
+            sequence: self.sequence,
+            kind,
+        };
+        self.sequence += 1;
+        self.traffic.collectives += 1;
+        let mine = tag.header(len as u64);
+        let world = self.universe.world();
+        let mut headers = std::mem::take(&mut self.headers);
+        mpi::request::scope(|scope| {
+            let request = world.immediate_all_gather_into(scope, &mine[..], &mut headers[..]);
+            self.complete(request, || format!("{tag}"));
+        });
+        let tags: Vec<Option<Tag>> = headers.chunks_exact(HEADER_WORDS).map(Tag::parse).collect();
+        let lengths = headers
+            .chunks_exact(HEADER_WORDS)
+            .map(|h| h[3] as usize)
+            .collect();
+        self.headers = headers;
+        let peers = HEADER_BYTES * (self.world as u64 - 1);
+        self.traffic.sent += peers;
+        self.traffic.received += peers;
+        match tags.iter().enumerate().find(|(_, t)| **t != tags[0]) {
+            None => Ok(lengths),
+            Some((r, theirs)) => Err(DistError::Protocol(format!(
+                "mismatched collectives: rank 0 called {}, rank {r} called {}",
+                describe(tags[0]),
+                describe(*theirs)
+            ))),
+        }
+    }
+}
+
+/// A header word that is not a valid call reads as "an unknown call".
+fn describe(tag: Option<Tag>) -> String {
+    tag.map_or_else(|| "an unknown call".into(), |t| t.to_string())
+}
+
+/// What a rank says it is doing in a collective; every rank must say the same.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Tag {
+    sequence: u64,
+    kind: Kind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    AllReduce { len: u64 },
+    AllGather,
+    Broadcast { root: u64 },
+    Barrier,
+}
+
+impl Tag {
+    fn header(&self, len: u64) -> [u64; HEADER_WORDS] {
+        let (kind, arg) = match self.kind {
+            Kind::AllReduce { len } => (1, len),
+            Kind::AllGather => (2, 0),
+            Kind::Broadcast { root } => (3, root),
+            Kind::Barrier => (4, 0),
+        };
+        [self.sequence, kind, arg, len]
+    }
+
+    fn parse(header: &[u64]) -> Option<Self> {
+        let kind = match (header[1], header[2]) {
+            (1, len) => Kind::AllReduce { len },
+            (2, 0) => Kind::AllGather,
+            (3, root) => Kind::Broadcast { root },
+            (4, 0) => Kind::Barrier,
+            _ => return None,
+        };
+        Some(Self {
+            sequence: header[0],
+            kind,
+        })
+    }
+}
+
+impl std::fmt::Display for Tag {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self.kind {
+            Kind::AllReduce { len } => write!(f, "an all-reduce of {len} floats")?,
+            Kind::AllGather => write!(f, "an all-gather")?,
+            Kind::Broadcast { root } => write!(f, "a broadcast from rank {root}")?,
+            Kind::Barrier => write!(f, "a barrier")?,
+        }
+        write!(f, " as its collective #{}", self.sequence)
     }
 }
 
@@ -94,68 +304,91 @@ impl Communicator for Mpi {
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
         count(values.len(), "an all-reduce")?;
+        let n = values.len() as u64;
+        self.agree(Kind::AllReduce { len: n }, 4 * values.len())?;
         let world = self.universe.world();
         let root = world.process_at_rank(0);
+        let what = || {
+            format!(
+                "the all-reduce of {n} floats (collective #{})",
+                self.sequence - 1
+            )
+        };
         if self.rank == 0 {
             let mut sum = vec![0.0f32; values.len()];
-            root.reduce_into_root(&values[..], &mut sum[..], SystemOperation::sum());
+            mpi::request::scope(|scope| {
+                let request = root.immediate_reduce_into_root(
+                    scope,
+                    &values[..],
+                    &mut sum[..],
+                    SystemOperation::sum(),
+                );
+                self.complete(request, what);
+            });
             values.copy_from_slice(&sum);
         } else {
-            root.reduce_into(&values[..], SystemOperation::sum());
+            mpi::request::scope(|scope| {
+                let request =
+                    root.immediate_reduce_into(scope, &values[..], SystemOperation::sum());
+                self.complete(request, what);
+            });
         }
-        root.broadcast_into(values);
+        mpi::request::scope(|scope| {
+            let request = root.immediate_broadcast_into(scope, &mut values[..]);
+            self.complete(request, what);
+        });
         let bytes = ring_all_reduce_bytes(values.len(), self.world);
         self.traffic.sent += bytes;
         self.traffic.received += bytes;
         Ok(())
     }
 
-    fn all_gather(&mut self, payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
-        let world = self.universe.world();
-        let own = payload.len() as u64;
-        let mut lengths = vec![0u64; self.world];
-        world.all_gather_into(&own, &mut lengths[..]);
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+        count(payload.len(), "an all-gather payload")?;
+        let lengths = self.agree(Kind::AllGather, payload.len())?;
         let counts = lengths
             .iter()
-            .map(|&l| count(l as usize, "an all-gather payload"))
+            .map(|&l| count(l, "an all-gather payload"))
             .collect::<Result<Vec<Count>, _>>()?;
-        let total: usize = lengths.iter().map(|&l| l as usize).sum();
+        let total: usize = lengths.iter().sum();
         count(total, "an all-gather")?;
-        let displs: Vec<Count> = counts
+        self.ends.clear();
+        self.ends.extend(lengths.iter().scan(0, |at, &l| {
+            *at += l;
+            Some(*at)
+        }));
+        let displs: Vec<Count> = self
+            .ends
             .iter()
-            .scan(0, |at, &c| {
-                let d = *at;
-                *at += c;
-                Some(d)
-            })
+            .zip(&counts)
+            .map(|(&end, &c)| (end - c as usize) as Count)
             .collect();
         // One receive buffer for the handle's lifetime: a fresh one per call costs page faults
         // (and the MPI library's buffer registration) on every large all-gather.
         if self.gather_buffer.len() < total {
             self.gather_buffer.resize(total, 0);
         }
-        let flat = &mut self.gather_buffer[..total];
-        {
-            let mut partition = PartitionMut::new(&mut flat[..], &counts[..], &displs[..]);
-            world.all_gather_varcount_into(&payload[..], &mut partition);
-        }
-        // Each peer's payload is copied out of the receive buffer (decoders take owned bytes);
-        // this rank's own is the payload it sent.
-        let mut own_payload = Some(payload);
-        let mut all = Vec::with_capacity(self.world);
-        let mut at = 0;
-        for (r, &l) in lengths.iter().enumerate() {
-            let bytes = &flat[at..at + l as usize];
-            all.push(match own_payload.take_if(|_| r == self.rank) {
-                Some(own) => own,
-                None => bytes.to_vec(),
+        let mut buffer = std::mem::take(&mut self.gather_buffer);
+        let world = self.universe.world();
+        let sequence = self.sequence - 1;
+        let mut partition = PartitionMut::new(&mut buffer[..total], &counts[..], &displs[..]);
+        mpi::request::scope(|scope| {
+            let request = world.immediate_all_gather_varcount_into(scope, payload, &mut partition);
+            self.complete(request, || {
+                format!("the all-gather of {total} bytes (collective #{sequence})")
             });
-            at += l as usize;
-        }
+        });
+        self.gather_buffer = buffer;
+        let all = Received::new(&self.gather_buffer[..total], &self.ends)
+            .expect("the ends are the running sum of the lengths");
         let (sent, received) = all_gather_traffic(&all, self.rank);
         self.traffic.sent += sent;
         self.traffic.received += received;
         Ok(all)
+    }
+
+    fn fail(&mut self, reason: &str) {
+        self.abort(reason)
     }
 
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
@@ -164,31 +397,53 @@ impl Communicator for Mpi {
                 "broadcast root {root} outside the group"
             )));
         }
-        let world = self.universe.world();
-        let process = world.process_at_rank(root as i32);
-        let mut len = bytes.len() as u64;
-        process.broadcast_into(&mut len);
-        count(len as usize, "a broadcast")?;
+        let own = if self.rank == root { bytes.len() } else { 0 };
+        count(own, "a broadcast")?;
+        let lengths = self.agree(Kind::Broadcast { root: root as u64 }, own)?;
+        let len = lengths[root];
         let mut out = if self.rank == root {
             bytes
         } else {
-            vec![0u8; len as usize]
+            vec![0u8; len]
         };
-        process.broadcast_into(&mut out[..]);
+        let world = self.universe.world();
+        let process = world.process_at_rank(root as i32);
+        let sequence = self.sequence - 1;
+        mpi::request::scope(|scope| {
+            let request = process.immediate_broadcast_into(scope, &mut out[..]);
+            self.complete(request, || {
+                format!("the broadcast of {len} bytes from rank {root} (collective #{sequence})")
+            });
+        });
         if self.rank == root {
-            self.traffic.sent += len * (self.world as u64 - 1);
+            self.traffic.sent += len as u64 * (self.world as u64 - 1);
         } else {
-            self.traffic.received += len;
+            self.traffic.received += len as u64;
         }
         Ok(out)
     }
 
+    /// The header exchange is itself the barrier.
     fn barrier(&mut self) -> Result<(), DistError> {
-        self.universe.world().barrier();
-        Ok(())
+        self.agree(Kind::Barrier, 0).map(|_| ())
     }
 
     fn traffic(&self) -> Traffic {
         self.traffic
+    }
+}
+
+impl Drop for Mpi {
+    /// Finishes in step with the other ranks, or ends the job: a rank that unwinds from a panic
+    /// aborts at once; otherwise it waits (up to the timeout) until every rank is finishing,
+    /// then MPI is finalised.
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.abort("this rank panicked (the panic message is above)");
+        }
+        let request = self.finish.0.immediate_barrier();
+        self.complete(request, || {
+            "finishing (every rank dropping its handle)".to_string()
+        });
     }
 }

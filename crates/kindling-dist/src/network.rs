@@ -7,14 +7,15 @@ use crate::DistError;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Topology {
     /// Bandwidth-optimal ring all-reduce of a dense buffer of `B` bytes:
-    /// `2·(W−1)/W · B / bandwidth + 2·(W−1) · latency`.
+    /// `2·(W−1)/W · B / bandwidth + 2·(W−1) · latency` (the latency term per collective).
     RingAllReduce,
     /// Ring all-gather of one payload of `b` bytes per worker (compressed exchanges): each
-    /// worker forwards the others' payloads, `(W−1) · b / bandwidth + (W−1) · latency`.
+    /// worker forwards the others' payloads, `(W−1) · b / bandwidth + (W−1) · latency` (the
+    /// latency term per collective).
     AllGather,
     /// A parameter server: the `W` workers push their payloads of `b` bytes over the server's
     /// link and pull back the dense aggregate of `B` bytes each:
-    /// `W·b / bandwidth + W·B / bandwidth + 2 · latency`.
+    /// `W·b / bandwidth + W·B / bandwidth + 2 · latency` (the latency term per collective).
     ParameterServer,
 }
 
@@ -55,23 +56,28 @@ impl NetworkModel {
         })
     }
 
-    /// Modelled seconds of one exchange where each worker contributes `payload_bytes` and the
-    /// dense aggregate has `dense_bytes` (only the parameter server sends the aggregate back).
-    pub fn seconds(&self, payload_bytes: u64, dense_bytes: u64) -> f64 {
+    /// Modelled seconds of one exchange of `collectives` collectives (at least one is charged)
+    /// in which each worker contributes `payload_bytes` in all and the dense aggregate has
+    /// `dense_bytes` (only the parameter server sends the aggregate back): the bandwidth term
+    /// of the bytes, plus the latency term once per collective — an exchange that runs one
+    /// collective per tensor pays it per tensor ([`StepStats::collectives`](crate::StepStats)).
+    pub fn seconds(&self, payload_bytes: u64, dense_bytes: u64, collectives: u64) -> f64 {
         let w = self.workers as f64;
         let bytes_per_second = self.bandwidth_bits / 8.0;
+        let rounds = collectives.max(1) as f64;
         match self.topology {
             Topology::RingAllReduce => {
                 2.0 * (w - 1.0) / w * payload_bytes as f64 / bytes_per_second
-                    + 2.0 * (w - 1.0) * self.latency
+                    + rounds * 2.0 * (w - 1.0) * self.latency
             }
             Topology::AllGather => {
-                (w - 1.0) * payload_bytes as f64 / bytes_per_second + (w - 1.0) * self.latency
+                (w - 1.0) * payload_bytes as f64 / bytes_per_second
+                    + rounds * (w - 1.0) * self.latency
             }
             Topology::ParameterServer => {
                 w * payload_bytes as f64 / bytes_per_second
                     + w * dense_bytes as f64 / bytes_per_second
-                    + 2.0 * self.latency
+                    + rounds * 2.0 * self.latency
             }
         }
     }
@@ -85,11 +91,14 @@ mod tests {
     fn formulas() {
         // 16 workers at 1 Gb/s, no latency: a 100 MB ring all-reduce moves 2·15/16·100 MB.
         let ring = NetworkModel::new(16, 1e9, 0.0, Topology::RingAllReduce).unwrap();
-        assert!((ring.seconds(100_000_000, 0) - 2.0 * 15.0 / 16.0 * 0.8).abs() < 1e-9);
+        assert!((ring.seconds(100_000_000, 0, 1) - 2.0 * 15.0 / 16.0 * 0.8).abs() < 1e-9);
         let gather = NetworkModel::new(16, 1e9, 1e-4, Topology::AllGather).unwrap();
-        assert!((gather.seconds(1_000_000, 0) - (15.0 * 0.008 + 15.0 * 1e-4)).abs() < 1e-12);
+        assert!((gather.seconds(1_000_000, 0, 1) - (15.0 * 0.008 + 15.0 * 1e-4)).abs() < 1e-12);
+        // Latency is paid per collective: 4 all-gathers of the same bytes pay it 4 times.
+        let four = gather.seconds(1_000_000, 0, 4);
+        assert!((four - (15.0 * 0.008 + 4.0 * 15.0 * 1e-4)).abs() < 1e-12);
         let ps = NetworkModel::new(4, 8e9, 0.0, Topology::ParameterServer).unwrap();
-        assert!((ps.seconds(1_000, 4_000) - (4.0 * 1e-6 + 4.0 * 4e-6)).abs() < 1e-15);
+        assert!((ps.seconds(1_000, 4_000, 1) - (4.0 * 1e-6 + 4.0 * 4e-6)).abs() < 1e-15);
         assert!(NetworkModel::new(0, 1e9, 0.0, Topology::AllGather).is_err());
     }
 }

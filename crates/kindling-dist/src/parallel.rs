@@ -1,7 +1,8 @@
 //! Data-parallel training in a plain loop: spawn workers over a [`LocalGroup`], make their
 //! replicas identical, and let each step agree on one gradient through a [`Reducer`].
 
-use std::time::Duration;
+use std::sync::{Arc, mpsc};
+use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, LearningRate, ModuleOptimizer};
@@ -12,34 +13,143 @@ use rand::rngs::ChaCha8Rng;
 use crate::{Communicator, DistError, LocalGroup, Reducer, ReducerCheckpoint, StepStats};
 
 /// Runs `work(group)` on `world` threads, one [`LocalGroup`] handle each, and returns every
-/// rank's result in rank order. A worker that panics or returns an error aborts the group, so the
-/// others fail at their next collective instead of waiting; the first error (a panic is reported
-/// with its message) is returned.
-pub fn run_workers<T: Send>(
+/// rank's result in rank order.
+///
+/// A worker that panics or returns an error aborts the group, so the others fail at their next
+/// collective instead of waiting; the root cause is returned (a panic as
+/// [`DistError::Panicked`] with its message, a local encode or decode error before the peers'
+/// follow-up failures).
+///
+/// **Bounded.** Once any worker has returned, the others have `timeout` to return too. Then the
+/// group is aborted, so that a worker waiting in a collective returns at once, and the rest get
+/// another `timeout`; a worker still running after that (stuck outside every collective: a
+/// deadlock, an endless loop, a hung data source) is abandoned — its thread is left to run
+/// detached, its next collective fails — and the call returns [`DistError::Timeout`] naming it.
+/// A worker that waits in a collective for a hung one fails after `timeout` itself, so the call
+/// returns within three times `timeout` of the hang. This is why `work` and its result are
+/// `'static`: share data with the workers through an `Arc` (or move it in).
+pub fn run_workers<T: Send + 'static>(
     world: usize,
     timeout: Duration,
-    work: impl Fn(LocalGroup) -> Result<T, DistError> + Sync,
+    work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
 ) -> Result<Vec<T>, DistError> {
-    let outcomes = spawn_group((0..world).map(|_| ()).collect(), timeout, |group, ()| {
-        work(group)
-    })?;
-    // Report the root cause first: a panic or a local error before peers' follow-up failures.
-    let root = outcomes.iter().find_map(|o| match o {
-        Err(
-            e @ (DistError::Panicked { .. } | DistError::Encode { .. } | DistError::Decode { .. }),
-        ) => Some(e.clone()),
-        _ => None,
-    });
-    match root {
+    let groups = LocalGroup::new(world, timeout)?;
+    let aborter = groups[0].aborter();
+    let work = Arc::new(work);
+    let (sender, receiver) = mpsc::channel();
+    for group in groups {
+        let (work, sender) = (work.clone(), sender.clone());
+        let rank = group.rank();
+        std::thread::Builder::new()
+            .name(format!("kindling-worker-{rank}"))
+            .spawn(move || {
+                let outcome = run_caught(group, |g| work(g));
+                // The receiver is gone only if this worker was abandoned.
+                let _ = sender.send((rank, outcome));
+            })
+            .map_err(|e| {
+                aborter.abort("a worker thread could not be started");
+                DistError::InvalidConfig(format!("cannot start worker thread {rank}: {e}"))
+            })?;
+    }
+    drop(sender);
+    let mut outcomes: Vec<Option<Result<T, DistError>>> = (0..world).map(|_| None).collect();
+    let receive = |deadline: Instant, outcomes: &mut Vec<Option<_>>| {
+        while outcomes.iter().any(Option::is_none) {
+            let wait = deadline.saturating_duration_since(Instant::now());
+            let Ok((rank, outcome)) = receiver.recv_timeout(wait) else {
+                return;
+            };
+            outcomes[rank] = Some(outcome);
+        }
+    };
+    // The first worker to return starts the clock: the others get `timeout` to follow.
+    if let Ok((rank, outcome)) = receiver.recv() {
+        outcomes[rank] = Some(outcome);
+    }
+    receive(Instant::now() + timeout, &mut outcomes);
+    let missing = |outcomes: &[Option<_>]| -> Vec<usize> {
+        (0..world).filter(|&r| outcomes[r].is_none()).collect()
+    };
+    if !missing(&outcomes).is_empty() {
+        // Fail their collectives, so that ranks merely waiting in one return at once; a rank
+        // that is still missing after another `timeout` is stuck outside every collective.
+        aborter.abort(&format!(
+            "rank(s) {:?} had not returned {timeout:?} after a peer did",
+            missing(&outcomes)
+        ));
+        receive(Instant::now() + timeout, &mut outcomes);
+    }
+    let stuck = missing(&outcomes);
+    if !stuck.is_empty() {
+        let reason = format!(
+            "rank(s) {stuck:?} did not return within twice {timeout:?} of the first worker to \
+             return, nor after the group was aborted; abandoned"
+        );
+        // A rank that never returned explains its peers' timeouts, not a failure of their own.
+        return Err(match root_cause(outcomes.iter().flatten()) {
+            Some(e) if !matches!(e, DistError::Timeout(_) | DistError::PeerFailed(_)) => e,
+            _ => DistError::Timeout(reason),
+        });
+    }
+    let outcomes: Vec<Result<T, DistError>> = outcomes.into_iter().flatten().collect();
+    match root_cause(outcomes.iter()) {
         Some(e) => Err(e),
         None => outcomes.into_iter().collect(),
     }
 }
 
-/// Runs `work(group, input)` on one thread per input, the input at index `r` going to rank `r`
-/// of a new [`LocalGroup`], and returns every rank's outcome in rank order. A worker that panics
-/// or returns an error aborts the group (a panic becomes [`DistError::Panicked`] with its
-/// message), so the others fail at their next collective instead of waiting.
+/// The error that explains the others among `outcomes` (the first in rank order of the most
+/// basic kind): a panic or a local encode/decode error, then any error of the rank's own
+/// (protocol, configuration, checkpoint), then a timeout, and only then a peer's failure, which
+/// merely follows from one of those.
+fn root_cause<'a, T: 'a>(
+    outcomes: impl Iterator<Item = &'a Result<T, DistError>>,
+) -> Option<DistError> {
+    let depth = |e: &DistError| match e {
+        DistError::Panicked { .. } | DistError::Encode { .. } | DistError::Decode { .. } => 0,
+        DistError::Timeout(_) => 2,
+        DistError::PeerFailed(_) => 3,
+        _ => 1,
+    };
+    outcomes
+        .filter_map(|o| o.as_ref().err())
+        .min_by_key(|e| depth(e))
+        .cloned()
+}
+
+/// Runs one worker: a panic becomes [`DistError::Panicked`] with its message, and a panic or an
+/// error aborts the group.
+fn run_caught<T>(
+    group: LocalGroup,
+    work: impl FnOnce(LocalGroup) -> Result<T, DistError>,
+) -> Result<T, DistError> {
+    let rank = group.rank();
+    let aborter = group.aborter();
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(group))) {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => {
+            aborter.abort(&e.to_string());
+            Err(e)
+        }
+        Err(panic) => {
+            let message = panic
+                .downcast_ref::<String>()
+                .cloned()
+                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
+                .unwrap_or_else(|| "a non-string panic".into());
+            aborter.abort(&message);
+            Err(DistError::Panicked { rank, message })
+        }
+    }
+}
+
+/// Runs `work(group, input)` on one scoped thread per input, the input at index `r` going to
+/// rank `r` of a new [`LocalGroup`], and returns every rank's outcome in rank order, once every
+/// thread has ended. A worker that panics or returns an error aborts the group (a panic becomes
+/// [`DistError::Panicked`] with its message), so the others fail at their next collective
+/// instead of waiting.
+#[cfg(feature = "train")]
 pub(crate) fn spawn_group<I: Send, T: Send>(
     inputs: Vec<I>,
     timeout: Duration,
@@ -51,31 +161,7 @@ pub(crate) fn spawn_group<I: Send, T: Send>(
         let handles: Vec<_> = groups
             .into_iter()
             .zip(inputs)
-            .map(|(group, input)| {
-                scope.spawn(move || {
-                    let rank = group.rank();
-                    let aborter = group.aborter();
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        work(group, input)
-                    }));
-                    match result {
-                        Ok(Ok(v)) => Ok(v),
-                        Ok(Err(e)) => {
-                            aborter.abort(&e.to_string());
-                            Err(e)
-                        }
-                        Err(panic) => {
-                            let message = panic
-                                .downcast_ref::<String>()
-                                .cloned()
-                                .or_else(|| panic.downcast_ref::<&str>().map(|s| s.to_string()))
-                                .unwrap_or_else(|| "a non-string panic".into());
-                            aborter.abort(&message);
-                            Err(DistError::Panicked { rank, message })
-                        }
-                    }
-                })
-            })
+            .map(|(group, input)| scope.spawn(move || run_caught(group, |g| work(g, input))))
             .collect();
         handles
             .into_iter()
@@ -201,14 +287,21 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
 
     /// Agrees on the gradients of `module` with the other ranks (the protocol's exchange) and
     /// counts the step; for loops that apply the optimizer themselves.
+    ///
+    /// An error (this rank's encode, a peer's payload that does not decode, mismatched calls, a
+    /// failed peer) is reported to the transport with [`Communicator::fail`] before it is
+    /// returned, so no peer waits for this rank: on `Mpi` that ends the job.
     pub fn agree<M: Module>(
         &mut self,
         module: &M,
         grads: GradientsParams,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let (agreed, stats) = self
+        let before = self.comm.traffic().collectives;
+        let (agreed, mut stats) = self
             .reducer
-            .reduce(module, grads, &mut self.comm, &mut self.rng)?;
+            .reduce(module, grads, &mut self.comm, &mut self.rng)
+            .inspect_err(|e| self.comm.fail(&e.to_string()))?;
+        stats.collectives = self.comm.traffic().collectives - before;
         self.total.add(&stats);
         self.steps += 1;
         Ok((agreed, stats))

@@ -14,7 +14,7 @@ use kindling_compress::{
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{GradOp, walk};
-use crate::{Communicator, DistError};
+use crate::{Communicator, DistError, Received};
 
 /// Sizes and times of one exchange (or, accumulated, of many).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -29,6 +29,8 @@ pub struct StepStats {
     pub decode: Duration,
     /// Time spent in collectives (waiting for the others included).
     pub exchange: Duration,
+    /// Collectives run (one per tensor and round today; each pays the network's latency).
+    pub collectives: u64,
 }
 
 impl StepStats {
@@ -44,6 +46,7 @@ impl StepStats {
         self.encode += other.encode;
         self.decode += other.decode;
         self.exchange += other.exchange;
+        self.collectives += other.collectives;
     }
 }
 
@@ -162,12 +165,12 @@ impl Reducer for Dense {
 /// other devices the payloads are decoded on the device and summed there.
 fn decode_mean<const D: usize, C: Compressor>(
     codec: &C,
-    payloads: Vec<Vec<u8>>,
+    payloads: Received<'_>,
     index: usize,
     dims: [usize; D],
     device: &Device,
 ) -> Result<Tensor<D>, DistError> {
-    let world = payloads.len();
+    let world = payloads.world_size();
     let fail = |rank: usize, reason: String| DistError::Decode {
         rank,
         param: index,
@@ -186,9 +189,9 @@ fn decode_mean<const D: usize, C: Compressor>(
         return Ok(Tensor::from_data(TensorData::new(mean, dims), device));
     }
     let mut sum: Option<Tensor<D>> = None;
-    for (rank, bytes) in payloads.into_iter().enumerate() {
-        let payload =
-            Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(rank, e.to_string()))?;
+    for (rank, bytes) in payloads.iter().enumerate() {
+        let payload = Payload::from_bytes_expecting(bytes.to_vec(), &dims)
+            .map_err(|e| fail(rank, e.to_string()))?;
         let t: Tensor<D> = codec
             .decompress(&payload, device)
             .map_err(|e| fail(rank, e.to_string()))?;
@@ -264,7 +267,7 @@ impl<C: Compressor + Clone> GradOp for GatherOp<'_, C> {
         self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
         self.stats.wire_bytes += payload.wire_bytes() as u64;
         let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather(payload.into_bytes())
+            self.comm.all_gather_borrowed(payload.as_bytes())
         })?;
         let codec = &self.codecs[&index];
         timed(&mut self.stats.decode, || {
@@ -379,11 +382,11 @@ impl GradOp for VoteOp<'_> {
         self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
         self.stats.wire_bytes += payload.wire_bytes() as u64;
         let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather(payload.into_bytes())
+            self.comm.all_gather_borrowed(payload.as_bytes())
         })?;
         timed(&mut self.stats.decode, || {
             let payloads = all
-                .into_iter()
+                .iter()
                 .enumerate()
                 .map(|(rank, bytes)| {
                     let fail = |reason: String| DistError::Decode {
@@ -391,7 +394,8 @@ impl GradOp for VoteOp<'_> {
                         param: index,
                         reason,
                     };
-                    Payload::from_bytes_expecting(bytes, &dims).map_err(|e| fail(e.to_string()))
+                    Payload::from_bytes_expecting(bytes.to_vec(), &dims)
+                        .map_err(|e| fail(e.to_string()))
                 })
                 .collect::<Result<Vec<_>, DistError>>()?;
             majority_vote(&payloads, &device).map_err(|e| DistError::Decode {
@@ -477,7 +481,7 @@ impl GradOp for TernOp<'_> {
         self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
         self.stats.wire_bytes += payload.wire_bytes() as u64 + 4;
         let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather(payload.into_bytes())
+            self.comm.all_gather_borrowed(payload.as_bytes())
         })?;
         timed(&mut self.stats.decode, || {
             decode_mean(self.codec, all, index, dims, &device)

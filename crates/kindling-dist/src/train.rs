@@ -306,6 +306,10 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
                         let result = shard.and_then(|shard| {
                             run_rank(&ctx, &mut *comm, device, reducer, learner, shard, main)
                         });
+                        // No peer may wait for a rank that stopped (on `Mpi` this ends the job).
+                        if let Err(e) = &result {
+                            comm.fail(&e.to_string());
+                        }
                         // Back in its place for the next launch or for `take_communicator`.
                         *slot.lock().expect("communicator lock") = Some(comm);
                         result.map_err(|e| {

@@ -2,6 +2,7 @@
 //! for every protocol, failures that surface on every rank, Byzantine-robust majority vote, and
 //! checkpoint resume.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use burn::optim::{GradientsParams, ModuleOptimizer};
@@ -42,22 +43,59 @@ fn collectives_and_exact_byte_counts() {
     assert_eq!(t1.received, 10 + 10 + 4 + 2 + 8);
 }
 
+/// A worker stuck outside any collective (here asleep for a minute) is abandoned: its peers time
+/// out naming it, and `run_workers` returns within three timeouts with an error naming it,
+/// without joining its thread.
 #[test]
-fn a_silent_worker_times_out_everywhere() {
+fn a_hung_worker_is_abandoned_within_the_bound() {
+    let timeout = Duration::from_millis(300);
     let start = Instant::now();
-    let err = run_workers(3, Duration::from_millis(300), |mut g| {
+    let err = run_workers(3, timeout, |mut g| {
         if g.rank() == 2 {
-            std::thread::sleep(Duration::from_millis(1500));
+            std::thread::sleep(Duration::from_secs(60));
+            return Ok(());
+        }
+        g.barrier()
+    })
+    .unwrap_err();
+    let elapsed = start.elapsed();
+    assert!(
+        matches!(&err, DistError::Timeout(m) if m.contains("rank(s) [2] did not return")),
+        "{err}"
+    );
+    assert!(
+        elapsed < 3 * timeout + Duration::from_millis(500),
+        "{elapsed:?}"
+    );
+}
+
+/// A worker that waits in a collective for a missing rank names the missing rank.
+#[test]
+fn a_timeout_names_the_missing_rank() {
+    let err = run_workers(3, Duration::from_millis(200), |mut g| {
+        if g.rank() == 1 {
             return Ok(());
         }
         g.barrier()
     })
     .unwrap_err();
     assert!(
-        matches!(err, DistError::Timeout(_) | DistError::PeerFailed(_)),
+        matches!(&err, DistError::Timeout(m) if m.contains("waiting for rank(s) [1] to join")),
         "{err}"
     );
-    assert!(start.elapsed() < Duration::from_secs(5));
+}
+
+/// A worker's own error is the one returned, not a peer's "a peer failed" that follows from it.
+#[test]
+fn a_workers_own_error_is_the_root_cause() {
+    let err = run_workers(4, TIMEOUT, |mut g| {
+        if g.rank() == 2 {
+            return Err(DistError::Protocol("rank 2 disagrees".into()));
+        }
+        g.barrier()
+    })
+    .unwrap_err();
+    assert_eq!(err, DistError::Protocol("rank 2 disagrees".into()));
 }
 
 #[test]
@@ -85,16 +123,16 @@ fn a_panicking_worker_fails_every_rank_within_the_timeout() {
 
 /// Trains the digits MLP for `steps` full-shard steps with `reducer` on a `LocalGroup` and
 /// returns every rank's fingerprint after each step and the final test accuracy.
-fn train_with<R: Reducer>(
+fn train_with<R: Reducer + 'static>(
     world: usize,
     steps: usize,
     lr: f64,
-    make: impl Fn() -> R + Sync,
-    optim: impl Fn() -> ModuleOptimizer + Sync,
-    tamper: impl Fn(usize, GradientsParams, &Mlp) -> GradientsParams + Sync,
+    make: impl Fn() -> R + Send + Sync + 'static,
+    optim: impl Fn() -> ModuleOptimizer + Send + Sync + 'static,
+    tamper: impl Fn(usize, GradientsParams, &Mlp) -> GradientsParams + Send + Sync + 'static,
 ) -> Result<Vec<(Vec<u64>, f32)>, DistError> {
     let (data, test) = shards(world);
-    run_workers(world, TIMEOUT, |g| {
+    run_workers(world, TIMEOUT, move |g| {
         train_rank(g, make(), &data, &test, steps, lr, optim(), &tamper)
     })
 }
@@ -104,7 +142,11 @@ fn train_with<R: Reducer>(
 fn every_protocol_keeps_replicas_bit_identical() {
     struct Check;
     impl EachProtocol for Check {
-        fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync) {
+        fn visit<R: Reducer + 'static>(
+            &mut self,
+            name: &str,
+            make: impl Fn() -> R + Send + Sync + 'static,
+        ) {
             let results = train_with(4, 4, 0.1, make, sgd, no_tamper).unwrap();
             for step in 0..4 {
                 let first = results[0].0[step];
@@ -125,9 +167,15 @@ fn every_protocol_keeps_replicas_bit_identical() {
 fn frozen_parameters_are_left_out_on_every_rank() {
     struct Check;
     impl EachProtocol for Check {
-        fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync) {
+        fn visit<R: Reducer + 'static>(
+            &mut self,
+            name: &str,
+            make: impl Fn() -> R + Send + Sync + 'static,
+        ) {
             let (data, _) = shards(3);
-            let results = run_workers(3, TIMEOUT, |g| {
+            let label = name.to_string();
+            let results = run_workers(3, TIMEOUT, move |g| {
+                let name = &label;
                 let device = kindling_testing::autodiff_device();
                 let rank = g.rank();
                 let mut trainer = DataParallel::new(g, make(), 3);
@@ -239,33 +287,6 @@ fn mismatched_collectives_are_errors_on_every_rank() {
 /// A payload that fails to decode is an error naming the sender and the parameter, on every rank.
 #[test]
 fn a_corrupt_payload_names_rank_and_parameter() {
-    struct Corrupting(LocalGroup);
-    impl Communicator for Corrupting {
-        fn rank(&self) -> usize {
-            self.0.rank()
-        }
-        fn world_size(&self) -> usize {
-            self.0.world_size()
-        }
-        fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
-            self.0.all_reduce_sum(v)
-        }
-        fn all_gather(&mut self, mut payload: Vec<u8>) -> Result<Vec<Vec<u8>>, DistError> {
-            if self.rank() == 2 {
-                payload.truncate(payload.len() - 3);
-            }
-            self.0.all_gather(payload)
-        }
-        fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
-            self.0.broadcast(b, root)
-        }
-        fn barrier(&mut self) -> Result<(), DistError> {
-            self.0.barrier()
-        }
-        fn traffic(&self) -> Traffic {
-            self.0.traffic()
-        }
-    }
     let (data, _) = shards(3);
     let errors: Vec<DistError> = {
         let groups = LocalGroup::new(3, TIMEOUT).unwrap();
@@ -278,7 +299,10 @@ fn a_corrupt_payload_names_rank_and_parameter() {
                         let device = kindling_testing::autodiff_device();
                         let rank = g.rank();
                         let mut trainer = DataParallel::new(
-                            Corrupting(g),
+                            Corrupting {
+                                inner: g,
+                                victim: 2,
+                            },
                             Gathered::new(Qsgd::new(2).unwrap()),
                             1,
                         );
@@ -315,18 +339,10 @@ fn a_corrupt_payload_names_rank_and_parameter() {
 #[test]
 fn majority_vote_is_robust_where_averaging_is_not() {
     let flip = |rank: usize, g: GradientsParams, m: &Mlp| {
-        if rank < 3 {
-            kindling_optim_scale(g, m, -1.0)
-        } else {
-            g
-        }
+        if rank < 3 { scale(g, m, -1.0) } else { g }
     };
     let huge = |rank: usize, g: GradientsParams, m: &Mlp| {
-        if rank == 0 {
-            kindling_optim_scale(g, m, 1e6)
-        } else {
-            g
-        }
+        if rank == 0 { scale(g, m, 1e6) } else { g }
     };
     let signum = || kindling_optim::SignumConfig::sign_sgd().init();
     let vote = train_with(7, 60, 0.01, || MajorityVote, signum, flip).unwrap();
@@ -354,10 +370,11 @@ fn majority_vote_is_robust_where_averaging_is_not() {
 /// the rank that happened to notice. Every rank ends (the group aborts) within the timeout.
 #[test]
 fn a_non_finite_shared_scale_names_its_rank() {
-    let (data, _) = shards(3);
+    let data = Arc::new(shards(3).0);
     for poison in [f64::NAN, 1e39, -1e39] {
         let start = Instant::now();
-        let err = run_workers(3, TIMEOUT, |g| {
+        let data = data.clone();
+        let err = run_workers(3, TIMEOUT, move |g| {
             let device = kindling_testing::autodiff_device();
             let rank = g.rank();
             let mut trainer = DataParallel::new(g, TernGradShared::new(TernGrad::new()), 5);
@@ -365,7 +382,7 @@ fn a_non_finite_shared_scale_names_its_rank() {
             let mut optim = burn::optim::AdamConfig::new().init();
             let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
             let grads = if rank == 2 {
-                kindling_optim_scale(grads, &model, poison)
+                scale(grads, &model, poison)
             } else {
                 grads
             };
@@ -387,10 +404,6 @@ fn a_non_finite_shared_scale_names_its_rank() {
     }
 }
 
-fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams {
-    kindling_optim::grads::scale(m, &g, c)
-}
-
 /// Saving the reducer state (PowerSGD's Q and residuals; error-feedback residuals of a gathered
 /// codec), the optimizer state and the RNG position after 3 steps and restoring them into fresh
 /// trainers reproduces the uninterrupted run bit for bit. QSGD and entry-wise ATOMO keep no
@@ -398,10 +411,16 @@ fn kindling_optim_scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams 
 /// position is restored (a fresh trainer starts its stream from the beginning).
 #[test]
 fn resume_reproduces_the_uninterrupted_run() {
-    fn check<R: Reducer>(name: &str, stateful: bool, make: impl Fn() -> R + Sync) {
-        let (data, _) = shards(2);
+    fn check<R: Reducer + 'static>(
+        name: &str,
+        stateful: bool,
+        make: impl Fn() -> R + Send + Sync + 'static,
+    ) {
+        let data = Arc::new(shards(2).0);
+        let make = Arc::new(make);
         let run = |resume_at: Option<usize>| {
-            run_workers(2, TIMEOUT, |g| {
+            let (data, make, name) = (data.clone(), make.clone(), name.to_string());
+            run_workers(2, TIMEOUT, move |g| {
                 let device = kindling_testing::autodiff_device();
                 let rank = g.rank();
                 let mut trainer = DataParallel::new(g, make(), 5);
@@ -459,7 +478,7 @@ fn resume_reproduces_the_uninterrupted_run() {
 #[test]
 fn a_checkpoint_restores_only_into_its_own_protocol() {
     let device = kindling_testing::device();
-    let results = run_workers(1, TIMEOUT, |g| {
+    let results = run_workers(1, TIMEOUT, move |g| {
         let power = DataParallel::new(g, PowerSgd::new(PowerSgdConfig::new(2).unwrap()), 5);
         let saved = ReducerCheckpoint::from_bytes(&power.checkpoint().to_bytes())?;
         assert!(saved.protocol.contains("PowerSGD"), "{}", saved.protocol);
@@ -506,4 +525,25 @@ fn gathered_protocols_are_named_after_their_codec() {
     let spectral = Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap());
     assert_eq!(spectral.name(), "atomo spectral");
     assert_eq!(Gathered::new(Sign).with_name("votes").name(), "votes");
+}
+
+/// A step counts the collectives it ran, which the network model charges latency for: one
+/// all-reduce per tensor for dense, a scale all-reduce and an all-gather per tensor for TernGrad.
+#[test]
+fn a_step_counts_its_collectives() {
+    let data = Arc::new(shards(2).0);
+    let counts = run_workers(2, TIMEOUT, move |g| {
+        let device = kindling_testing::autodiff_device();
+        let rank = g.rank();
+        let model = Mlp::new(8, 0, &device);
+        let grads = || GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+        let mut dense = DataParallel::new(g, Dense, 0);
+        let (_, dense_stats) = dense.agree(&model, grads())?;
+        let mut tern = DataParallel::new(dense.comm, TernGradShared::new(TernGrad::new()), 0);
+        let (_, tern_stats) = tern.agree(&model, grads())?;
+        Ok((dense_stats.collectives, tern_stats.collectives))
+    })
+    .unwrap();
+    // The MLP has 4 tensors (two weights, two biases).
+    assert!(counts.iter().all(|&c| c == (4, 8)), "{counts:?}");
 }

@@ -134,10 +134,11 @@ fn a_learner_run_is_the_plain_loop_step_for_step() {
     assert!(result.error.is_none(), "{:?}", result.error);
 
     let per = data.train.len() / WORKERS;
-    let plain = run_workers(WORKERS, std::time::Duration::from_secs(60), |group| {
+    let train = Arc::new(data.train);
+    let plain = run_workers(WORKERS, std::time::Duration::from_secs(60), move |group| {
         let device = kindling_testing::autodiff_device();
         let rank = group.rank();
-        let shard = &data.train[rank * per..(rank + 1) * per];
+        let shard = &train[rank * per..(rank + 1) * per];
         let mut trainer = DataParallel::new(group, Dense, 0);
         let mut model = Mlp::new(32, 2, &device);
         let mut optim = SgdConfig::new().init();

@@ -7,13 +7,20 @@
 //! transport); and that a burn-train `Learner` with `CompressedDdp` over MPI, one rank per
 //! process, ends with the same parameters as the same strategy on worker threads. A failed check
 //! panics this rank, and `mpirun` fails the job.
+//!
+//! **Faults.** Run without `mpirun` and with the argument `--faults`, the binary is a driver: it
+//! launches `mpirun -np 4` on itself once per fault (`--fault NAME`, see [`FAULTS`]) and asserts
+//! that the job ends non-zero within the fault's bound, with the root cause in its output.
 
+use std::io::Read;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-use burn::optim::SgdConfig;
+use burn::optim::{GradientsParams, SgdConfig};
 use burn::train::Learner;
 use burn::train::logger::InMemoryMetricLogger;
-use kindling_compress::Qsgd;
+use kindling_compress::{Qsgd, TernGrad};
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
 use kindling_optim::EpochRenderer;
@@ -23,12 +30,68 @@ use common::*;
 mod learning;
 use learning::*;
 
+/// The collective timeout of the fault runs.
+const FAULT_TIMEOUT: Duration = Duration::from_secs(8);
+
+/// How a fault must end the job.
+#[derive(Clone, Copy)]
+enum Ends {
+    /// At once, by the failing rank (well before any timeout).
+    Immediately,
+    /// By the watchdog: after the collective timeout, and within a few seconds of it.
+    ByWatchdog,
+}
+
+/// Each fault: its name, what the job's output must contain, and how it ends.
+const FAULTS: [(&str, &str, Ends); 8] = [
+    (
+        "error",
+        "rank 2 of 4: cannot encode parameter 0 on rank 2",
+        Ends::Immediately,
+    ),
+    ("panic", "injected panic on rank 1", Ends::Immediately),
+    ("stall", "did not complete within 8s", Ends::ByWatchdog),
+    (
+        "fewer-batches",
+        "did not complete within 8s",
+        Ends::ByWatchdog,
+    ),
+    (
+        "shape",
+        "mismatched collectives: rank 0 called an all-reduce of",
+        Ends::Immediately,
+    ),
+    (
+        "mismatched-collectives",
+        "mismatched collectives: rank 0 called a barrier as its collective #0, rank 1 called an all-gather as its collective #0",
+        Ends::Immediately,
+    ),
+    (
+        "corrupt-payload",
+        "payload from rank 2 for parameter 0 does not decode",
+        Ends::Immediately,
+    ),
+    (
+        "non-finite-scale",
+        "cannot encode parameter 0 on rank 1",
+        Ends::Immediately,
+    ),
+];
+
 fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if args.iter().any(|a| a == "--faults") {
+        return drive_faults(&args[0]);
+    }
+    if let Some(at) = args.iter().position(|a| a == "--fault") {
+        return fault(&args[at + 1]);
+    }
     // ANCHOR: init
     let mut mpi = Mpi::init().expect("MPI initialises");
     // ANCHOR_END: init
     collectives_and_byte_counts(&mut mpi);
     every_protocol_keeps_replicas_bit_identical(&mut mpi);
+    frozen_parameters_train_the_same_on_every_rank(&mut mpi);
     mpi_matches_a_local_group(&mut mpi);
     let mut comm = a_learner_over_mpi_matches_worker_threads(mpi);
     comm.barrier().unwrap();
@@ -36,6 +99,160 @@ fn main() {
         println!("mpi: {} ranks, all checks passed", comm.world_size());
     }
 }
+
+/// Launches `mpirun -np 4` on this binary for every fault and checks how each job ends.
+fn drive_faults(exe: &str) {
+    for (name, expected, ends) in FAULTS {
+        let start = Instant::now();
+        let mut child = Command::new("mpirun")
+            .args(["--oversubscribe", "-np", "4", exe, "--fault", name])
+            .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+            .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("mpirun starts (install openmpi-bin)");
+        let pipes = (child.stdout.take(), child.stderr.take());
+        let reader = std::thread::spawn(move || {
+            let mut text = String::new();
+            let (mut out, mut err) = (pipes.0.expect("stdout"), pipes.1.expect("stderr"));
+            let mut buf = String::new();
+            err.read_to_string(&mut buf).ok();
+            text.push_str(&buf);
+            buf.clear();
+            out.read_to_string(&mut buf).ok();
+            text.push_str(&buf);
+            text
+        });
+        let guard = FAULT_TIMEOUT * 4;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("mpirun runs") {
+                break Some(status);
+            }
+            if start.elapsed() > guard {
+                let _ = child.kill();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let elapsed = start.elapsed();
+        let output = reader.join().expect("output reader");
+        let status = status.unwrap_or_else(|| {
+            panic!("fault {name}: the job still ran after {guard:?}; output:\n{output}")
+        });
+        assert!(
+            !status.success(),
+            "fault {name}: the job exited successfully; output:\n{output}"
+        );
+        assert!(
+            output.contains(expected),
+            "fault {name}: the output does not name the root cause `{expected}`:\n{output}"
+        );
+        let bound = match ends {
+            Ends::Immediately => FAULT_TIMEOUT,
+            Ends::ByWatchdog => FAULT_TIMEOUT + Duration::from_secs(10),
+        };
+        assert!(
+            elapsed < bound,
+            "fault {name}: the job took {elapsed:?}, the bound is {bound:?}; output:\n{output}"
+        );
+        if let Ends::ByWatchdog = ends {
+            assert!(
+                elapsed >= FAULT_TIMEOUT,
+                "fault {name}: ended after {elapsed:?}, before the watchdog could fire"
+            );
+        }
+        println!("fault {name}: ended ({status}) after {elapsed:.1?}, bound {bound:?}");
+    }
+    println!(
+        "mpi faults: all {} end every rank within their bound",
+        FAULTS.len()
+    );
+}
+
+/// One rank of the job for fault `name`.
+fn fault(name: &str) {
+    let mut mpi = Mpi::init()
+        .and_then(|m| m.with_timeout(FAULT_TIMEOUT))
+        .expect("MPI initialises");
+    let (rank, w) = (mpi.rank(), mpi.world_size());
+    let (data, test) = shards(w);
+    let qsgd = || Gathered::new(Qsgd::new(4).unwrap());
+    let outcome = match name {
+        // Rank 2's gradient holds NaN: its encoder refuses it.
+        "error" => train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, m| {
+            if r == 2 { scale(g, m, f64::NAN) } else { g }
+        })
+        .map(|_| ()),
+        "panic" => train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, _| {
+            assert!(r != 1, "injected panic on rank 1");
+            g
+        })
+        .map(|_| ()),
+        // Rank 3 stops itself (SIGSTOP) after its first step.
+        "stall" => train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, _| {
+            if r == 3 && STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+                let pid = std::process::id().to_string();
+                let _ = Command::new("kill").args(["-STOP", &pid]).status();
+            }
+            g
+        })
+        .map(|_| ()),
+        // Rank 1 runs out of data after 1 step and finishes; the others take 3.
+        "fewer-batches" => {
+            let steps = if rank == 1 { 1 } else { 3 };
+            train_rank(&mut mpi, qsgd(), &data, &test, steps, 0.1, sgd(), no_tamper).map(|_| ())
+        }
+        // Rank 2 builds a narrower model (and nobody broadcasts): dense all-reduces of
+        // different lengths.
+        "shape" => {
+            let device = kindling_testing::autodiff_device();
+            let model = Mlp::new(if rank == 2 { 16 } else { 32 }, 0, &device);
+            let mut trainer = DataParallel::new(&mut mpi, Dense, 0);
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            trainer.step(model, grads, &mut sgd(), 0.1).map(|_| ())
+        }
+        "mismatched-collectives" => {
+            if rank == 0 {
+                mpi.barrier()
+            } else {
+                mpi.all_gather(vec![1, 2, 3]).map(|_| ())
+            }
+        }
+        "corrupt-payload" => {
+            let corrupting = Corrupting {
+                inner: &mut mpi,
+                victim: 2,
+            };
+            train_rank(corrupting, qsgd(), &data, &test, 3, 0.1, sgd(), no_tamper).map(|_| ())
+        }
+        // Rank 1's gradient overflows to ±∞: TernGrad's shared scale must name it.
+        "non-finite-scale" => {
+            let terngrad = TernGradShared::new(TernGrad::new());
+            train_rank(
+                &mut mpi,
+                terngrad,
+                &data,
+                &test,
+                3,
+                0.1,
+                sgd(),
+                |r, g, m| {
+                    if r == 1 { scale(g, m, 1e39) } else { g }
+                },
+            )
+            .map(|_| ())
+        }
+        other => panic!("no fault named {other}"),
+    };
+    // What a program does with an error: report it and stop (here: panic, which aborts the job).
+    if let Err(e) = outcome {
+        panic!("rank {rank}: {e}");
+    }
+}
+
+/// Steps taken by this process (the stall fault's trigger).
+static STEPS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
 
 fn collectives_and_byte_counts(mpi: &mut Mpi) {
     let (rank, w) = (mpi.rank(), mpi.world_size());
@@ -61,8 +278,10 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         mpi.broadcast(vec![], w).is_err(),
         "a root outside the group"
     );
-    // The same counts as LocalGroup: ring all-reduce of 8 bytes, all-gather, broadcast, max.
+    // LocalGroup's counts (ring all-reduce of 8 bytes, all-gather, broadcast, max) plus MPI's
+    // four 32-byte headers to and from each peer (the out-of-range root fails before its own).
     let ring = (8 * 2 * (w - 1) / w) as u64;
+    let headers = 4 * 32 * (w as u64 - 1);
     let gathered_others = ((1..=w).sum::<usize>() - (rank + 1)) as u64;
     let (bcast_sent, bcast_received) = if rank == root {
         (5 * (w as u64 - 1), 0)
@@ -72,18 +291,22 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
     let after = mpi.traffic();
     assert_eq!(
         after.sent - before.sent,
-        ring + (rank as u64 + 1) * (w as u64 - 1) + bcast_sent + 4 * (w as u64 - 1)
+        ring + (rank as u64 + 1) * (w as u64 - 1) + bcast_sent + 4 * (w as u64 - 1) + headers
     );
     assert_eq!(
         after.received - before.received,
-        ring + gathered_others + bcast_received + 4 * (w as u64 - 1)
+        ring + gathered_others + bcast_received + 4 * (w as u64 - 1) + headers
     );
 }
 
 fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
     struct Check<'a>(&'a mut Mpi);
     impl EachProtocol for Check<'_> {
-        fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync) {
+        fn visit<R: Reducer + 'static>(
+            &mut self,
+            name: &str,
+            make: impl Fn() -> R + Send + Sync + 'static,
+        ) {
             let w = self.0.world_size();
             let (data, test) = shards(w);
             let (prints, _) =
@@ -100,6 +323,43 @@ fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
     each_protocol(&mut Check(mpi));
 }
 
+/// With the hidden layer frozen (no gradient), every protocol leaves it untouched and keeps the
+/// replicas bit-identical across processes.
+fn frozen_parameters_train_the_same_on_every_rank(mpi: &mut Mpi) {
+    struct Check<'a>(&'a mut Mpi);
+    impl EachProtocol for Check<'_> {
+        fn visit<R: Reducer + 'static>(
+            &mut self,
+            name: &str,
+            make: impl Fn() -> R + Send + Sync + 'static,
+        ) {
+            let device = kindling_testing::autodiff_device();
+            let (rank, w) = (self.0.rank(), self.0.world_size());
+            let (data, _) = shards(w);
+            let model = Mlp::new(16, rank as u64, &device).freeze_hidden();
+            let mut model = broadcast_module(model, &mut *self.0, 0).unwrap();
+            let hidden = fingerprint(model.hidden());
+            let mut trainer = DataParallel::new(&mut *self.0, make(), 3);
+            let mut optim = sgd();
+            for _ in 0..2 {
+                let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                model = trainer.step(model, grads, &mut optim, 0.1).unwrap().0;
+            }
+            assert_eq!(
+                fingerprint(model.hidden()),
+                hidden,
+                "{name}: frozen layer moved"
+            );
+            let all = self
+                .0
+                .all_gather(fingerprint(&model).to_le_bytes().to_vec())
+                .unwrap();
+            assert!(all.iter().all(|b| *b == all[0]), "{name}: replicas differ");
+        }
+    }
+    each_protocol(&mut Check(mpi));
+}
+
 fn mpi_matches_a_local_group(mpi: &mut Mpi) {
     let w = mpi.world_size();
     let (data, test) = shards(w);
@@ -107,7 +367,7 @@ fn mpi_matches_a_local_group(mpi: &mut Mpi) {
     let (over_mpi, _) =
         train_rank(&mut *mpi, make(), &data, &test, 3, 0.1, sgd(), no_tamper).unwrap();
     if mpi.rank() == 0 {
-        let local = run_workers(w, TIMEOUT, |g| {
+        let local = run_workers(w, TIMEOUT, move |g| {
             train_rank(g, make(), &data, &test, 3, 0.1, sgd(), no_tamper)
         })
         .unwrap();

@@ -54,6 +54,49 @@ pub fn train_rank<C: Communicator, R: Reducer>(
     Ok((prints, model.accuracy(test)))
 }
 
+/// A transport that cuts the last 3 bytes off rank `victim`'s all-gather payloads: a payload
+/// corrupted on the wire.
+pub struct Corrupting<C> {
+    /// The real transport.
+    pub inner: C,
+    /// The rank whose payloads arrive corrupt.
+    pub victim: usize,
+}
+
+impl<C: Communicator> Communicator for Corrupting<C> {
+    fn rank(&self) -> usize {
+        self.inner.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.inner.world_size()
+    }
+    fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
+        self.inner.all_reduce_sum(v)
+    }
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+        let cut = if self.rank() == self.victim { 3 } else { 0 };
+        self.inner
+            .all_gather_borrowed(&payload[..payload.len().saturating_sub(cut)])
+    }
+    fn fail(&mut self, reason: &str) {
+        self.inner.fail(reason)
+    }
+    fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+        self.inner.broadcast(b, root)
+    }
+    fn barrier(&mut self) -> Result<(), DistError> {
+        self.inner.barrier()
+    }
+    fn traffic(&self) -> Traffic {
+        self.inner.traffic()
+    }
+}
+
+/// Every gradient of `m` multiplied by `c` (NaN or a huge `c` poisons them).
+pub fn scale(g: GradientsParams, m: &Mlp, c: f64) -> GradientsParams {
+    kindling_optim::grads::scale(m, &g, c)
+}
+
 /// Gradients as computed.
 pub fn no_tamper(_: usize, g: GradientsParams, _: &Mlp) -> GradientsParams {
     g
@@ -67,7 +110,11 @@ pub fn sgd() -> ModuleOptimizer {
 /// Something to do with each protocol (a generic method, since reducers are generic).
 pub trait EachProtocol {
     /// Called once per protocol with its name and a constructor.
-    fn visit<R: Reducer>(&mut self, name: &str, make: impl Fn() -> R + Sync);
+    fn visit<R: Reducer + 'static>(
+        &mut self,
+        name: &str,
+        make: impl Fn() -> R + Send + Sync + 'static,
+    );
 }
 
 /// Every protocol: dense, gathered codecs (QSGD, error-feedback top-k, spectral ATOMO), majority
