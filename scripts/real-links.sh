@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Time-to-accuracy over a real rate-limited network: the digits MLP on 4 MPI ranks whose every
-# byte crosses a token-bucket-limited link.
+# byte crosses a token-bucket-limited link, measured beside NetworkModel's prediction.
 #
 # Inside a network namespace of its own (`unshare -n`, or `unshare -rn` with a user namespace
 # when not root), the script brings up loopback with a 1500-byte MTU, limits it with
@@ -8,33 +8,39 @@
 # under `mpirun` with Open MPI's TCP transport only (no shared memory), so all MPI traffic of
 # the 4 ranks shares one RATE link. The host's own network is untouched.
 #
-#   scripts/real-links.sh [--rate 100mbit] [--epochs 8] [--hidden 256] [--out DIR]
+# It runs once without a limit (the compute time: TCP on an unlimited loopback) and once per
+# rate, and prints, per rate and protocol, the measured training seconds to the epoch where the
+# protocol first reaches the dense run's final accuracy, and the prediction: that epoch's
+# unlimited time plus NetworkModel's communication time. The 4 ranks share one link, which the
+# model sees as 4 links of RATE/4 each (the same total bytes per second).
+#
+#   scripts/real-links.sh [--rates "100mbit 1gbit"] [--epochs 8] [--hidden 256] [--out DIR]
 #                         [--exe PATH] [--smoke]
 #
 # --exe   the data-parallel binary built with `--features mpi`
 #         (default: cargo build --release -p data-parallel --features mpi)
-# --smoke one epoch, for CI: checks the set-up works and every protocol trains over it
+# --smoke one epoch at 100mbit, for CI: the set-up works and every protocol trains over it
 #
-# Output: DIR/real-links-RATE.txt (the per-epoch tables, with measured wall seconds) and
-# DIR/data-parallel-wall.svg (accuracy against measured training seconds), plus the other
-# --compare plots.
+# Output under DIR: per run (unlimited, each rate) a folder with the example's tables
+# (run.txt), its per-epoch CSV and plots (data-parallel-wall.svg: accuracy against measured
+# seconds); and summary.txt, the time-to-accuracy table.
 set -euo pipefail
 
-rate=100mbit epochs=8 hidden=256 out=target/real-links exe="" smoke=0
+rates="100mbit 1gbit" epochs=8 hidden=256 out=target/real-links exe="" smoke=0
 while [ $# -gt 0 ]; do
   case "$1" in
-    --rate) rate=$2; shift 2 ;;
+    --rates) rates=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --hidden) hidden=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --exe) exe=$2; shift 2 ;;
-    --smoke) smoke=1; epochs=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    --smoke) smoke=1; epochs=1; rates=100mbit; shift ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
 
-for tool in mpirun tc ip unshare; do
+for tool in mpirun tc ip unshare awk; do
   command -v "$tool" >/dev/null || { echo "real-links: needs $tool" >&2; exit 1; }
 done
 if [ -z "$exe" ]; then
@@ -45,19 +51,67 @@ fi
 mkdir -p "$out"
 exe=$(realpath "$exe") out=$(realpath "$out")
 
-if [ "$(id -u)" -eq 0 ]; then ns=(unshare -n); else ns=(unshare -rn); fi
-"${ns[@]}" bash -s "$rate" "$epochs" "$hidden" "$out" "$exe" <<'INNER' | tee "$out/real-links-$rate.txt"
+# A tc rate (100mbit, 1gbit, 500kbit) in Gb/s.
+gbps() {
+  awk -v r="$1" 'BEGIN {
+    n = r + 0; u = tolower(substr(r, length(n "") + 1))
+    if (u == "gbit") print n; else if (u == "mbit") print n / 1e3;
+    else if (u == "kbit") print n / 1e6; else { print "bad rate " r > "/dev/stderr"; exit 1 }
+  }'
+}
+
+# One run in a fresh namespace: $1 = rate ("none": no limit), $2 = the model's per-rank Gb/s.
+run() {
+  local rate=$1 model=$2 dir="$out/$1"
+  mkdir -p "$dir"
+  if [ "$(id -u)" -eq 0 ]; then local ns=(unshare -n); else local ns=(unshare -rn); fi
+  "${ns[@]}" bash -s "$rate" "$model" "$epochs" "$hidden" "$dir" "$exe" <<'INNER' > "$dir/run.txt"
 set -euo pipefail
-rate=$1 epochs=$2 hidden=$3 out=$4 exe=$5
+rate=$1 model=$2 epochs=$3 hidden=$4 dir=$5 exe=$6
 ip link set lo up mtu 1500
 # A burst of 32 KiB (more than the MTU, as tbf needs) and a 100 ms queue.
-tc qdisc add dev lo root tbf rate "$rate" burst 32kb latency 100ms
+[ "$rate" = none ] || tc qdisc add dev lo root tbf rate "$rate" burst 32kb latency 100ms
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-echo "4 MPI ranks over TCP on loopback limited to $rate (tbf), $epochs epochs, hidden $hidden"
+echo "4 MPI ranks over TCP on loopback, limit: $rate; $epochs epochs, hidden $hidden"
 mpirun --oversubscribe -np 4 --mca btl tcp,self --mca btl_tcp_if_include lo \
   --mca oob_tcp_if_include lo \
-  "$exe" --mpi --compare --epochs "$epochs" --hidden "$hidden" --out-dir "$out" </dev/null
+  "$exe" --mpi --compare --epochs "$epochs" --hidden "$hidden" --bandwidth "$model" \
+  --out-dir "$dir" </dev/null
 echo "link counters:"
 tc -s qdisc show dev lo
 INNER
-echo "real-links: tables in $out/real-links-$rate.txt, plots in $out"
+  echo "real-links: $rate done ($dir/run.txt)"
+}
+
+run none 1000
+for rate in $rates; do
+  run "$rate" "$(awk -v g="$(gbps "$rate")" 'BEGIN { print g / 4 }')"
+done
+
+# Time to the dense run's final accuracy, measured and predicted.
+{
+  for rate in $rates; do
+    echo "== $rate shared by 4 ranks (modelled as 4 links of $rate/4, 50 µs latency)"
+    awk -F, -v rate="$rate" '
+      FNR == 1 { file++; next }
+      file == 1 { base[$1 "," $2] = $6; next }
+      {
+        acc[$1 "," $2] = $3; model[$1 "," $2] = $5; wall[$1 "," $2] = $6
+        if (!($1 in last) || $2 > last[$1]) last[$1] = $2
+        if (!($1 in seen)) { seen[$1] = 1; order[++n] = $1 }
+      }
+      END {
+        target = acc["Dense," last["Dense"]]
+        printf "%-9s %6s %6s %10s %10s %7s %9s\n", "protocol", "acc", "epoch", "measured", "predicted", "error", "÷ dense"
+        for (i = 1; i <= n; i++) {
+          p = order[i]; hit = 0
+          for (e = 1; e <= last[p]; e++) if (acc[p "," e] >= target) { hit = e; break }
+          if (!hit) { printf "%-9s %5.1f%% %6s %10s %10s %7s %9s\n", p, 100 * acc[p "," last[p]], "-", "-", "-", "-", "-"; continue }
+          k = p "," hit; m = wall[k]; pred = base[k] + model[k]
+          if (p == "Dense") dense = m
+          printf "%-9s %5.1f%% %6d %9.2fs %9.2fs %6.0f%% %8.2f×\n", p, 100 * acc[k], hit, m, pred, 100 * (pred - m) / m, m / dense
+        }
+        printf "dense final accuracy: %.1f%%\n", 100 * target
+      }' "$out/none/data-parallel-epochs.csv" "$out/$rate/data-parallel-epochs.csv"
+  done
+} | tee "$out/summary.txt"

@@ -1,8 +1,10 @@
 //! The exchange overhead per step: one data-parallel step's `Reducer::reduce` on a `LocalGroup`
-//! of 4 workers, each with its own 1 M-entry gradient (a 1000 × 1000 weight matrix), on Flex,
-//! for each protocol against `Dense`. Each sample spawns the group (4 threads) and builds fresh
-//! reducers, so PowerSGD pays its first-step initialisation and `spawn only` (the same group
-//! doing one barrier) is the floor to subtract.
+//! of 4 workers, each with its own 1 M-entry gradient split into 20 tensors (20 weight matrices
+//! of 50 × 1000), on Flex, for each protocol against `Dense`. Each sample spawns the group
+//! (4 threads) and builds fresh reducers, so PowerSGD pays its first-step initialisation and
+//! `spawn only` (the same group doing one barrier) is the floor to subtract. The `…_per_tensor`
+//! rows run the bucketed protocols with one collective per tensor (buckets of 1 byte) instead of
+//! one per 25 MiB bucket.
 //!
 //! `cargo bench -p kindling-dist`; the ratios to `dense` are the figures to report.
 
@@ -20,42 +22,54 @@ use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
 const WORKERS: usize = 4;
-const SIDE: usize = 1000;
+const TENSORS: usize = 20;
+const ROWS: usize = 50;
+const COLS: usize = 1000;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn main() {
     divan::main();
 }
 
-/// The layer and one gradient per worker.
-fn setup() -> (Linear, Vec<Tensor<2>>) {
+/// The model (20 bias-free layers) and each worker's gradient of every layer.
+fn setup() -> (Vec<Linear>, Vec<Vec<Tensor<2>>>) {
     let device = Device::flex();
     device.seed(3);
-    let layer = Linear {
-        weight: Param::from_tensor(Tensor::zeros([SIDE, SIDE], &device)),
-        bias: None,
-    };
-    let grads = (0..WORKERS)
-        .map(|_| Tensor::random([SIDE, SIDE], Distribution::Normal(0.0, 1.0), &device))
+    let layers = (0..TENSORS)
+        .map(|_| Linear {
+            weight: Param::from_tensor(Tensor::zeros([ROWS, COLS], &device)),
+            bias: None,
+        })
         .collect();
-    (layer, grads)
+    let grads = (0..WORKERS)
+        .map(|_| {
+            (0..TENSORS)
+                .map(|_| Tensor::random([ROWS, COLS], Distribution::Normal(0.0, 1.0), &device))
+                .collect()
+        })
+        .collect();
+    (layers, grads)
 }
 
 /// One exchange on a fresh group; returns rank 0's wire bytes.
 fn exchange<R: Reducer + 'static>(
-    layer: &Arc<Linear>,
-    grads: &Arc<Vec<Tensor<2>>>,
+    layers: &Arc<Vec<Linear>>,
+    grads: &Arc<Vec<Vec<Tensor<2>>>>,
     make: &Arc<impl Fn() -> R + Send + Sync + 'static>,
 ) -> u64 {
-    let (layer, grads, make) = (layer.clone(), grads.clone(), make.clone());
+    let (layers, grads, make) = (layers.clone(), grads.clone(), make.clone());
     let wire = run_workers(WORKERS, TIMEOUT, move |mut group| {
         let rank = group.rank();
         let mut g = GradientsParams::new();
-        g.register(layer.weight.id, grads[rank].clone());
+        for (layer, grad) in layers.iter().zip(&grads[rank]) {
+            g.register(layer.weight.id, grad.clone());
+        }
         let mut rng = ChaCha8Rng::seed_from_u64(rank as u64);
-        let (agreed, stats) = make().reduce(&*layer, g, &mut group, &mut rng)?;
-        let out: Tensor<2> = agreed.get(layer.weight.id).expect("aggregated gradient");
-        out.device().sync().expect("sync");
+        let (agreed, stats) = make().reduce(&*layers, g, &mut group, &mut rng)?;
+        for layer in layers.iter() {
+            let out: Tensor<2> = agreed.get(layer.weight.id).expect("aggregated gradient");
+            out.device().sync().expect("sync");
+        }
         Ok(stats.wire_bytes)
     })
     .expect("exchange");
@@ -63,9 +77,9 @@ fn exchange<R: Reducer + 'static>(
 }
 
 fn bench<R: Reducer + 'static>(b: divan::Bencher, make: impl Fn() -> R + Send + Sync + 'static) {
-    let (layer, grads) = setup();
-    let (layer, grads, make) = (Arc::new(layer), Arc::new(grads), Arc::new(make));
-    b.bench_local(|| exchange(&layer, &grads, &make));
+    let (layers, grads) = setup();
+    let (layers, grads, make) = (Arc::new(layers), Arc::new(grads), Arc::new(make));
+    b.bench_local(|| exchange(&layers, &grads, &make));
 }
 
 #[divan::bench(sample_count = 10)]
@@ -77,7 +91,21 @@ fn spawn_only(b: divan::Bencher) {
 
 #[divan::bench(sample_count = 10)]
 fn dense(b: divan::Bencher) {
-    bench(b, || Dense);
+    bench(b, Dense::new);
+}
+
+#[divan::bench(sample_count = 10)]
+fn dense_per_tensor(b: divan::Bencher) {
+    bench(b, || Dense::new().with_bucket_bytes(1).unwrap());
+}
+
+#[divan::bench(sample_count = 10)]
+fn qsgd_s16_b512_per_tensor(b: divan::Bencher) {
+    bench(b, || {
+        Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap())
+            .with_bucket_bytes(1)
+            .unwrap()
+    });
 }
 
 #[divan::bench(sample_count = 10)]
@@ -94,7 +122,7 @@ fn terngrad_shared(b: divan::Bencher) {
 
 #[divan::bench(sample_count = 10)]
 fn majority_vote(b: divan::Bencher) {
-    bench(b, || MajorityVote);
+    bench(b, MajorityVote::new);
 }
 
 #[divan::bench(sample_count = 10)]

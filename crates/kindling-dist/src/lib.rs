@@ -70,7 +70,9 @@ pub use error::DistError;
 pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
 pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
-pub use reduce::{Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared};
+pub use reduce::{
+    DEFAULT_BUCKET_BYTES, Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared,
+};
 #[cfg(feature = "train")]
 #[cfg_attr(docsrs, doc(cfg(feature = "train")))]
 pub use train::{CompressedDdp, ExchangeMetric};

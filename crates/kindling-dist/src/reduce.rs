@@ -13,8 +13,21 @@ use kindling_compress::{
 };
 use rand::rngs::ChaCha8Rng;
 
-use crate::walk::{GradOp, walk};
-use crate::{Communicator, DistError, Received};
+use crate::walk::{BucketOp, Exchanged, GradOp, Part, walk, walk_bucketed};
+use crate::{Communicator, DistError};
+
+/// The default bucket size of the bucketed protocols: 25 MiB, as PyTorch DDP's `bucket_cap_mb`.
+pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
+
+/// `bytes` as a bucket size, or an error naming the field.
+fn bucket_size(bytes: usize) -> Result<usize, DistError> {
+    if bytes == 0 {
+        return Err(DistError::InvalidConfig(
+            "bucket_bytes: a bucket must hold at least one byte".into(),
+        ));
+    }
+    Ok(bytes)
+}
 
 /// Sizes and times of one exchange (or, accumulated, of many).
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
@@ -106,32 +119,61 @@ fn timed<T>(clock: &mut Duration, f: impl FnOnce() -> T) -> T {
     out
 }
 
-/// The baseline: all-reduce mean of the dense f32 gradients.
-#[derive(Debug, Clone, Default)]
-pub struct Dense;
+/// The baseline: all-reduce mean of the dense f32 gradients, packed into buckets of
+/// [`DEFAULT_BUCKET_BYTES`] (one all-reduce per bucket, not per tensor; the sums are the same
+/// whatever the bucket size).
+#[derive(Debug, Clone)]
+pub struct Dense {
+    bucket_bytes: usize,
+}
 
-struct DenseOp<'a> {
-    comm: &'a mut dyn Communicator,
+impl Default for Dense {
+    fn default() -> Self {
+        Self {
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+impl Dense {
+    /// With the default bucket size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Buckets of `bytes` (a bucket closes once it holds that many bytes; a larger tensor is a
+    /// bucket of its own, so 1 means one all-reduce per tensor). Zero is rejected.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
+        self.bucket_bytes = bucket_size(bytes)?;
+        Ok(self)
+    }
+}
+
+struct DenseOp {
     stats: StepStats,
 }
 
-impl GradOp for DenseOp<'_> {
-    fn apply<const D: usize>(
-        &mut self,
-        _: usize,
-        _: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError> {
-        let dims = grad.dims();
-        let device = grad.device();
-        let mut values = host(grad);
+impl BucketOp for DenseOp {
+    fn encode<const D: usize>(&mut self, _: usize, grad: Tensor<D>) -> Result<Part, DistError> {
+        let values = host(grad);
         let bytes = 4 * values.len() as u64;
         self.stats.raw_bytes += bytes;
         self.stats.wire_bytes += bytes;
-        timed(&mut self.stats.exchange, || {
-            self.comm.all_reduce_mean(&mut values)
-        })?;
-        Ok(tensor(values, dims, &device))
+        Ok(Part::Floats(values))
+    }
+
+    fn decode(
+        &mut self,
+        _: usize,
+        _: &[usize],
+        device: &Device,
+        exchanged: Exchanged<'_>,
+    ) -> Result<Tensor<1>, DistError> {
+        let Exchanged::Mean(mean) = exchanged else {
+            unreachable!("dense parts are floats")
+        };
+        let n = mean.len();
+        Ok(tensor(mean, [n], device))
     }
 }
 
@@ -147,54 +189,52 @@ impl Reducer for Dense {
         comm: &mut dyn Communicator,
         _rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let (out, op) = walk(
-            module,
-            grads,
-            DenseOp {
-                comm,
-                stats: StepStats::default(),
-            },
-        )?;
+        let mut op = DenseOp {
+            stats: StepStats::default(),
+        };
+        let mut exchange = Duration::ZERO;
+        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
 }
 
-/// Decodes every rank's payload for one parameter and averages them (rank order, so every rank
-/// gets the same bits). On a host device each payload is decoded straight from its receive
-/// buffer into one accumulator (`decode_add` with weight `1/W`), which becomes the tensor; on
-/// other devices the payloads are decoded on the device and summed there.
-fn decode_mean<const D: usize, C: Compressor>(
+/// Decodes every rank's payload for one parameter (of shape `dims`) and averages them, flat
+/// (rank order, so every rank gets the same bits). On a host device each payload is decoded
+/// straight from its receive buffer into one accumulator (`decode_add` with weight `1/W`),
+/// which becomes the tensor; on other devices the payloads are decoded on the device and summed
+/// there.
+fn decode_mean<C: Compressor>(
     codec: &C,
-    payloads: Received<'_>,
+    payloads: &[&[u8]],
     index: usize,
-    dims: [usize; D],
+    dims: &[usize],
     device: &Device,
-) -> Result<Tensor<D>, DistError> {
-    let world = payloads.world_size();
+) -> Result<Tensor<1>, DistError> {
+    let world = payloads.len();
+    let n: usize = dims.iter().product();
     let fail = |rank: usize, reason: String| DistError::Decode {
         rank,
         param: index,
         reason,
     };
     if is_host_device(device) {
-        let mut mean = vec![0.0f32; dims.iter().product()];
+        let mut mean = vec![0.0f32; n];
         let weight = 1.0 / world as f32;
         for (rank, bytes) in payloads.iter().enumerate() {
             let payload =
-                PayloadRef::parse_expecting(bytes, &dims).map_err(|e| fail(rank, e.to_string()))?;
+                PayloadRef::parse_expecting(bytes, dims).map_err(|e| fail(rank, e.to_string()))?;
             codec
                 .decode_add(&payload, weight, &mut mean)
                 .map_err(|e| fail(rank, e.to_string()))?;
         }
-        return Ok(Tensor::from_data(TensorData::new(mean, dims), device));
+        return Ok(tensor(mean, [n], device));
     }
-    let mut sum: Option<Tensor<D>> = None;
+    let mut sum: Option<Tensor<1>> = None;
     for (rank, bytes) in payloads.iter().enumerate() {
-        let payload = Payload::from_bytes_expecting(bytes.to_vec(), &dims)
+        let payload = Payload::from_bytes_expecting(bytes.to_vec(), dims)
             .map_err(|e| fail(rank, e.to_string()))?;
-        let t: Tensor<D> = codec
-            .decompress(&payload, device)
-            .map_err(|e| fail(rank, e.to_string()))?;
+        let t = decompress_flat(codec, &payload, device).map_err(|e| fail(rank, e))?;
         sum = Some(match sum {
             Some(s) => s + t,
             None => t,
@@ -205,15 +245,37 @@ fn decode_mean<const D: usize, C: Compressor>(
         .div_scalar(world as f64))
 }
 
+/// Decodes `payload` on `device` in its own rank, flattened.
+fn decompress_flat<C: Compressor>(
+    codec: &C,
+    payload: &Payload,
+    device: &Device,
+) -> Result<Tensor<1>, String> {
+    let n = payload.header().numel();
+    let flat = match payload.header().shape.len() {
+        1 => codec.decompress::<1>(payload, device),
+        2 => codec.decompress::<2>(payload, device).map(|t| t.reshape([n])),
+        3 => codec.decompress::<3>(payload, device).map(|t| t.reshape([n])),
+        4 => codec.decompress::<4>(payload, device).map(|t| t.reshape([n])),
+        5 => codec.decompress::<5>(payload, device).map(|t| t.reshape([n])),
+        6 => codec.decompress::<6>(payload, device).map(|t| t.reshape([n])),
+        rank => return Err(format!("tensors of rank {rank} are not supported (1 to 6 are)")),
+    };
+    flat.map_err(|e| e.to_string())
+}
+
 /// Any codec: each rank encodes its gradient, the payloads are all-gathered, and every rank
 /// decodes all of them and averages (unbiased codecs give an unbiased mean). The codec is cloned
 /// per parameter, so stateful codecs ([`ErrorFeedback`](kindling_compress::ErrorFeedback)) keep
-/// one residual per parameter.
+/// one residual per parameter. The payloads of a step travel in buckets of
+/// [`DEFAULT_BUCKET_BYTES`] (one all-gather per bucket, each payload framed by its length); the
+/// result is the same whatever the bucket size.
 #[derive(Debug, Clone)]
 pub struct Gathered<C> {
     prototype: C,
     codecs: HashMap<usize, C>,
     name: String,
+    bucket_bytes: usize,
 }
 
 impl<C: Compressor + Clone + Send> Gathered<C> {
@@ -224,7 +286,15 @@ impl<C: Compressor + Clone + Send> Gathered<C> {
             name: codec.name(),
             prototype: codec,
             codecs: HashMap::new(),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         }
+    }
+
+    /// Buckets of `bytes` of payload (a bucket closes once it holds that many bytes; a larger
+    /// payload is a bucket of its own, so 1 means one all-gather per tensor). Zero is rejected.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
+        self.bucket_bytes = bucket_size(bytes)?;
+        Ok(self)
     }
 
     /// The same protocol under another name in reports.
@@ -237,21 +307,14 @@ impl<C: Compressor + Clone + Send> Gathered<C> {
 struct GatherOp<'a, C> {
     codecs: &'a mut HashMap<usize, C>,
     prototype: &'a C,
-    comm: &'a mut dyn Communicator,
+    rank: usize,
     rng: &'a mut ChaCha8Rng,
     stats: StepStats,
 }
 
-impl<C: Compressor + Clone> GradOp for GatherOp<'_, C> {
-    fn apply<const D: usize>(
-        &mut self,
-        index: usize,
-        _: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError> {
-        let dims = grad.dims();
-        let device = grad.device();
-        let rank = self.comm.rank();
+impl<C: Compressor + Clone> BucketOp for GatherOp<'_, C> {
+    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
+        let entries = grad.dims().iter().product::<usize>();
         let codec = self
             .codecs
             .entry(index)
@@ -259,19 +322,29 @@ impl<C: Compressor + Clone> GradOp for GatherOp<'_, C> {
         let payload =
             timed(&mut self.stats.encode, || codec.compress(grad, self.rng)).map_err(|e| {
                 DistError::Encode {
-                    rank,
+                    rank: self.rank,
                     param: index,
                     reason: e.to_string(),
                 }
             })?;
-        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
+        self.stats.raw_bytes += 4 * entries as u64;
         self.stats.wire_bytes += payload.wire_bytes() as u64;
-        let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather_borrowed(payload.as_bytes())
-        })?;
+        Ok(Part::Bytes(payload.into_bytes()))
+    }
+
+    fn decode(
+        &mut self,
+        index: usize,
+        dims: &[usize],
+        device: &Device,
+        exchanged: Exchanged<'_>,
+    ) -> Result<Tensor<1>, DistError> {
+        let Exchanged::Gathered(payloads) = exchanged else {
+            unreachable!("gathered parts are payloads")
+        };
         let codec = &self.codecs[&index];
         timed(&mut self.stats.decode, || {
-            decode_mean(codec, all, index, dims, &device)
+            decode_mean(codec, &payloads, index, dims, device)
         })
     }
 }
@@ -293,14 +366,16 @@ impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
         comm: &mut dyn Communicator,
         rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let op = GatherOp {
+        let mut op = GatherOp {
             codecs: &mut self.codecs,
             prototype: &self.prototype,
-            comm,
+            rank: comm.rank(),
             rng,
             stats: StepStats::default(),
         };
-        let (out, op) = walk(module, grads, op)?;
+        let mut exchange = Duration::ZERO;
+        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
 
@@ -351,54 +426,84 @@ impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
 }
 
 /// signSGD with majority vote: 1-bit sign payloads are all-gathered and every rank takes
-/// `sign(Σ_m sign(g_m))`, ties → +1. The optimizer's learning rate is the step length.
-#[derive(Debug, Clone, Default)]
-pub struct MajorityVote;
+/// `sign(Σ_m sign(g_m))`, ties → +1. The optimizer's learning rate is the step length. Each
+/// tensor is signed flat (its payload's shape is its entry count), and the payloads travel in
+/// buckets of [`DEFAULT_BUCKET_BYTES`].
+#[derive(Debug, Clone)]
+pub struct MajorityVote {
+    bucket_bytes: usize,
+}
+
+impl Default for MajorityVote {
+    fn default() -> Self {
+        Self {
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+}
+
+impl MajorityVote {
+    /// With the default bucket size.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Buckets of `bytes` of payload (1 means one all-gather per tensor). Zero is rejected.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
+        self.bucket_bytes = bucket_size(bytes)?;
+        Ok(self)
+    }
+}
 
 struct VoteOp<'a> {
-    comm: &'a mut dyn Communicator,
+    rank: usize,
     rng: &'a mut ChaCha8Rng,
     stats: StepStats,
 }
 
-impl GradOp for VoteOp<'_> {
-    fn apply<const D: usize>(
-        &mut self,
-        index: usize,
-        _: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError> {
-        let dims = grad.dims();
-        let device = grad.device();
-        let rank = self.comm.rank();
+impl BucketOp for VoteOp<'_> {
+    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
+        let n = grad.dims().iter().product::<usize>();
+        let flat: Tensor<1> = grad.reshape([n]);
         let payload =
-            timed(&mut self.stats.encode, || Sign.compress(grad, self.rng)).map_err(|e| {
+            timed(&mut self.stats.encode, || Sign.compress(flat, self.rng)).map_err(|e| {
                 DistError::Encode {
-                    rank,
+                    rank: self.rank,
                     param: index,
                     reason: e.to_string(),
                 }
             })?;
-        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
+        self.stats.raw_bytes += 4 * n as u64;
         self.stats.wire_bytes += payload.wire_bytes() as u64;
-        let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather_borrowed(payload.as_bytes())
-        })?;
+        Ok(Part::Bytes(payload.into_bytes()))
+    }
+
+    fn decode(
+        &mut self,
+        index: usize,
+        dims: &[usize],
+        device: &Device,
+        exchanged: Exchanged<'_>,
+    ) -> Result<Tensor<1>, DistError> {
+        let Exchanged::Gathered(all) = exchanged else {
+            unreachable!("sign parts are payloads")
+        };
+        let n = dims.iter().product::<usize>();
         timed(&mut self.stats.decode, || {
             let payloads = all
                 .iter()
                 .enumerate()
                 .map(|(rank, bytes)| {
-                    let fail = |reason: String| DistError::Decode {
-                        rank,
-                        param: index,
-                        reason,
-                    };
-                    Payload::from_bytes_expecting(bytes.to_vec(), &dims)
-                        .map_err(|e| fail(e.to_string()))
+                    Payload::from_bytes_expecting(bytes.to_vec(), &[n]).map_err(|e| {
+                        DistError::Decode {
+                            rank,
+                            param: index,
+                            reason: e.to_string(),
+                        }
+                    })
                 })
                 .collect::<Result<Vec<_>, DistError>>()?;
-            majority_vote(&payloads, &device).map_err(|e| DistError::Decode {
+            majority_vote::<1>(&payloads, device).map_err(|e| DistError::Decode {
                 rank: usize::MAX,
                 param: index,
                 reason: e.to_string(),
@@ -419,15 +524,14 @@ impl Reducer for MajorityVote {
         comm: &mut dyn Communicator,
         rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let (out, op) = walk(
-            module,
-            grads,
-            VoteOp {
-                comm,
-                rng,
-                stats: StepStats::default(),
-            },
-        )?;
+        let mut op = VoteOp {
+            rank: comm.rank(),
+            rng,
+            stats: StepStats::default(),
+        };
+        let mut exchange = Duration::ZERO;
+        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
 }
@@ -483,8 +587,9 @@ impl GradOp for TernOp<'_> {
         let all = timed(&mut self.stats.exchange, || {
             self.comm.all_gather_borrowed(payload.as_bytes())
         })?;
+        let payloads: Vec<&[u8]> = all.iter().collect();
         timed(&mut self.stats.decode, || {
-            decode_mean(self.codec, all, index, dims, &device)
+            decode_mean(self.codec, &payloads, index, &dims, &device).map(|t| t.reshape(dims))
         })
     }
 }

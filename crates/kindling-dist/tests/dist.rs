@@ -303,7 +303,9 @@ fn a_corrupt_payload_names_rank_and_parameter() {
                                 inner: g,
                                 victim: 2,
                             },
-                            Gathered::new(Qsgd::new(2).unwrap()),
+                            // One all-gather per tensor, so the cut lands in parameter 0's
+                            // payload itself (bucket framing has its own test).
+                            TernGradShared::new(TernGrad::new()),
                             1,
                         );
                         let model = Mlp::new(8, 0, &device);
@@ -345,8 +347,8 @@ fn majority_vote_is_robust_where_averaging_is_not() {
         if rank == 0 { scale(g, m, 1e6) } else { g }
     };
     let signum = || kindling_optim::SignumConfig::sign_sgd().init();
-    let vote = train_with(7, 60, 0.01, || MajorityVote, signum, flip).unwrap();
-    let dense = train_with(7, 60, 0.1, || Dense, sgd, huge).unwrap();
+    let vote = train_with(7, 60, 0.01, MajorityVote::new, signum, flip).unwrap();
+    let dense = train_with(7, 60, 0.1, Dense::new, sgd, huge).unwrap();
     let scaled = train_with(
         7,
         60,
@@ -528,7 +530,8 @@ fn gathered_protocols_are_named_after_their_codec() {
 }
 
 /// A step counts the collectives it ran, which the network model charges latency for: one
-/// all-reduce per tensor for dense, a scale all-reduce and an all-gather per tensor for TernGrad.
+/// all-reduce for dense's single bucket, a scale all-reduce and an all-gather per tensor for
+/// TernGrad.
 #[test]
 fn a_step_counts_its_collectives() {
     let data = Arc::new(shards(2).0);
@@ -537,13 +540,115 @@ fn a_step_counts_its_collectives() {
         let rank = g.rank();
         let model = Mlp::new(8, 0, &device);
         let grads = || GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
-        let mut dense = DataParallel::new(g, Dense, 0);
+        let mut dense = DataParallel::new(g, Dense::new(), 0);
         let (_, dense_stats) = dense.agree(&model, grads())?;
         let mut tern = DataParallel::new(dense.comm, TernGradShared::new(TernGrad::new()), 0);
         let (_, tern_stats) = tern.agree(&model, grads())?;
         Ok((dense_stats.collectives, tern_stats.collectives))
     })
     .unwrap();
-    // The MLP has 4 tensors (two weights, two biases).
-    assert!(counts.iter().all(|&c| c == (4, 8)), "{counts:?}");
+    // The MLP has 4 tensors (two weights, two biases), all in one bucket.
+    assert!(counts.iter().all(|&c| c == (1, 8)), "{counts:?}");
+}
+
+/// Buckets change how many collectives run, never the result: dense, QSGD and majority vote
+/// give bit-identical replicas whatever the bucket size, with one collective per bucket.
+#[test]
+fn buckets_change_the_collectives_not_the_result() {
+    fn run<R: Reducer + 'static>(make: impl Fn() -> R + Send + Sync + 'static) -> (u64, u64) {
+        let data = Arc::new(shards(3).0);
+        let out = run_workers(3, TIMEOUT, move |g| {
+            let device = kindling_testing::autodiff_device();
+            let rank = g.rank();
+            let mut trainer = DataParallel::new(g, make(), 9);
+            let mut model = Mlp::new(32, 0, &device);
+            let mut optim = sgd();
+            for _ in 0..2 {
+                let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                model = trainer.step(model, grads, &mut optim, 0.1)?.0;
+            }
+            Ok((fingerprint(&model), trainer.total.collectives))
+        })
+        .unwrap();
+        assert!(out.iter().all(|o| *o == out[0]), "{out:?}");
+        out[0]
+    }
+    // The MLP's tensors: 64×32 + 32 + 32×10 + 10 floats.
+    let per_tensor = |bytes| run(move || Dense::new().with_bucket_bytes(bytes).unwrap());
+    let (one, c_one) = per_tensor(1);
+    let (two, c_two) = per_tensor(4 * 64 * 32);
+    let (all, c_all) = run(Dense::new);
+    assert_eq!((one, one), (two, all), "dense results depend on the bucket size");
+    assert_eq!((c_one, c_two, c_all), (8, 4, 2), "collectives over 2 steps");
+
+    let qsgd = |bytes| {
+        run(move || {
+            Gathered::new(Qsgd::new(4).unwrap())
+                .with_bucket_bytes(bytes)
+                .unwrap()
+        })
+    };
+    let ((q_one, c_one), (q_all, c_all)) = (qsgd(1), qsgd(DEFAULT_BUCKET_BYTES));
+    assert_eq!(q_one, q_all, "QSGD results depend on the bucket size");
+    assert_eq!((c_one, c_all), (8, 2));
+
+    let vote = |bytes| run(move || MajorityVote::new().with_bucket_bytes(bytes).unwrap());
+    let ((v_one, c_one), (v_all, c_all)) = (vote(1), vote(DEFAULT_BUCKET_BYTES));
+    assert_eq!(v_one, v_all, "majority vote depends on the bucket size");
+    assert_eq!((c_one, c_all), (8, 2));
+
+    let zero = Dense::new().with_bucket_bytes(0).unwrap_err();
+    assert!(zero.to_string().contains("bucket_bytes"), "{zero}");
+}
+
+/// A bucket message that does not frame exactly the bucket's payloads is a decode error naming
+/// the sender, on every rank: a length that runs past the message, and bytes left over.
+#[test]
+fn a_malformed_bucket_names_its_sender() {
+    struct Reframe(LocalGroup, fn(&mut Vec<u8>));
+    impl Communicator for Reframe {
+        fn rank(&self) -> usize {
+            self.0.rank()
+        }
+        fn world_size(&self) -> usize {
+            self.0.world_size()
+        }
+        fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
+            self.0.all_reduce_sum(v)
+        }
+        fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+            let mut message = payload.to_vec();
+            if self.rank() == 1 {
+                (self.1)(&mut message);
+            }
+            self.0.all_gather_borrowed(&message)
+        }
+        fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+            self.0.broadcast(b, root)
+        }
+        fn barrier(&mut self) -> Result<(), DistError> {
+            self.0.barrier()
+        }
+        fn traffic(&self) -> Traffic {
+            self.0.traffic()
+        }
+    }
+    let overlong: fn(&mut Vec<u8>) = |m| m[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+    let trailing: fn(&mut Vec<u8>) = |m| m.push(0);
+    for (tamper, expected) in [(overlong, "claims"), (trailing, "past the bucket")] {
+        let data = Arc::new(shards(2).0);
+        let err = run_workers(2, TIMEOUT, move |g| {
+            let device = kindling_testing::autodiff_device();
+            let rank = g.rank();
+            let mut trainer = DataParallel::new(Reframe(g, tamper), MajorityVote::new(), 1);
+            let model = Mlp::new(8, 0, &device);
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            trainer.step(model, grads, &mut sgd(), 0.1).map(|_| ())
+        })
+        .unwrap_err();
+        assert!(
+            matches!(&err, DistError::Decode { rank: 1, reason, .. } if reason.contains(expected)),
+            "{err}"
+        );
+    }
 }

@@ -121,7 +121,7 @@ fn qsgd_trains_the_digits_inside_a_learner_and_reports_its_traffic() {
 fn a_learner_run_is_the_plain_loop_step_for_step() {
     let data = data();
     let dir = scratch("learner-plain");
-    let ddp = Arc::new(CompressedDdp::new(devices(), Dense).unwrap());
+    let ddp = Arc::new(CompressedDdp::new(devices(), Dense::new()).unwrap());
     let lr = 0.3;
     let result = training(&dir, &data, ddp, 2)
         .with_metric_logger(InMemoryMetricLogger::new())
@@ -139,7 +139,7 @@ fn a_learner_run_is_the_plain_loop_step_for_step() {
         let device = kindling_testing::autodiff_device();
         let rank = group.rank();
         let shard = &train[rank * per..(rank + 1) * per];
-        let mut trainer = DataParallel::new(group, Dense, 0);
+        let mut trainer = DataParallel::new(group, Dense::new(), 0);
         let mut model = Mlp::new(32, 2, &device);
         let mut optim = SgdConfig::new().init();
         for _ in 0..2 {
@@ -161,7 +161,7 @@ fn a_learner_run_is_the_plain_loop_step_for_step() {
 fn gradient_accumulation_exchanges_once_per_accumulated_step() {
     let data = data();
     let dir = scratch("learner-accumulate");
-    let ddp = Arc::new(CompressedDdp::new(devices(), Dense).unwrap());
+    let ddp = Arc::new(CompressedDdp::new(devices(), Dense::new()).unwrap());
     let result = training(&dir, &data, ddp.clone(), 2)
         .with_metric_logger(InMemoryMetricLogger::new())
         .grads_accumulation(2)

@@ -208,7 +208,7 @@ fn fault(name: &str) {
         "shape" => {
             let device = kindling_testing::autodiff_device();
             let model = Mlp::new(if rank == 2 { 16 } else { 32 }, 0, &device);
-            let mut trainer = DataParallel::new(&mut mpi, Dense, 0);
+            let mut trainer = DataParallel::new(&mut mpi, Dense::new(), 0);
             let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
             trainer.step(model, grads, &mut sgd(), 0.1).map(|_| ())
         }
@@ -224,7 +224,8 @@ fn fault(name: &str) {
                 inner: &mut mpi,
                 victim: 2,
             };
-            train_rank(corrupting, qsgd(), &data, &test, 3, 0.1, sgd(), no_tamper).map(|_| ())
+            let terngrad = TernGradShared::new(TernGrad::new());
+            train_rank(corrupting, terngrad, &data, &test, 3, 0.1, sgd(), no_tamper).map(|_| ())
         }
         // Rank 1's gradient overflows to ±∞: TernGrad's shared scale must name it.
         "non-finite-scale" => {

@@ -3,7 +3,8 @@
 //! held-out accuracy, the bytes each worker put on the wire, the compression ratio and the
 //! modelled communication time at a chosen bandwidth and the measured training time;
 //! `--compare` runs every protocol and writes SVG plots of accuracy against wire bytes, against
-//! modelled time at 1 Gb/s and 10 Gb/s and against measured time
+//! modelled time at 1 Gb/s and 10 Gb/s and against measured time, and every epoch's figures as
+//! `data-parallel-epochs.csv`
 //! (`--compare --workers 16` for a 16-worker cluster). `--learner` trains under burn-train's `Learner` with the `CompressedDdp` strategy
 //! instead of the plain loop.
 //!
@@ -285,12 +286,12 @@ fn name(protocol: Protocol) -> &'static str {
 /// Runs `job` with `protocol`'s reducer; returns the protocol's display name too.
 fn with_protocol<J: WithReducer>(protocol: Protocol, job: J) -> (String, J::Output) {
     let output = match protocol {
-        Protocol::Dense => job.with(|| Dense),
+        Protocol::Dense => job.with(Dense::new),
         Protocol::Qsgd => {
             job.with(|| Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap()))
         }
         Protocol::Terngrad => job.with(|| TernGradShared::new(TernGrad::new())),
-        Protocol::Sign => job.with(|| MajorityVote),
+        Protocol::Sign => job.with(MajorityVote::new),
         Protocol::Atomo => {
             job.with(|| Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap()))
         }
@@ -515,6 +516,23 @@ fn train(args: Args) -> cli::Outcome {
         return Ok(());
     }
     let workers = transport.workers(&args);
+    // Every epoch of every protocol, for scripts (scripts/real-links.sh reads it).
+    let mut csv = String::from("protocol,epoch,accuracy,wire_mb,modelled_s,wall_s\n");
+    for (protocol, _, epochs) in &results {
+        let network = network(workers, args.bandwidth, *protocol);
+        for (e, x) in epochs.iter().enumerate() {
+            csv.push_str(&format!(
+                "{protocol:?},{},{},{},{},{}\n",
+                e + 1,
+                x.accuracy,
+                x.wire as f64 / 1e6,
+                x.modelled_seconds(&network),
+                x.wall
+            ));
+        }
+    }
+    let path = args.out_dir.join("data-parallel-epochs.csv");
+    std::fs::write(&path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
     let bytes: Vec<Series> = results
         .iter()
         .map(|(_, name, ep)| {

@@ -54,8 +54,8 @@ pub fn train_rank<C: Communicator, R: Reducer>(
     Ok((prints, model.accuracy(test)))
 }
 
-/// A transport that cuts the last 3 bytes off rank `victim`'s all-gather payloads: a payload
-/// corrupted on the wire.
+/// A transport that cuts the last 3 bytes off rank `victim`'s all-gathered gradient payloads
+/// (those over 16 bytes: a TernGrad scale passes intact): a payload corrupted on the wire.
 pub struct Corrupting<C> {
     /// The real transport.
     pub inner: C,
@@ -74,7 +74,11 @@ impl<C: Communicator> Communicator for Corrupting<C> {
         self.inner.all_reduce_sum(v)
     }
     fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
-        let cut = if self.rank() == self.victim { 3 } else { 0 };
+        let cut = if self.rank() == self.victim && payload.len() > 16 {
+            3
+        } else {
+            0
+        };
         self.inner
             .all_gather_borrowed(&payload[..payload.len().saturating_sub(cut)])
     }
@@ -120,7 +124,7 @@ pub trait EachProtocol {
 /// Every protocol: dense, gathered codecs (QSGD, error-feedback top-k, spectral ATOMO), majority
 /// vote, TernGrad with a shared scale, PowerSGD.
 pub fn each_protocol(v: &mut impl EachProtocol) {
-    v.visit("dense", || Dense);
+    v.visit("dense", Dense::new);
     v.visit("qsgd", || Gathered::new(Qsgd::new(4).unwrap()));
     v.visit("ef top-k", || {
         Gathered::new(ErrorFeedback::new(TopK::new(Count::Fraction(0.1)).unwrap()))
@@ -128,7 +132,7 @@ pub fn each_protocol(v: &mut impl EachProtocol) {
     v.visit("spectral atomo", || {
         Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap())
     });
-    v.visit("majority vote", || MajorityVote);
+    v.visit("majority vote", MajorityVote::new);
     v.visit("terngrad shared", || TernGradShared::new(TernGrad::new()));
     v.visit("powersgd", || {
         PowerSgd::new(PowerSgdConfig::new(2).unwrap())
