@@ -71,7 +71,8 @@ pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
 pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
 pub use reduce::{
-    DEFAULT_BUCKET_BYTES, Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats, TernGradShared,
+    DEFAULT_BUCKET_BYTES, Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats,
+    TernGradShared,
 };
 #[cfg(feature = "train")]
 #[cfg_attr(docsrs, doc(cfg(feature = "train")))]

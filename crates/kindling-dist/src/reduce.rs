@@ -193,7 +193,14 @@ impl Reducer for Dense {
             stats: StepStats::default(),
         };
         let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        let out = walk_bucketed(
+            module,
+            grads,
+            &mut op,
+            comm,
+            self.bucket_bytes,
+            &mut exchange,
+        )?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
@@ -254,12 +261,26 @@ fn decompress_flat<C: Compressor>(
     let n = payload.header().numel();
     let flat = match payload.header().shape.len() {
         1 => codec.decompress::<1>(payload, device),
-        2 => codec.decompress::<2>(payload, device).map(|t| t.reshape([n])),
-        3 => codec.decompress::<3>(payload, device).map(|t| t.reshape([n])),
-        4 => codec.decompress::<4>(payload, device).map(|t| t.reshape([n])),
-        5 => codec.decompress::<5>(payload, device).map(|t| t.reshape([n])),
-        6 => codec.decompress::<6>(payload, device).map(|t| t.reshape([n])),
-        rank => return Err(format!("tensors of rank {rank} are not supported (1 to 6 are)")),
+        2 => codec
+            .decompress::<2>(payload, device)
+            .map(|t| t.reshape([n])),
+        3 => codec
+            .decompress::<3>(payload, device)
+            .map(|t| t.reshape([n])),
+        4 => codec
+            .decompress::<4>(payload, device)
+            .map(|t| t.reshape([n])),
+        5 => codec
+            .decompress::<5>(payload, device)
+            .map(|t| t.reshape([n])),
+        6 => codec
+            .decompress::<6>(payload, device)
+            .map(|t| t.reshape([n])),
+        rank => {
+            return Err(format!(
+                "tensors of rank {rank} are not supported (1 to 6 are)"
+            ));
+        }
     };
     flat.map_err(|e| e.to_string())
 }
@@ -374,7 +395,14 @@ impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
             stats: StepStats::default(),
         };
         let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        let out = walk_bucketed(
+            module,
+            grads,
+            &mut op,
+            comm,
+            self.bucket_bytes,
+            &mut exchange,
+        )?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
@@ -530,7 +558,14 @@ impl Reducer for MajorityVote {
             stats: StepStats::default(),
         };
         let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes, &mut exchange)?;
+        let out = walk_bucketed(
+            module,
+            grads,
+            &mut op,
+            comm,
+            self.bucket_bytes,
+            &mut exchange,
+        )?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }

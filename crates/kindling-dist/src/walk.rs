@@ -94,8 +94,7 @@ pub(crate) enum Exchanged<'a> {
 /// collective per bucket), and each parameter's agreed gradient is decoded from what came back.
 pub(crate) trait BucketOp {
     /// This rank's part for parameter `index` (module order).
-    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>)
-    -> Result<Part, DistError>;
+    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError>;
     /// The agreed gradient of parameter `index` (flat; reshaped by the caller).
     fn decode(
         &mut self,
@@ -263,7 +262,8 @@ fn exchange_bucket<O: BucketOp>(
             }
         }
         Part::Bytes(_) => {
-            let mut message = Vec::with_capacity(bucket.iter().map(|e| 4 + part_bytes(&e.part)).sum());
+            let mut message =
+                Vec::with_capacity(bucket.iter().map(|e| 4 + part_bytes(&e.part)).sum());
             for entry in bucket {
                 let Part::Bytes(b) = &entry.part else {
                     unreachable!("a protocol's parts are all of one kind")

@@ -578,7 +578,11 @@ fn buckets_change_the_collectives_not_the_result() {
     let (one, c_one) = per_tensor(1);
     let (two, c_two) = per_tensor(4 * 64 * 32);
     let (all, c_all) = run(Dense::new);
-    assert_eq!((one, one), (two, all), "dense results depend on the bucket size");
+    assert_eq!(
+        (one, one),
+        (two, all),
+        "dense results depend on the bucket size"
+    );
     assert_eq!((c_one, c_two, c_all), (8, 4, 2), "collectives over 2 steps");
 
     let qsgd = |bytes| {

@@ -266,3 +266,51 @@ fn a_failing_worker_ends_the_run_with_its_rank_in_the_error() {
     assert_eq!(failures[0].device_id, 2, "{error}");
     assert!(failures[0].message.contains("cannot encode"), "{error}");
 }
+
+/// A protocol that leaves each rank's gradient as it is (no exchange) lets the replicas drift:
+/// the per-step fingerprint check stops every rank at the next step, naming the rank that
+/// differs; with the check off, the same run ends "successfully" with drifted replicas.
+#[test]
+fn diverged_replicas_stop_the_run_at_the_next_step() {
+    #[derive(Clone)]
+    struct NoExchange;
+    impl Reducer for NoExchange {
+        fn name(&self) -> String {
+            "no exchange".into()
+        }
+        fn reduce<M: Module>(
+            &mut self,
+            _: &M,
+            grads: GradientsParams,
+            _: &mut dyn Communicator,
+            _: &mut rand::rngs::ChaCha8Rng,
+        ) -> Result<(GradientsParams, StepStats), DistError> {
+            Ok((grads, StepStats::default()))
+        }
+    }
+    let data = data();
+    let run = |check: bool| {
+        let dir = scratch(&format!("learner-diverge-{check}"));
+        let ddp = Arc::new(
+            CompressedDdp::new(devices(), NoExchange)
+                .unwrap()
+                .check_replicas(check),
+        );
+        let result = training(&dir, &data, ddp, 1)
+            .with_metric_logger(InMemoryMetricLogger::new())
+            .launch(Learner::new(
+                Mlp::new(8, 0, &devices()[0]),
+                SgdConfig::new().init(),
+                0.1,
+            ));
+        let _ = std::fs::remove_dir_all(&dir);
+        result.error
+    };
+    let error = run(true).expect("the drift is caught");
+    let text = error.to_string();
+    assert!(
+        text.contains("replicas diverged in epoch 1 before batch 1"),
+        "{text}"
+    );
+    assert!(run(false).is_none(), "without the check nothing notices");
+}
