@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use burn::module::{Module, ParamId};
+use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig};
@@ -13,7 +13,9 @@ use kindling_compress::{
 };
 use rand::rngs::ChaCha8Rng;
 
-use crate::walk::{BucketOp, Exchanged, GradOp, Part, walk, walk_bucketed};
+use crate::walk::{
+    BucketOp, Encode, Entry, Exchanged, Part, assemble, encode_all, exchange_buckets, walk_bucketed,
+};
 use crate::{Communicator, DistError};
 
 /// The default bucket size of the bucketed protocols: 25 MiB, as PyTorch DDP's `bucket_cap_mb`.
@@ -153,7 +155,7 @@ struct DenseOp {
     stats: StepStats,
 }
 
-impl BucketOp for DenseOp {
+impl Encode for DenseOp {
     fn encode<const D: usize>(&mut self, _: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let values = host(grad);
         let bytes = 4 * values.len() as u64;
@@ -161,7 +163,9 @@ impl BucketOp for DenseOp {
         self.stats.wire_bytes += bytes;
         Ok(Part::Floats(values))
     }
+}
 
+impl BucketOp for DenseOp {
     fn decode(
         &mut self,
         _: usize,
@@ -333,7 +337,7 @@ struct GatherOp<'a, C> {
     stats: StepStats,
 }
 
-impl<C: Compressor + Clone> BucketOp for GatherOp<'_, C> {
+impl<C: Compressor + Clone> Encode for GatherOp<'_, C> {
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let entries = grad.dims().iter().product::<usize>();
         let codec = self
@@ -352,7 +356,9 @@ impl<C: Compressor + Clone> BucketOp for GatherOp<'_, C> {
         self.stats.wire_bytes += payload.wire_bytes() as u64;
         Ok(Part::Bytes(payload.into_bytes()))
     }
+}
 
+impl<C: Compressor + Clone> BucketOp for GatherOp<'_, C> {
     fn decode(
         &mut self,
         index: usize,
@@ -489,7 +495,7 @@ struct VoteOp<'a> {
     stats: StepStats,
 }
 
-impl BucketOp for VoteOp<'_> {
+impl Encode for VoteOp<'_> {
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let n = grad.dims().iter().product::<usize>();
         let flat: Tensor<1> = grad.reshape([n]);
@@ -505,7 +511,9 @@ impl BucketOp for VoteOp<'_> {
         self.stats.wire_bytes += payload.wire_bytes() as u64;
         Ok(Part::Bytes(payload.into_bytes()))
     }
+}
 
+impl BucketOp for VoteOp<'_> {
     fn decode(
         &mut self,
         index: usize,
@@ -571,62 +579,123 @@ impl Reducer for MajorityVote {
     }
 }
 
-/// TernGrad with scalar sharing: the ranks first agree on the largest per-tensor scale (an
-/// all-reduce max of one float), then each encodes with that shared scale; the ternaries are
-/// all-gathered, decoded and averaged.
-#[derive(Debug, Clone, Default)]
+/// TernGrad with scalar sharing: the ranks first agree on the largest scale of each tensor (one
+/// all-gather of every tensor's local scale for the whole step), then each encodes with the
+/// shared scales; the ternaries (each tensor signed flat) travel in buckets of
+/// [`DEFAULT_BUCKET_BYTES`] and are decoded and averaged. Two collectives per step for a model
+/// that fits one bucket, whatever its number of tensors.
+#[derive(Debug, Clone)]
 pub struct TernGradShared {
     codec: TernGrad,
+    bucket_bytes: usize,
+}
+
+impl Default for TernGradShared {
+    fn default() -> Self {
+        Self::new(TernGrad::default())
+    }
 }
 
 impl TernGradShared {
     /// With a TernGrad codec (clipping and packing as configured).
     pub fn new(codec: TernGrad) -> Self {
-        Self { codec }
+        Self {
+            codec,
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
+        }
+    }
+
+    /// Buckets of `bytes` of payload (1 means one all-gather per tensor). Zero is rejected.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
+        self.bucket_bytes = bucket_size(bytes)?;
+        Ok(self)
     }
 }
 
-struct TernOp<'a> {
+/// TernGrad's first phase: each tensor's local scale, the tensor kept (flat) for the second.
+struct TernScales<'a> {
     codec: &'a TernGrad,
-    comm: &'a mut dyn Communicator,
-    rng: &'a mut ChaCha8Rng,
+    rank: usize,
+    flats: HashMap<usize, Tensor<1>>,
     stats: StepStats,
 }
 
-impl GradOp for TernOp<'_> {
-    fn apply<const D: usize>(
-        &mut self,
-        index: usize,
-        _: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError> {
-        let dims = grad.dims();
-        let device = grad.device();
-        let rank = self.comm.rank();
-        let encode_error = |e: kindling_compress::CompressError| DistError::Encode {
-            rank,
-            param: index,
-            reason: e.to_string(),
-        };
+impl Encode for TernScales<'_> {
+    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
+        let n = grad.dims().iter().product::<usize>();
         let local = timed(&mut self.stats.encode, || {
             self.codec.local_scale(grad.clone())
         })
-        .map_err(encode_error)?;
-        let shared = timed(&mut self.stats.exchange, || self.comm.all_reduce_max(local))?;
-        let payload = timed(&mut self.stats.encode, || {
-            self.codec.compress_with_scale(grad, shared, self.rng)
-        })
-        .map_err(encode_error)?;
-        self.stats.raw_bytes += 4 * dims.iter().product::<usize>() as u64;
-        self.stats.wire_bytes += payload.wire_bytes() as u64 + 4;
-        let all = timed(&mut self.stats.exchange, || {
-            self.comm.all_gather_borrowed(payload.as_bytes())
+        .map_err(|e| DistError::Encode {
+            rank: self.rank,
+            param: index,
+            reason: e.to_string(),
         })?;
-        let payloads: Vec<&[u8]> = all.iter().collect();
+        self.flats.insert(index, grad.reshape([n]));
+        Ok(Part::Floats(vec![local]))
+    }
+}
+
+/// TernGrad's decoding: the mean of every rank's ternaries.
+struct TernDecode<'a> {
+    codec: &'a TernGrad,
+    stats: StepStats,
+}
+
+impl Encode for TernDecode<'_> {
+    fn encode<const D: usize>(&mut self, _: usize, _: Tensor<D>) -> Result<Part, DistError> {
+        unreachable!("TernGrad's payloads are encoded with the shared scales")
+    }
+}
+
+impl BucketOp for TernDecode<'_> {
+    fn decode(
+        &mut self,
+        index: usize,
+        dims: &[usize],
+        device: &Device,
+        exchanged: Exchanged<'_>,
+    ) -> Result<Tensor<1>, DistError> {
+        let Exchanged::Gathered(payloads) = exchanged else {
+            unreachable!("TernGrad's parts are payloads")
+        };
+        let n = dims.iter().product::<usize>();
         timed(&mut self.stats.decode, || {
-            decode_mean(self.codec, &payloads, index, &dims, &device).map(|t| t.reshape(dims))
+            decode_mean(self.codec, &payloads, index, &[n], device)
         })
     }
+}
+
+/// The largest of every rank's scale for each of `indices` (rank order), all finite.
+fn shared_scales(
+    comm: &mut dyn Communicator,
+    local: &[f32],
+    indices: &[usize],
+) -> Result<Vec<f32>, DistError> {
+    let mine: Vec<u8> = local.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let all = comm.all_gather_borrowed(&mine)?;
+    let mut shared = vec![0.0f32; local.len()];
+    for (rank, bytes) in all.iter().enumerate() {
+        if bytes.len() != mine.len() {
+            return Err(DistError::Protocol(format!(
+                "rank {rank} sent {} scales, this rank {}",
+                bytes.len() / 4,
+                local.len()
+            )));
+        }
+        for ((s, chunk), &param) in shared.iter_mut().zip(bytes.chunks_exact(4)).zip(indices) {
+            let v = f32::from_le_bytes(chunk.try_into().expect("4 bytes"));
+            if !v.is_finite() {
+                return Err(DistError::Decode {
+                    rank,
+                    param,
+                    reason: format!("a non-finite TernGrad scale {v}"),
+                });
+            }
+            *s = s.max(v);
+        }
+    }
+    Ok(shared)
 }
 
 impl Reducer for TernGradShared {
@@ -645,25 +714,80 @@ impl Reducer for TernGradShared {
         comm: &mut dyn Communicator,
         rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let op = TernOp {
+        let rank = comm.rank();
+        let mut scales = TernScales {
             codec: &self.codec,
-            comm,
-            rng,
+            rank,
+            flats: HashMap::new(),
             stats: StepStats::default(),
         };
-        let (out, op) = walk(module, grads, op)?;
-        Ok((out, op.stats))
+        let (entries, params) = encode_all(module, grads, &mut scales)?;
+        let local: Vec<f32> = entries
+            .iter()
+            .map(|e| match &e.part {
+                Part::Floats(v) => v[0],
+                Part::Bytes(_) => unreachable!("scales are floats"),
+            })
+            .collect();
+        let indices: Vec<usize> = entries.iter().map(|e| e.index).collect();
+        let mut stats = scales.stats;
+        let shared = timed(&mut stats.exchange, || {
+            shared_scales(comm, &local, &indices)
+        })?;
+        let mut payloads = Vec::with_capacity(entries.len());
+        for (entry, scale) in entries.into_iter().zip(shared) {
+            let flat = scales
+                .flats
+                .remove(&entry.index)
+                .expect("kept in phase one");
+            let n = flat.dims()[0];
+            let payload = timed(&mut stats.encode, || {
+                self.codec.compress_with_scale(flat, scale, rng)
+            })
+            .map_err(|e| DistError::Encode {
+                rank,
+                param: entry.index,
+                reason: e.to_string(),
+            })?;
+            stats.raw_bytes += 4 * n as u64;
+            stats.wire_bytes += payload.wire_bytes() as u64 + 4;
+            payloads.push(Entry {
+                part: Part::Bytes(payload.into_bytes()),
+                ..entry
+            });
+        }
+        let mut decode = TernDecode {
+            codec: &self.codec,
+            stats: StepStats::default(),
+        };
+        let mut decoded: Vec<Option<Tensor<1>>> = (0..params).map(|_| None).collect();
+        let mut exchange = Duration::ZERO;
+        exchange_buckets(
+            &payloads,
+            &mut decode,
+            comm,
+            self.bucket_bytes,
+            &mut exchange,
+            &mut decoded,
+        )?;
+        stats.exchange += exchange;
+        stats.decode += decode.stats.decode;
+        Ok((assemble(module, decoded), stats))
     }
 }
 
 /// PowerSGD: per matrix, two all-reduce rounds (`P = ΔQ` summed, orthonormalised; `Q = ΔᵀP`
 /// averaged), error feedback on the aggregate (`e ← Δ − PQᵀ`), `Q` warm-started across steps and
 /// initialised from a seed shared by every rank. Tensors the compression-rate rule skips (and
-/// rank-1 tensors) are all-reduced dense.
+/// rank-1 tensors) are all-reduced dense, in the first round. Each round carries every tensor's
+/// factors at once, in buckets of [`DEFAULT_BUCKET_BYTES`]: two all-reduces per step for a
+/// model that fits one bucket, whatever its number of tensors (the sums are the same as
+/// tensor by tensor).
 #[derive(Debug, Clone)]
 pub struct PowerSgd {
     config: PowerSgdConfig,
     states: HashMap<usize, PowerSgdState>,
+    bucket_bytes: usize,
 }
 
 impl PowerSgd {
@@ -672,35 +796,36 @@ impl PowerSgd {
         Self {
             config,
             states: HashMap::new(),
+            bucket_bytes: DEFAULT_BUCKET_BYTES,
         }
+    }
+
+    /// Buckets of `bytes` (the rounds' floats are all-reduced `bytes / 4` at a time). Zero is
+    /// rejected.
+    pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
+        self.bucket_bytes = bucket_size(bytes)?;
+        Ok(self)
     }
 }
 
-struct PowerOp<'a> {
+/// PowerSGD's first phase: each matrix's `P = ΔQ` (with `Δ` kept for the second), each dense
+/// tensor's values.
+struct PowerStart<'a> {
     config: &'a PowerSgdConfig,
     states: &'a mut HashMap<usize, PowerSgdState>,
-    comm: &'a mut dyn Communicator,
+    deltas: HashMap<usize, Tensor<2>>,
     stats: StepStats,
 }
 
-impl GradOp for PowerOp<'_> {
-    fn apply<const D: usize>(
-        &mut self,
-        index: usize,
-        _: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError> {
+impl Encode for PowerStart<'_> {
+    fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let dims = grad.dims();
         let device = grad.device();
         let n: usize = dims.iter().product();
         self.stats.raw_bytes += 4 * n as u64;
         if !self.config.compresses(&dims) {
-            let mut values = host(grad);
             self.stats.wire_bytes += 4 * n as u64;
-            timed(&mut self.stats.exchange, || {
-                self.comm.all_reduce_mean(&mut values)
-            })?;
-            return Ok(tensor(values, dims, &device));
+            return Ok(Part::Floats(host(grad)));
         }
         let (rows, cols) = matrix_view(&dims);
         let config = self.config;
@@ -708,25 +833,42 @@ impl GradOp for PowerOp<'_> {
             .states
             .entry(index)
             .or_insert_with(|| PowerSgdState::new(config, rows, cols, index as u64, &device));
-        let m: Tensor<2> = grad.reshape([rows, cols]);
-        let (delta, p) = timed(&mut self.stats.encode, || state.start(m));
-        let mut p_host = host(p);
-        timed(&mut self.stats.exchange, || {
-            self.comm.all_reduce_sum(&mut p_host)
-        })?;
-        let (p, q) = timed(&mut self.stats.encode, || {
-            state.project(&delta, tensor(p_host.clone(), [rows, config.rank], &device))
+        let (delta, p) = timed(&mut self.stats.encode, || {
+            state.start(grad.reshape([rows, cols]))
         });
-        let mut q_host = host(q);
-        timed(&mut self.stats.exchange, || {
-            self.comm.all_reduce_mean(&mut q_host)
-        })?;
-        self.stats.wire_bytes += 4 * (p_host.len() + q_host.len()) as u64;
-        let out = timed(&mut self.stats.decode, || {
-            state.finish(delta, p, tensor(q_host, [cols, config.rank], &device))
-        });
-        Ok(out.reshape(dims))
+        self.deltas.insert(index, delta);
+        Ok(Part::Floats(host(p)))
     }
+}
+
+/// Element-wise sum (or mean) of `values` over the ranks, `bucket_bytes / 4` floats per
+/// collective.
+fn all_reduce_buckets(
+    comm: &mut dyn Communicator,
+    values: &mut [f32],
+    bucket_bytes: usize,
+    mean: bool,
+) -> Result<(), DistError> {
+    for chunk in values.chunks_mut((bucket_bytes / 4).max(1)) {
+        if mean {
+            comm.all_reduce_mean(chunk)?;
+        } else {
+            comm.all_reduce_sum(chunk)?;
+        }
+    }
+    Ok(())
+}
+
+/// Every entry's floats end to end.
+fn concat_floats(entries: &[Entry]) -> Vec<f32> {
+    let mut flat = Vec::new();
+    for entry in entries {
+        match &entry.part {
+            Part::Floats(v) => flat.extend_from_slice(v),
+            Part::Bytes(_) => unreachable!("PowerSGD's parts are floats"),
+        }
+    }
+    flat
 }
 
 impl Reducer for PowerSgd {
@@ -745,14 +887,62 @@ impl Reducer for PowerSgd {
         comm: &mut dyn Communicator,
         _rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let op = PowerOp {
-            config: &self.config,
+        let config = &self.config;
+        let rank = config.rank;
+        let world = comm.world_size() as f32;
+        let mut start = PowerStart {
+            config,
             states: &mut self.states,
-            comm,
+            deltas: HashMap::new(),
             stats: StepStats::default(),
         };
-        let (out, op) = walk(module, grads, op)?;
-        Ok((out, op.stats))
+        let (entries, params) = encode_all(module, grads, &mut start)?;
+        let (mut stats, mut deltas) = (start.stats, start.deltas);
+        // Round 1: every matrix's P summed, every dense tensor's values averaged.
+        let mut first = concat_floats(&entries);
+        timed(&mut stats.exchange, || {
+            all_reduce_buckets(comm, &mut first, self.bucket_bytes, false)
+        })?;
+        let mut decoded: Vec<Option<Tensor<1>>> = (0..params).map(|_| None).collect();
+        let mut projected = Vec::new();
+        let mut second = Vec::new();
+        let mut at = 0;
+        for entry in &entries {
+            let len = match &entry.part {
+                Part::Floats(v) => v.len(),
+                Part::Bytes(_) => unreachable!("PowerSGD's parts are floats"),
+            };
+            let values = &mut first[at..at + len];
+            at += len;
+            let Some(delta) = deltas.remove(&entry.index) else {
+                // As `all_reduce_mean`: the sum, then divided by the world size.
+                values.iter_mut().for_each(|v| *v /= world);
+                decoded[entry.index] = Some(tensor(values.to_vec(), [len], &entry.device));
+                continue;
+            };
+            let (rows, cols) = matrix_view(&entry.dims);
+            let state = self.states.get_mut(&entry.index).expect("started");
+            let p_sum = tensor(values.to_vec(), [rows, rank], &entry.device);
+            let (p, q) = timed(&mut stats.encode, || state.project(&delta, p_sum));
+            let q_host = host(q);
+            stats.wire_bytes += 4 * (len + q_host.len()) as u64;
+            second.extend_from_slice(&q_host);
+            projected.push((entry, delta, p, q_host.len(), cols));
+        }
+        // Round 2: every matrix's Q averaged.
+        timed(&mut stats.exchange, || {
+            all_reduce_buckets(comm, &mut second, self.bucket_bytes, true)
+        })?;
+        let mut at = 0;
+        for (entry, delta, p, len, cols) in projected {
+            let q = tensor(second[at..at + len].to_vec(), [cols, rank], &entry.device);
+            at += len;
+            let state = self.states.get_mut(&entry.index).expect("started");
+            let out = timed(&mut stats.decode, || state.finish(delta, p, q));
+            let n = entry.dims.iter().product::<usize>();
+            decoded[entry.index] = Some(out.reshape([n]));
+        }
+        Ok((assemble(module, decoded), stats))
     }
 
     fn state(&self) -> Vec<(String, Vec<f32>)> {

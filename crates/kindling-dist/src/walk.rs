@@ -1,82 +1,15 @@
-//! Visiting every float parameter of a module in a fixed order (the same on every rank), with a
-//! fallible rank-generic operation on its gradient.
+//! Visiting every float parameter of a module in a fixed order (the same on every rank): each
+//! gradient encoded, the parts exchanged in buckets, the agreed gradients put back in shape.
 
-use burn::module::{Module, ModuleVisitor, Param, ParamId};
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
 use crate::{Communicator, DistError};
 
-/// What a reducer does to one parameter's gradient.
-pub(crate) trait GradOp {
-    /// Returns the agreed gradient of parameter number `index` (module order).
-    fn apply<const D: usize>(
-        &mut self,
-        index: usize,
-        id: ParamId,
-        grad: Tensor<D>,
-    ) -> Result<Tensor<D>, DistError>;
-}
-
-struct Walker<'a, O: GradOp> {
-    grads: &'a mut GradientsParams,
-    out: GradientsParams,
-    op: O,
-    index: usize,
-    error: Option<DistError>,
-}
-
-impl<O: GradOp> ModuleVisitor for Walker<'_, O> {
-    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
-        let index = self.index;
-        self.index += 1;
-        if self.error.is_some() {
-            return;
-        }
-        let Some(grad) = self.grads.remove::<D>(param.id) else {
-            if !param.val().is_require_grad() {
-                // Frozen (`no_grad`): no gradient on any rank, since the replicas are identical
-                // down to this flag; left out of the exchange and of the update.
-                return;
-            }
-            self.error = Some(DistError::Protocol(format!(
-                "parameter {index} ({}) has no gradient on this rank",
-                param.id
-            )));
-            return;
-        };
-        match self.op.apply(index, param.id, grad) {
-            Ok(g) => self.out.register(param.id, g),
-            Err(e) => self.error = Some(e),
-        }
-    }
-}
-
-/// Applies `op` to every float parameter's gradient, in module order. Every parameter that
-/// requires a gradient must have one (all ranks must walk the same list); frozen parameters
-/// (no gradient required, none given) are skipped, keeping their index.
-pub(crate) fn walk<M: Module, O: GradOp>(
-    module: &M,
-    mut grads: GradientsParams,
-    op: O,
-) -> Result<(GradientsParams, O), DistError> {
-    let mut walker = Walker {
-        grads: &mut grads,
-        out: GradientsParams::new(),
-        op,
-        index: 0,
-        error: None,
-    };
-    module.visit(&mut walker);
-    match walker.error {
-        Some(e) => Err(e),
-        None => Ok((walker.out, walker.op)),
-    }
-}
-
 /// What one rank contributes for one parameter to a bucketed exchange.
 pub(crate) enum Part {
-    /// Floats to average over the ranks (an all-reduce mean).
+    /// Floats to combine over the ranks (an all-reduce).
     Floats(Vec<f32>),
     /// A payload to all-gather.
     Bytes(Vec<u8>),
@@ -90,11 +23,15 @@ pub(crate) enum Exchanged<'a> {
     Gathered(Vec<&'a [u8]>),
 }
 
-/// A protocol in one round: each parameter's part is encoded, the parts travel in buckets (one
-/// collective per bucket), and each parameter's agreed gradient is decoded from what came back.
-pub(crate) trait BucketOp {
+/// What a protocol makes of each parameter's gradient before an exchange.
+pub(crate) trait Encode {
     /// This rank's part for parameter `index` (module order).
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError>;
+}
+
+/// A protocol in one round: each parameter's part is encoded, the parts travel in buckets (one
+/// collective per bucket), and each parameter's agreed gradient is decoded from what came back.
+pub(crate) trait BucketOp: Encode {
     /// The agreed gradient of parameter `index` (flat; reshaped by the caller).
     fn decode(
         &mut self,
@@ -106,15 +43,19 @@ pub(crate) trait BucketOp {
 }
 
 /// One encoded parameter waiting for its bucket.
-struct Entry {
-    index: usize,
-    dims: Vec<usize>,
-    device: Device,
-    part: Part,
+pub(crate) struct Entry {
+    /// The parameter's index in module order.
+    pub index: usize,
+    /// Its gradient's shape.
+    pub dims: Vec<usize>,
+    /// Its gradient's device.
+    pub device: Device,
+    /// This rank's contribution.
+    pub part: Part,
 }
 
 /// Collects every gradient's part, in module order (phase 1).
-struct Encoder<'a, O: BucketOp> {
+struct Encoder<'a, O: Encode> {
     grads: &'a mut GradientsParams,
     op: &'a mut O,
     entries: Vec<Entry>,
@@ -122,7 +63,7 @@ struct Encoder<'a, O: BucketOp> {
     error: Option<DistError>,
 }
 
-impl<O: BucketOp> ModuleVisitor for Encoder<'_, O> {
+impl<O: Encode> ModuleVisitor for Encoder<'_, O> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let index = self.index;
         self.index += 1;
@@ -178,22 +119,16 @@ fn part_bytes(part: &Part) -> usize {
     }
 }
 
-/// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
-/// buckets of about `bucket_bytes` (a bucket closes once it holds that many bytes; a larger
-/// part is a bucket of its own): one collective per bucket instead of one per tensor.
-///
-/// A bucket of payloads travels as one all-gather message per rank: each payload preceded by
-/// its length (u32, little-endian). Every rank's message is split back with bounds checked; a
-/// message that does not hold exactly the bucket's payloads is a decode error naming its rank.
-/// Frozen parameters are skipped as in [`walk`].
-pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
+/// Every float parameter's part (in module order), and the number of float parameters. Every
+/// parameter that requires a gradient must have one (all ranks must walk the same list); frozen
+/// parameters (no gradient required, none given) are skipped, keeping their index: they are
+/// left out of the exchange and of the update, the same on every rank since the replicas are
+/// identical down to this flag.
+pub(crate) fn encode_all<M: Module, O: Encode>(
     module: &M,
     mut grads: GradientsParams,
     op: &mut O,
-    comm: &mut dyn Communicator,
-    bucket_bytes: usize,
-    exchange: &mut std::time::Duration,
-) -> Result<GradientsParams, DistError> {
+) -> Result<(Vec<Entry>, usize), DistError> {
     let mut encoder = Encoder {
         grads: &mut grads,
         op,
@@ -202,12 +137,54 @@ pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
         error: None,
     };
     module.visit(&mut encoder);
-    if let Some(e) = encoder.error {
-        return Err(e);
+    match encoder.error {
+        Some(e) => Err(e),
+        None => Ok((encoder.entries, encoder.index)),
     }
-    let (entries, params) = (encoder.entries, encoder.index);
+}
+
+/// The decoded gradients (flat, indexed by parameter) registered in their parameters' shapes.
+pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -> GradientsParams {
+    let mut assembler = Assembler {
+        decoded,
+        out: GradientsParams::new(),
+        index: 0,
+    };
+    module.visit(&mut assembler);
+    assembler.out
+}
+
+/// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
+/// buckets of about `bucket_bytes` (a bucket closes once it holds that many bytes; a larger
+/// part is a bucket of its own): one collective per bucket instead of one per tensor.
+///
+/// A bucket of payloads travels as one all-gather message per rank: each payload preceded by
+/// its length (u32, little-endian). Every rank's message is split back with bounds checked; a
+/// message that does not hold exactly the bucket's payloads is a decode error naming its rank.
+pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
+    module: &M,
+    grads: GradientsParams,
+    op: &mut O,
+    comm: &mut dyn Communicator,
+    bucket_bytes: usize,
+    exchange: &mut std::time::Duration,
+) -> Result<GradientsParams, DistError> {
+    let (entries, params) = encode_all(module, grads, op)?;
     let mut decoded: Vec<Option<Tensor<1>>> = (0..params).map(|_| None).collect();
-    let mut rest = &entries[..];
+    exchange_buckets(&entries, op, comm, bucket_bytes, exchange, &mut decoded)?;
+    Ok(assemble(module, decoded))
+}
+
+/// Exchanges `entries` in buckets of about `bucket_bytes` and decodes each into `decoded`.
+pub(crate) fn exchange_buckets<O: BucketOp>(
+    entries: &[Entry],
+    op: &mut O,
+    comm: &mut dyn Communicator,
+    bucket_bytes: usize,
+    exchange: &mut std::time::Duration,
+    decoded: &mut [Option<Tensor<1>>],
+) -> Result<(), DistError> {
+    let mut rest = entries;
     while !rest.is_empty() {
         let mut size = 0;
         let mut take = 0;
@@ -217,15 +194,9 @@ pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
         }
         let (bucket, after) = rest.split_at(take);
         rest = after;
-        exchange_bucket(bucket, op, comm, exchange, &mut decoded)?;
+        exchange_bucket(bucket, op, comm, exchange, decoded)?;
     }
-    let mut assembler = Assembler {
-        decoded,
-        out: GradientsParams::new(),
-        index: 0,
-    };
-    module.visit(&mut assembler);
-    Ok(assembler.out)
+    Ok(())
 }
 
 /// One collective for `bucket`, then each of its parameters decoded into `decoded`.

@@ -303,8 +303,6 @@ fn a_corrupt_payload_names_rank_and_parameter() {
                                 inner: g,
                                 victim: 2,
                             },
-                            // One all-gather per tensor, so the cut lands in parameter 0's
-                            // payload itself (bucket framing has its own test).
                             TernGradShared::new(TernGrad::new()),
                             1,
                         );
@@ -530,8 +528,8 @@ fn gathered_protocols_are_named_after_their_codec() {
 }
 
 /// A step counts the collectives it ran, which the network model charges latency for: one
-/// all-reduce for dense's single bucket, a scale all-reduce and an all-gather per tensor for
-/// TernGrad.
+/// all-reduce for dense's single bucket; for TernGrad one all-gather of every tensor's scale and
+/// one of the single bucket of payloads.
 #[test]
 fn a_step_counts_its_collectives() {
     let data = Arc::new(shards(2).0);
@@ -548,11 +546,11 @@ fn a_step_counts_its_collectives() {
     })
     .unwrap();
     // The MLP has 4 tensors (two weights, two biases), all in one bucket.
-    assert!(counts.iter().all(|&c| c == (1, 8)), "{counts:?}");
+    assert!(counts.iter().all(|&c| c == (1, 2)), "{counts:?}");
 }
 
-/// Buckets change how many collectives run, never the result: dense, QSGD and majority vote
-/// give bit-identical replicas whatever the bucket size, with one collective per bucket.
+/// Buckets change how many collectives run, never the result: every protocol gives the same
+/// replicas whatever the bucket size, with one collective per bucket (per round).
 #[test]
 fn buckets_change_the_collectives_not_the_result() {
     fn run<R: Reducer + 'static>(make: impl Fn() -> R + Send + Sync + 'static) -> (u64, u64) {
@@ -600,6 +598,33 @@ fn buckets_change_the_collectives_not_the_result() {
     let ((v_one, c_one), (v_all, c_all)) = (vote(1), vote(DEFAULT_BUCKET_BYTES));
     assert_eq!(v_one, v_all, "majority vote depends on the bucket size");
     assert_eq!((c_one, c_all), (8, 2));
+
+    let tern = |bytes| {
+        run(move || {
+            TernGradShared::new(TernGrad::new())
+                .with_bucket_bytes(bytes)
+                .unwrap()
+        })
+    };
+    let ((t_one, c_one), (t_all, c_all)) = (tern(1), tern(DEFAULT_BUCKET_BYTES));
+    assert_eq!(t_one, t_all, "TernGrad depends on the bucket size");
+    // One scale all-gather per step, then one payload all-gather per tensor or per bucket.
+    assert_eq!((c_one, c_all), (10, 4));
+
+    let power = |bytes| {
+        run(move || {
+            PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+                .with_bucket_bytes(bytes)
+                .unwrap()
+        })
+    };
+    let ((p_small, c_small), (p_all, c_all)) = (power(64), power(DEFAULT_BUCKET_BYTES));
+    assert_eq!(p_small, p_all, "PowerSGD depends on the bucket size");
+    assert!(
+        c_small > 2 * c_all,
+        "{c_small} collectives in 64-byte buckets"
+    );
+    assert_eq!(c_all, 4, "two rounds a step");
 
     let zero = Dense::new().with_bucket_bytes(0).unwrap_err();
     assert!(zero.to_string().contains("bucket_bytes"), "{zero}");

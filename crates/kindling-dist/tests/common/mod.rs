@@ -54,8 +54,9 @@ pub fn train_rank<C: Communicator, R: Reducer>(
     Ok((prints, model.accuracy(test)))
 }
 
-/// A transport that cuts the last 3 bytes off rank `victim`'s all-gathered gradient payloads
-/// (those over 16 bytes: a TernGrad scale passes intact): a payload corrupted on the wire.
+/// A transport that corrupts rank `victim`'s bucket messages (all-gathers over 16 bytes: a
+/// TernGrad scale passes intact) on the wire: the first byte of the first payload's header, just
+/// after its 4-byte length, is flipped.
 pub struct Corrupting<C> {
     /// The real transport.
     pub inner: C,
@@ -74,13 +75,11 @@ impl<C: Communicator> Communicator for Corrupting<C> {
         self.inner.all_reduce_sum(v)
     }
     fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
-        let cut = if self.rank() == self.victim && payload.len() > 16 {
-            3
-        } else {
-            0
-        };
-        self.inner
-            .all_gather_borrowed(&payload[..payload.len().saturating_sub(cut)])
+        let mut message = payload.to_vec();
+        if self.rank() == self.victim && message.len() > 16 {
+            message[4] ^= 0xFF;
+        }
+        self.inner.all_gather_borrowed(&message)
     }
     fn fail(&mut self, reason: &str) {
         self.inner.fail(reason)
