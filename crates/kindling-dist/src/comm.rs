@@ -201,8 +201,9 @@ struct Round {
     deposited: usize,
     read: usize,
     tags: Vec<Option<Tag>>,
-    slots: Vec<Option<Vec<u8>>>,
-    floats: Vec<Option<Vec<f32>>>,
+    /// Shared, so that each rank copies or sums them after leaving the lock.
+    slots: Vec<Option<Arc<Vec<u8>>>>,
+    floats: Vec<Option<Arc<Vec<f32>>>>,
     failed: Option<String>,
 }
 
@@ -329,8 +330,8 @@ impl LocalGroup {
         }
         let generation = round.generation;
         round.tags[self.rank] = Some(tag);
-        round.slots[self.rank] = bytes;
-        round.floats[self.rank] = floats;
+        round.slots[self.rank] = bytes.map(Arc::new);
+        round.floats[self.rank] = floats.map(Arc::new);
         round.deposited += 1;
         if round.deposited == shared.world {
             round.generation += 1;
@@ -431,15 +432,15 @@ impl Communicator for LocalGroup {
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
         let kind = Kind::AllReduce { len: values.len() };
-        self.exchange(kind, None, Some(values.to_vec()), |round| {
-            // Rank order, so every rank computes bit-identical sums (the tags checked the lengths).
-            values.fill(0.0);
-            for contribution in round.floats.iter().flatten() {
-                for (s, v) in values.iter_mut().zip(contribution) {
-                    *s += v;
-                }
+        let all = self.exchange(kind, None, Some(values.to_vec()), |round| round.floats.clone())?;
+        // Outside the lock, every rank at once; in rank order, so every rank computes
+        // bit-identical sums (the tags checked the lengths).
+        values.fill(0.0);
+        for contribution in all.iter().flatten() {
+            for (s, v) in values.iter_mut().zip(contribution.iter()) {
+                *s += v;
             }
-        })?;
+        }
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
         self.sent.fetch_add(ring, Ordering::Relaxed);
         self.received.fetch_add(ring, Ordering::Relaxed);
@@ -452,13 +453,17 @@ impl Communicator for LocalGroup {
             std::mem::take(&mut self.ends),
         );
         let outcome = self.exchange(Kind::AllGather, Some(payload.to_vec()), None, |round| {
+            round.slots.clone()
+        });
+        // Copied outside the lock, every rank at once.
+        if let Ok(slots) = &outcome {
             gathered.clear();
             ends.clear();
-            for slot in &round.slots {
-                gathered.extend_from_slice(slot.as_deref().unwrap_or_default());
+            for slot in slots {
+                gathered.extend_from_slice(slot.as_deref().map_or(&[][..], Vec::as_slice));
                 ends.push(gathered.len());
             }
-        });
+        }
         (self.gathered, self.ends) = (gathered, ends);
         outcome?;
         let all = Received {
@@ -483,8 +488,9 @@ impl Communicator for LocalGroup {
         }
         let mine = (self.rank == root).then_some(bytes);
         let out = self.exchange(Kind::Broadcast { root }, mine, None, |round| {
-            round.slots[root].clone().unwrap_or_default()
-        })?;
+            round.slots[root].clone()
+        })?
+        .map_or_else(Vec::new, |b| b.as_ref().clone());
         if self.rank == root {
             self.sent.fetch_add(
                 out.len() as u64 * (self.shared.world as u64 - 1),

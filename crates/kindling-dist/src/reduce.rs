@@ -14,7 +14,7 @@ use kindling_compress::{
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{
-    BucketOp, Encode, Entry, Exchanged, Part, assemble, encode_all, exchange_buckets, walk_bucketed,
+    BucketOp, Encode, Entry, Exchanged, Part, assemble, encode_all, pipeline, walk_bucketed,
 };
 use crate::{Communicator, DistError};
 
@@ -729,47 +729,47 @@ impl Reducer for TernGradShared {
                 Part::Bytes(_) => unreachable!("scales are floats"),
             })
             .collect();
-        let indices: Vec<usize> = entries.iter().map(|e| e.index).collect();
+        let indices: Vec<usize> = entries.iter().map(|e| e.meta.index).collect();
         let mut stats = scales.stats;
         let shared = timed(&mut stats.exchange, || {
             shared_scales(comm, &local, &indices)
         })?;
-        let mut payloads = Vec::with_capacity(entries.len());
-        for (entry, scale) in entries.into_iter().zip(shared) {
-            let flat = scales
-                .flats
-                .remove(&entry.index)
-                .expect("kept in phase one");
-            let n = flat.dims()[0];
-            let payload = timed(&mut stats.encode, || {
-                self.codec.compress_with_scale(flat, scale, rng)
-            })
-            .map_err(|e| DistError::Encode {
-                rank,
-                param: entry.index,
-                reason: e.to_string(),
-            })?;
-            stats.raw_bytes += 4 * n as u64;
-            stats.wire_bytes += payload.wire_bytes() as u64 + 4;
-            payloads.push(Entry {
-                part: Part::Bytes(payload.into_bytes()),
-                ..entry
-            });
-        }
         let mut decode = TernDecode {
             codec: &self.codec,
             stats: StepStats::default(),
         };
-        let mut decoded: Vec<Option<Tensor<1>>> = (0..params).map(|_| None).collect();
+        let mut flats = scales.flats;
         let mut exchange = Duration::ZERO;
-        exchange_buckets(
-            &payloads,
-            &mut decode,
+        let codec = &self.codec;
+        // Each tensor encoded with its shared scale while the previous buckets travel.
+        let mut decoded = pipeline(
             comm,
+            &mut decode,
             self.bucket_bytes,
             &mut exchange,
-            &mut decoded,
+            |_, sink| {
+                for (entry, scale) in entries.into_iter().zip(shared) {
+                    let flat = flats.remove(&entry.meta.index).expect("kept in phase one");
+                    let n = flat.dims()[0];
+                    let payload = timed(&mut stats.encode, || {
+                        codec.compress_with_scale(flat, scale, rng)
+                    })
+                    .map_err(|e| DistError::Encode {
+                        rank,
+                        param: entry.meta.index,
+                        reason: e.to_string(),
+                    })?;
+                    stats.raw_bytes += 4 * n as u64;
+                    stats.wire_bytes += payload.wire_bytes() as u64 + 4;
+                    sink(Entry {
+                        meta: entry.meta,
+                        part: Part::Bytes(payload.into_bytes()),
+                    })?;
+                }
+                Ok(())
+            },
         )?;
+        decoded.resize_with(params.max(decoded.len()), || None);
         stats.exchange += exchange;
         stats.decode += decode.stats.decode;
         Ok((assemble(module, decoded), stats))
@@ -914,15 +914,15 @@ impl Reducer for PowerSgd {
             };
             let values = &mut first[at..at + len];
             at += len;
-            let Some(delta) = deltas.remove(&entry.index) else {
+            let Some(delta) = deltas.remove(&entry.meta.index) else {
                 // As `all_reduce_mean`: the sum, then divided by the world size.
                 values.iter_mut().for_each(|v| *v /= world);
-                decoded[entry.index] = Some(tensor(values.to_vec(), [len], &entry.device));
+                decoded[entry.meta.index] = Some(tensor(values.to_vec(), [len], &entry.meta.device));
                 continue;
             };
-            let (rows, cols) = matrix_view(&entry.dims);
-            let state = self.states.get_mut(&entry.index).expect("started");
-            let p_sum = tensor(values.to_vec(), [rows, rank], &entry.device);
+            let (rows, cols) = matrix_view(&entry.meta.dims);
+            let state = self.states.get_mut(&entry.meta.index).expect("started");
+            let p_sum = tensor(values.to_vec(), [rows, rank], &entry.meta.device);
             let (p, q) = timed(&mut stats.encode, || state.project(&delta, p_sum));
             let q_host = host(q);
             stats.wire_bytes += 4 * (len + q_host.len()) as u64;
@@ -935,12 +935,12 @@ impl Reducer for PowerSgd {
         })?;
         let mut at = 0;
         for (entry, delta, p, len, cols) in projected {
-            let q = tensor(second[at..at + len].to_vec(), [cols, rank], &entry.device);
+            let q = tensor(second[at..at + len].to_vec(), [cols, rank], &entry.meta.device);
             at += len;
-            let state = self.states.get_mut(&entry.index).expect("started");
+            let state = self.states.get_mut(&entry.meta.index).expect("started");
             let out = timed(&mut stats.decode, || state.finish(delta, p, q));
-            let n = entry.dims.iter().product::<usize>();
-            decoded[entry.index] = Some(out.reshape([n]));
+            let n = entry.meta.dims.iter().product::<usize>();
+            decoded[entry.meta.index] = Some(out.reshape([n]));
         }
         Ok((assemble(module, decoded), stats))
     }

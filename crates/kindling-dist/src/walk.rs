@@ -1,11 +1,15 @@
 //! Visiting every float parameter of a module in a fixed order (the same on every rank): each
 //! gradient encoded, the parts exchanged in buckets, the agreed gradients put back in shape.
 
+use std::collections::VecDeque;
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
-use crate::{Communicator, DistError};
+use crate::{Communicator, DistError, Received};
 
 /// What one rank contributes for one parameter to a bucketed exchange.
 pub(crate) enum Part {
@@ -42,23 +46,30 @@ pub(crate) trait BucketOp: Encode {
     ) -> Result<Tensor<1>, DistError>;
 }
 
-/// One encoded parameter waiting for its bucket.
-pub(crate) struct Entry {
+/// Where one parameter's gradient comes from.
+#[derive(Clone)]
+pub(crate) struct Meta {
     /// The parameter's index in module order.
     pub index: usize,
     /// Its gradient's shape.
     pub dims: Vec<usize>,
     /// Its gradient's device.
     pub device: Device,
+}
+
+/// One encoded parameter waiting for its bucket.
+pub(crate) struct Entry {
+    /// The parameter.
+    pub meta: Meta,
     /// This rank's contribution.
     pub part: Part,
 }
 
-/// Collects every gradient's part, in module order (phase 1).
+/// Hands every gradient's part, in module order, to a sink (phase 1).
 struct Encoder<'a, O: Encode> {
     grads: &'a mut GradientsParams,
     op: &'a mut O,
-    entries: Vec<Entry>,
+    sink: &'a mut dyn FnMut(Entry) -> Result<(), DistError>,
     index: usize,
     error: Option<DistError>,
 }
@@ -80,17 +91,59 @@ impl<O: Encode> ModuleVisitor for Encoder<'_, O> {
             )));
             return;
         };
-        let (dims, device) = (grad.dims().to_vec(), grad.device());
-        match self.op.encode(index, grad) {
-            Ok(part) => self.entries.push(Entry {
-                index,
-                dims,
-                device,
-                part,
-            }),
-            Err(e) => self.error = Some(e),
+        let meta = Meta {
+            index,
+            dims: grad.dims().to_vec(),
+            device: grad.device(),
+        };
+        let sent = self
+            .op
+            .encode(index, grad)
+            .and_then(|part| (self.sink)(Entry { meta, part }));
+        if let Err(e) = sent {
+            self.error = Some(e);
         }
     }
+}
+
+/// Encodes every float parameter's gradient (module order) into `sink`; returns the number of
+/// float parameters. Every parameter that requires a gradient must have one (all ranks must walk
+/// the same list); frozen parameters (no gradient required, none given) are skipped, keeping
+/// their index: they are left out of the exchange and of the update, the same on every rank
+/// since the replicas are identical down to this flag.
+fn encode_into<M: Module, O: Encode>(
+    module: &M,
+    mut grads: GradientsParams,
+    op: &mut O,
+    sink: &mut dyn FnMut(Entry) -> Result<(), DistError>,
+) -> Result<usize, DistError> {
+    let mut encoder = Encoder {
+        grads: &mut grads,
+        op,
+        sink,
+        index: 0,
+        error: None,
+    };
+    module.visit(&mut encoder);
+    match encoder.error {
+        Some(e) => Err(e),
+        None => Ok(encoder.index),
+    }
+}
+
+/// Every float parameter's part, in module order, and the number of float parameters (see
+/// [`encode_into`]).
+pub(crate) fn encode_all<M: Module, O: Encode>(
+    module: &M,
+    grads: GradientsParams,
+    op: &mut O,
+) -> Result<(Vec<Entry>, usize), DistError> {
+    let mut entries = Vec::new();
+    let params = encode_into(module, grads, op, &mut |entry| {
+        entries.push(entry);
+        Ok(())
+    })?;
+    Ok((entries, params))
 }
 
 /// Registers each decoded gradient in its parameter's shape (phase 3).
@@ -111,38 +164,6 @@ impl ModuleVisitor for Assembler {
     }
 }
 
-/// Bytes a part puts in its bucket.
-fn part_bytes(part: &Part) -> usize {
-    match part {
-        Part::Floats(v) => 4 * v.len(),
-        Part::Bytes(b) => b.len(),
-    }
-}
-
-/// Every float parameter's part (in module order), and the number of float parameters. Every
-/// parameter that requires a gradient must have one (all ranks must walk the same list); frozen
-/// parameters (no gradient required, none given) are skipped, keeping their index: they are
-/// left out of the exchange and of the update, the same on every rank since the replicas are
-/// identical down to this flag.
-pub(crate) fn encode_all<M: Module, O: Encode>(
-    module: &M,
-    mut grads: GradientsParams,
-    op: &mut O,
-) -> Result<(Vec<Entry>, usize), DistError> {
-    let mut encoder = Encoder {
-        grads: &mut grads,
-        op,
-        entries: Vec::new(),
-        index: 0,
-        error: None,
-    };
-    module.visit(&mut encoder);
-    match encoder.error {
-        Some(e) => Err(e),
-        None => Ok((encoder.entries, encoder.index)),
-    }
-}
-
 /// The decoded gradients (flat, indexed by parameter) registered in their parameters' shapes.
 pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -> GradientsParams {
     let mut assembler = Assembler {
@@ -155,115 +176,241 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 }
 
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
-/// buckets of about `bucket_bytes` (a bucket closes once it holds that many bytes; a larger
-/// part is a bucket of its own): one collective per bucket instead of one per tensor.
-///
-/// A bucket of payloads travels as one all-gather message per rank: each payload preceded by
-/// its length (u32, little-endian). Every rank's message is split back with bounds checked; a
-/// message that does not hold exactly the bucket's payloads is a decode error naming its rank.
+/// buckets of about `bucket_bytes`, exchanged by a communication thread while the next parts are
+/// encoded (see [`pipeline`]).
 pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
     module: &M,
     grads: GradientsParams,
     op: &mut O,
     comm: &mut dyn Communicator,
     bucket_bytes: usize,
-    exchange: &mut std::time::Duration,
+    exchange: &mut Duration,
 ) -> Result<GradientsParams, DistError> {
-    let (entries, params) = encode_all(module, grads, op)?;
-    let mut decoded: Vec<Option<Tensor<1>>> = (0..params).map(|_| None).collect();
-    exchange_buckets(&entries, op, comm, bucket_bytes, exchange, &mut decoded)?;
+    let mut params = 0;
+    let mut decoded = pipeline(comm, op, bucket_bytes, exchange, |op, sink| {
+        params = encode_into(module, grads, op, sink)?;
+        Ok(())
+    })?;
+    decoded.resize_with(params.max(decoded.len()), || None);
     Ok(assemble(module, decoded))
 }
 
-/// Exchanges `entries` in buckets of about `bucket_bytes` and decodes each into `decoded`.
-pub(crate) fn exchange_buckets<O: BucketOp>(
-    entries: &[Entry],
-    op: &mut O,
-    comm: &mut dyn Communicator,
-    bucket_bytes: usize,
-    exchange: &mut std::time::Duration,
-    decoded: &mut [Option<Tensor<1>>],
-) -> Result<(), DistError> {
-    let mut rest = entries;
-    while !rest.is_empty() {
-        let mut size = 0;
-        let mut take = 0;
-        while take < rest.len() && (take == 0 || size < bucket_bytes) {
-            size += part_bytes(&rest[take].part);
-            take += 1;
-        }
-        let (bucket, after) = rest.split_at(take);
-        rest = after;
-        exchange_bucket(bucket, op, comm, exchange, decoded)?;
-    }
-    Ok(())
+/// A bucket on its way to the communication thread.
+enum Outgoing {
+    Floats(Vec<f32>),
+    Bytes(Vec<u8>),
 }
 
-/// One collective for `bucket`, then each of its parameters decoded into `decoded`.
-fn exchange_bucket<O: BucketOp>(
-    bucket: &[Entry],
-    op: &mut O,
-    comm: &mut dyn Communicator,
-    exchange: &mut std::time::Duration,
-    decoded: &mut [Option<Tensor<1>>],
-) -> Result<(), DistError> {
-    let start = std::time::Instant::now();
-    match &bucket[0].part {
-        Part::Floats(_) => {
-            let mut flat = Vec::with_capacity(bucket.iter().map(|e| part_bytes(&e.part)).sum());
-            for entry in bucket {
-                let Part::Floats(v) = &entry.part else {
-                    unreachable!("a protocol's parts are all of one kind")
-                };
-                flat.extend_from_slice(v);
+/// A bucket back from it.
+enum Incoming {
+    Mean(Vec<f32>),
+    Gathered { bytes: Vec<u8>, ends: Vec<usize> },
+}
+
+/// Packs entries into buckets and sends each full one to the communication thread.
+struct Packer {
+    bucket_bytes: usize,
+    open: Vec<Entry>,
+    open_bytes: usize,
+    in_flight: VecDeque<Vec<Meta>>,
+    jobs: mpsc::Sender<Outgoing>,
+}
+
+impl Packer {
+    fn push(&mut self, entry: Entry) -> Result<(), DistError> {
+        self.open_bytes += part_bytes(&entry.part);
+        self.open.push(entry);
+        if self.open_bytes >= self.bucket_bytes {
+            self.flush()?;
+        }
+        Ok(())
+    }
+
+    /// Sends the open bucket (if any). A bucket of floats is their concatenation; a bucket of
+    /// payloads is each payload preceded by its length (u32, little-endian).
+    fn flush(&mut self) -> Result<(), DistError> {
+        let Some(first) = self.open.first() else {
+            return Ok(());
+        };
+        let outgoing = match first.part {
+            Part::Floats(_) => {
+                let mut flat = Vec::with_capacity(self.open_bytes / 4);
+                for entry in &self.open {
+                    let Part::Floats(v) = &entry.part else {
+                        unreachable!("a protocol's parts are all of one kind")
+                    };
+                    flat.extend_from_slice(v);
+                }
+                Outgoing::Floats(flat)
             }
-            comm.all_reduce_mean(&mut flat)?;
-            *exchange += start.elapsed();
+            Part::Bytes(_) => {
+                let mut message = Vec::with_capacity(self.open_bytes + 4 * self.open.len());
+                for entry in &self.open {
+                    let Part::Bytes(b) = &entry.part else {
+                        unreachable!("a protocol's parts are all of one kind")
+                    };
+                    let len = u32::try_from(b.len()).map_err(|_| {
+                        DistError::InvalidConfig(format!(
+                            "parameter {}: a payload of {} bytes exceeds the 4 GiB bucket entry \
+                             limit",
+                            entry.meta.index,
+                            b.len()
+                        ))
+                    })?;
+                    message.extend_from_slice(&len.to_le_bytes());
+                    message.extend_from_slice(b);
+                }
+                Outgoing::Bytes(message)
+            }
+        };
+        let metas = self.open.drain(..).map(|e| e.meta).collect();
+        self.open_bytes = 0;
+        self.jobs.send(outgoing).map_err(|_| {
+            DistError::Protocol("the communication thread ended before the exchange".into())
+        })?;
+        self.in_flight.push_back(metas);
+        Ok(())
+    }
+}
+
+/// Bytes a part puts in its bucket.
+fn part_bytes(part: &Part) -> usize {
+    match part {
+        Part::Floats(v) => 4 * v.len(),
+        Part::Bytes(b) => b.len(),
+    }
+}
+
+/// The bucketed, overlapped exchange. `produce` hands the parts to a sink in module order; they
+/// are packed into buckets of about `bucket_bytes` (a bucket closes once it holds that many
+/// bytes; a larger part is a bucket of its own), one collective per bucket. A communication
+/// thread runs the collectives in order while `produce` goes on encoding, so the encoding of
+/// bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i the exchange of
+/// the later ones. Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
+/// the time the communication thread spent in collectives.
+///
+/// A bucket of payloads travels as one all-gather message per rank; every rank's message is
+/// split back with bounds checked, and a message that does not hold exactly the bucket's
+/// payloads is a decode error naming its rank.
+pub(crate) fn pipeline<O: BucketOp>(
+    comm: &mut dyn Communicator,
+    op: &mut O,
+    bucket_bytes: usize,
+    exchange: &mut Duration,
+    produce: impl FnOnce(&mut O, &mut dyn FnMut(Entry) -> Result<(), DistError>) -> Result<(), DistError>,
+) -> Result<Vec<Option<Tensor<1>>>, DistError> {
+    std::thread::scope(|scope| {
+        let (jobs, queue) = mpsc::channel::<Outgoing>();
+        let (done, results) = mpsc::channel::<Result<Incoming, DistError>>();
+        let server = std::thread::Builder::new()
+            .name("kindling-exchange".into())
+            .spawn_scoped(scope, move || serve(comm, queue, done))
+            .map_err(|e| DistError::InvalidConfig(format!("cannot start the exchange thread: {e}")))?;
+        let mut packer = Packer {
+            bucket_bytes,
+            open: Vec::new(),
+            open_bytes: 0,
+            in_flight: VecDeque::new(),
+            jobs,
+        };
+        let produced = produce(op, &mut |entry| packer.push(entry)).and_then(|()| packer.flush());
+        let Packer { in_flight, jobs, .. } = packer;
+        // No more buckets: the thread ends after the ones in flight.
+        drop(jobs);
+        let mut decoded: Vec<Option<Tensor<1>>> = Vec::new();
+        let outcome = produced.and_then(|()| {
+            for metas in in_flight {
+                let incoming = results.recv().map_err(|_| {
+                    DistError::Protocol("the communication thread ended early".into())
+                })??;
+                decode_bucket(&metas, incoming, op, &mut decoded)?;
+            }
+            Ok(())
+        });
+        drop(results);
+        match server.join() {
+            Ok(spent) => *exchange += spent,
+            Err(panic) => std::panic::resume_unwind(panic),
+        }
+        outcome.map(|()| decoded)
+    })
+}
+
+/// The communication thread: runs each bucket's collective in order and sends the result back;
+/// stops at the first failure or when the buckets run out. Returns the time spent.
+fn serve(
+    comm: &mut dyn Communicator,
+    queue: mpsc::Receiver<Outgoing>,
+    done: mpsc::Sender<Result<Incoming, DistError>>,
+) -> Duration {
+    let mut spent = Duration::ZERO;
+    for job in queue {
+        let start = Instant::now();
+        let result = match job {
+            Outgoing::Floats(mut values) => comm
+                .all_reduce_mean(&mut values)
+                .map(|()| Incoming::Mean(values)),
+            // The receive buffer is the transport's, until its next collective: the bucket
+            // leaves with its own copy of the peers' bytes.
+            Outgoing::Bytes(message) => comm.all_gather_borrowed(&message).map(|all| {
+                let ends = all.iter().scan(0, |at, b| {
+                    *at += b.len();
+                    Some(*at)
+                });
+                Incoming::Gathered {
+                    ends: ends.collect(),
+                    bytes: all.iter().flatten().copied().collect(),
+                }
+            }),
+        };
+        spent += start.elapsed();
+        let failed = result.is_err();
+        if done.send(result).is_err() || failed {
+            break;
+        }
+    }
+    spent
+}
+
+/// Decodes each parameter of one bucket into `decoded` (grown as needed).
+fn decode_bucket<O: BucketOp>(
+    metas: &[Meta],
+    incoming: Incoming,
+    op: &mut O,
+    decoded: &mut Vec<Option<Tensor<1>>>,
+) -> Result<(), DistError> {
+    let mut put = |index: usize, t: Tensor<1>| {
+        if decoded.len() <= index {
+            decoded.resize_with(index + 1, || None);
+        }
+        decoded[index] = Some(t);
+    };
+    match incoming {
+        Incoming::Mean(flat) => {
             let mut at = 0;
-            for entry in bucket {
-                let n: usize = entry.dims.iter().product();
+            for meta in metas {
+                let n: usize = meta.dims.iter().product();
                 let mean = flat[at..at + n].to_vec();
                 at += n;
-                decoded[entry.index] = Some(op.decode(
-                    entry.index,
-                    &entry.dims,
-                    &entry.device,
-                    Exchanged::Mean(mean),
-                )?);
+                put(
+                    meta.index,
+                    op.decode(meta.index, &meta.dims, &meta.device, Exchanged::Mean(mean))?,
+                );
             }
         }
-        Part::Bytes(_) => {
-            let mut message =
-                Vec::with_capacity(bucket.iter().map(|e| 4 + part_bytes(&e.part)).sum());
-            for entry in bucket {
-                let Part::Bytes(b) = &entry.part else {
-                    unreachable!("a protocol's parts are all of one kind")
-                };
-                let len = u32::try_from(b.len()).map_err(|_| {
-                    DistError::InvalidConfig(format!(
-                        "parameter {}: a payload of {} bytes exceeds the 4 GiB bucket entry limit",
-                        entry.index,
-                        b.len()
-                    ))
-                })?;
-                message.extend_from_slice(&len.to_le_bytes());
-                message.extend_from_slice(b);
-            }
-            let received = comm.all_gather_borrowed(&message)?;
-            *exchange += start.elapsed();
+        Incoming::Gathered { bytes, ends } => {
+            let received = Received::new(&bytes, &ends).expect("ends are the running sum");
             let per_rank = received
                 .iter()
                 .enumerate()
-                .map(|(rank, m)| split_message(m, bucket, rank))
+                .map(|(rank, m)| split_message(m, metas, rank))
                 .collect::<Result<Vec<_>, DistError>>()?;
-            for (k, entry) in bucket.iter().enumerate() {
+            for (k, meta) in metas.iter().enumerate() {
                 let payloads = per_rank.iter().map(|parts| parts[k]).collect();
-                decoded[entry.index] = Some(op.decode(
-                    entry.index,
-                    &entry.dims,
-                    &entry.device,
-                    Exchanged::Gathered(payloads),
-                )?);
+                put(
+                    meta.index,
+                    op.decode(meta.index, &meta.dims, &meta.device, Exchanged::Gathered(payloads))?,
+                );
             }
         }
     }
@@ -273,14 +420,14 @@ fn exchange_bucket<O: BucketOp>(
 /// Rank `rank`'s bucket message cut into its payloads: exactly one per parameter of `bucket`.
 fn split_message<'a>(
     mut message: &'a [u8],
-    bucket: &[Entry],
+    bucket: &[Meta],
     rank: usize,
 ) -> Result<Vec<&'a [u8]>, DistError> {
     let mut parts = Vec::with_capacity(bucket.len());
-    for entry in bucket {
+    for meta in bucket {
         let fail = |reason: String| DistError::Decode {
             rank,
-            param: entry.index,
+            param: meta.index,
             reason,
         };
         let (len, body) = message
