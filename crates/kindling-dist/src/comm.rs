@@ -177,9 +177,17 @@ struct Tag {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
-    AllReduce { len: usize },
+    AllReduce {
+        len: usize,
+    },
+    /// An all-reduce's second round: each rank's share of the sum.
+    AllReduceShares {
+        len: usize,
+    },
     AllGather,
-    Broadcast { root: usize },
+    Broadcast {
+        root: usize,
+    },
     Barrier,
 }
 
@@ -187,6 +195,9 @@ impl std::fmt::Display for Tag {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.kind {
             Kind::AllReduce { len } => write!(f, "an all-reduce of {len} floats")?,
+            Kind::AllReduceShares { len } => {
+                write!(f, "the second round of an all-reduce of {len} floats")?
+            }
             Kind::AllGather => write!(f, "an all-gather")?,
             Kind::Broadcast { root } => write!(f, "a broadcast from rank {root}")?,
             Kind::Barrier => write!(f, "a barrier")?,
@@ -228,6 +239,7 @@ pub struct LocalGroup {
     rank: usize,
     shared: Arc<Shared>,
     sequence: AtomicU64,
+    collectives: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
     /// The last all-gather's payloads end to end, and where each rank's ends.
@@ -263,6 +275,7 @@ impl LocalGroup {
                 rank,
                 shared: shared.clone(),
                 sequence: AtomicU64::new(0),
+                collectives: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
                 gathered: Vec::new(),
@@ -318,6 +331,9 @@ impl LocalGroup {
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             kind,
         };
+        if !matches!(kind, Kind::AllReduceShares { .. }) {
+            self.collectives.fetch_add(1, Ordering::Relaxed);
+        }
         let shared = &self.shared;
         let deadline = Instant::now() + shared.timeout;
         let mut round = shared.round.lock().unwrap_or_else(|p| p.into_inner());
@@ -431,14 +447,29 @@ impl Communicator for LocalGroup {
     }
 
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
-        let kind = Kind::AllReduce { len: values.len() };
-        let all = self.exchange(kind, None, Some(values.to_vec()), |round| round.floats.clone())?;
-        // Outside the lock, every rank at once; in rank order, so every rank computes
-        // bit-identical sums (the tags checked the lengths).
-        values.fill(0.0);
+        // Reduce-scatter, then all-gather: rank r sums the r-th of W equal shares of every
+        // rank's contribution (in rank order, outside the lock), and the shares are shared — each
+        // rank adds n floats instead of W·n. Every element is summed in rank order by one rank, so
+        // every rank holds bit-identical sums (the tags checked the lengths).
+        let (n, world) = (values.len(), self.shared.world);
+        let kind = Kind::AllReduce { len: n };
+        let all = self.exchange(kind, None, Some(values.to_vec()), |round| {
+            round.floats.clone()
+        })?;
+        let share = |r: usize| r * n / world..(r + 1) * n / world;
+        let mine = share(self.rank);
+        let mut sum = vec![0.0f32; mine.len()];
         for contribution in all.iter().flatten() {
-            for (s, v) in values.iter_mut().zip(contribution.iter()) {
+            for (s, v) in sum.iter_mut().zip(&contribution[mine.clone()]) {
                 *s += v;
+            }
+        }
+        drop(all);
+        let kind = Kind::AllReduceShares { len: n };
+        let shares = self.exchange(kind, None, Some(sum), |round| round.floats.clone())?;
+        for (r, part) in shares.iter().enumerate() {
+            if let Some(part) = part {
+                values[share(r)].copy_from_slice(part);
             }
         }
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
@@ -487,10 +518,11 @@ impl Communicator for LocalGroup {
             )));
         }
         let mine = (self.rank == root).then_some(bytes);
-        let out = self.exchange(Kind::Broadcast { root }, mine, None, |round| {
-            round.slots[root].clone()
-        })?
-        .map_or_else(Vec::new, |b| b.as_ref().clone());
+        let out = self
+            .exchange(Kind::Broadcast { root }, mine, None, |round| {
+                round.slots[root].clone()
+            })?
+            .map_or_else(Vec::new, |b| b.as_ref().clone());
         if self.rank == root {
             self.sent.fetch_add(
                 out.len() as u64 * (self.shared.world as u64 - 1),
@@ -510,7 +542,7 @@ impl Communicator for LocalGroup {
         Traffic {
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
-            collectives: self.sequence.load(Ordering::Relaxed),
+            collectives: self.collectives.load(Ordering::Relaxed),
         }
     }
 }

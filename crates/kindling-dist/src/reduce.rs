@@ -917,7 +917,8 @@ impl Reducer for PowerSgd {
             let Some(delta) = deltas.remove(&entry.meta.index) else {
                 // As `all_reduce_mean`: the sum, then divided by the world size.
                 values.iter_mut().for_each(|v| *v /= world);
-                decoded[entry.meta.index] = Some(tensor(values.to_vec(), [len], &entry.meta.device));
+                decoded[entry.meta.index] =
+                    Some(tensor(values.to_vec(), [len], &entry.meta.device));
                 continue;
             };
             let (rows, cols) = matrix_view(&entry.meta.dims);
@@ -935,7 +936,11 @@ impl Reducer for PowerSgd {
         })?;
         let mut at = 0;
         for (entry, delta, p, len, cols) in projected {
-            let q = tensor(second[at..at + len].to_vec(), [cols, rank], &entry.meta.device);
+            let q = tensor(
+                second[at..at + len].to_vec(),
+                [cols, rank],
+                &entry.meta.device,
+            );
             at += len;
             let state = self.states.get_mut(&entry.meta.index).expect("started");
             let out = timed(&mut stats.decode, || state.finish(delta, p, q));

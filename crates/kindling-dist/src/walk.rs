@@ -297,7 +297,10 @@ pub(crate) fn pipeline<O: BucketOp>(
     op: &mut O,
     bucket_bytes: usize,
     exchange: &mut Duration,
-    produce: impl FnOnce(&mut O, &mut dyn FnMut(Entry) -> Result<(), DistError>) -> Result<(), DistError>,
+    produce: impl FnOnce(
+        &mut O,
+        &mut dyn FnMut(Entry) -> Result<(), DistError>,
+    ) -> Result<(), DistError>,
 ) -> Result<Vec<Option<Tensor<1>>>, DistError> {
     std::thread::scope(|scope| {
         let (jobs, queue) = mpsc::channel::<Outgoing>();
@@ -305,7 +308,9 @@ pub(crate) fn pipeline<O: BucketOp>(
         let server = std::thread::Builder::new()
             .name("kindling-exchange".into())
             .spawn_scoped(scope, move || serve(comm, queue, done))
-            .map_err(|e| DistError::InvalidConfig(format!("cannot start the exchange thread: {e}")))?;
+            .map_err(|e| {
+                DistError::InvalidConfig(format!("cannot start the exchange thread: {e}"))
+            })?;
         let mut packer = Packer {
             bucket_bytes,
             open: Vec::new(),
@@ -314,7 +319,9 @@ pub(crate) fn pipeline<O: BucketOp>(
             jobs,
         };
         let produced = produce(op, &mut |entry| packer.push(entry)).and_then(|()| packer.flush());
-        let Packer { in_flight, jobs, .. } = packer;
+        let Packer {
+            in_flight, jobs, ..
+        } = packer;
         // No more buckets: the thread ends after the ones in flight.
         drop(jobs);
         let mut decoded: Vec<Option<Tensor<1>>> = Vec::new();
@@ -409,7 +416,12 @@ fn decode_bucket<O: BucketOp>(
                 let payloads = per_rank.iter().map(|parts| parts[k]).collect();
                 put(
                     meta.index,
-                    op.decode(meta.index, &meta.dims, &meta.device, Exchanged::Gathered(payloads))?,
+                    op.decode(
+                        meta.index,
+                        &meta.dims,
+                        &meta.device,
+                        Exchanged::Gathered(payloads),
+                    )?,
                 );
             }
         }
