@@ -279,10 +279,14 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         mpi.broadcast(vec![], w).is_err(),
         "a root outside the group"
     );
-    // LocalGroup's counts (ring all-reduce of 8 bytes, all-gather, broadcast, max) plus MPI's
-    // four 32-byte headers to and from each peer (the out-of-range root fails before its own).
+    // LocalGroup's counts (ring all-reduce of 8 bytes, all-gather, broadcast) plus MPI's headers
+    // to and from each peer: 32 bytes for the all-reduce and the all-gather, then 32 plus an
+    // inline slot as large as the all-gather's largest payload (w bytes, rounded up to 8) for
+    // the broadcast and for the max's all-gather, whose 4-byte payloads travel inside it (the
+    // out-of-range root fails before its header).
     let ring = (8 * 2 * (w - 1) / w) as u64;
-    let headers = 4 * 32 * (w as u64 - 1);
+    let slot = w.next_multiple_of(8) as u64;
+    let headers = (2 * 32 + 2 * (32 + slot)) * (w as u64 - 1);
     let gathered_others = ((1..=w).sum::<usize>() - (rank + 1)) as u64;
     let (bcast_sent, bcast_received) = if rank == root {
         (5 * (w as u64 - 1), 0)
@@ -292,11 +296,11 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
     let after = mpi.traffic();
     assert_eq!(
         after.sent - before.sent,
-        ring + (rank as u64 + 1) * (w as u64 - 1) + bcast_sent + 4 * (w as u64 - 1) + headers
+        ring + (rank as u64 + 1) * (w as u64 - 1) + bcast_sent + headers
     );
     assert_eq!(
         after.received - before.received,
-        ring + gathered_others + bcast_received + 4 * (w as u64 - 1) + headers
+        ring + gathered_others + bcast_received + headers
     );
 }
 

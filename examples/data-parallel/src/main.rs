@@ -168,7 +168,7 @@ fn optimizer(protocol: Protocol) -> (ModuleOptimizer, f64) {
 enum Transport {
     Threads,
     #[cfg(feature = "mpi")]
-    Mpi(Mpi),
+    Mpi(Box<Mpi>),
 }
 
 impl Transport {
@@ -182,7 +182,7 @@ impl Transport {
 
     #[cfg(feature = "mpi")]
     fn mpi() -> Result<Self, DistError> {
-        Mpi::init().map(Transport::Mpi)
+        Mpi::init().map(|mpi| Transport::Mpi(Box::new(mpi)))
     }
 
     #[cfg(not(feature = "mpi"))]
@@ -335,7 +335,7 @@ impl WithReducer for PlainLoop<'_> {
                 Ok(epochs.into_iter().next().expect("rank 0"))
             }
             #[cfg(feature = "mpi")]
-            Transport::Mpi(mpi) => worker(mpi, make(), args, protocol, &split, report),
+            Transport::Mpi(mpi) => worker(&mut **mpi, make(), args, protocol, &split, report),
         }
     }
 }
@@ -392,7 +392,7 @@ impl WithReducer for WithLearner<'_> {
             Transport::Mpi(mpi) => {
                 let dir = format!("data-parallel-learner-rank{}", mpi.rank());
                 (
-                    CompressedDdp::with_communicator(mpi, device.clone(), make()),
+                    CompressedDdp::with_communicator(*mpi, device.clone(), make()),
                     self.args.out_dir.join(dir),
                 )
             }
