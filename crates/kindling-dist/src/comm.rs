@@ -23,8 +23,8 @@ pub struct Traffic {
 /// buffer: decoders read each peer's bytes where they arrived, with no copy per peer.
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
-    bytes: &'a [u8],
-    ends: &'a [usize],
+    pub(crate) bytes: &'a [u8],
+    pub(crate) ends: &'a [usize],
 }
 
 impl<'a> Received<'a> {
@@ -167,26 +167,28 @@ pub(crate) fn all_gather_traffic(all: &Received<'_>, rank: usize) -> (u64, u64) 
 }
 
 /// What a rank says it is doing in a collective round: every rank must say the same, or the
-/// round is an error on every rank (never mixed data).
+/// round is an error on every rank (never mixed data). Both transports check it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tag {
+pub(crate) struct Tag {
     /// Collectives this rank has entered before this one.
-    sequence: u64,
-    kind: Kind,
+    pub sequence: u64,
+    /// The call.
+    pub kind: Kind,
 }
 
+/// A collective call, with what every rank must agree on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
+pub(crate) enum Kind {
     AllReduce {
-        len: usize,
+        len: u64,
     },
     /// An all-reduce's second round: each rank's share of the sum.
     AllReduceShares {
-        len: usize,
+        len: u64,
     },
     AllGather,
     Broadcast {
-        root: usize,
+        root: u64,
     },
     Barrier,
 }
@@ -203,6 +205,20 @@ impl std::fmt::Display for Tag {
             Kind::Barrier => write!(f, "a barrier")?,
         }
         write!(f, " as its collective #{}", self.sequence)
+    }
+}
+
+/// Every rank's tag (`None`: a call this rank could not read) against rank 0's: the first rank
+/// whose call differs is a [`DistError::Protocol`] naming both calls.
+pub(crate) fn check_tags(tags: &[Option<Tag>]) -> Result<(), DistError> {
+    let describe = |t: Option<Tag>| t.map_or_else(|| "an unknown call".into(), |t| t.to_string());
+    match tags.iter().enumerate().find(|(_, t)| **t != tags[0]) {
+        None => Ok(()),
+        Some((r, theirs)) => Err(DistError::Protocol(format!(
+            "mismatched collectives: rank 0 called {}, rank {r} called {}",
+            describe(tags[0]),
+            describe(*theirs)
+        ))),
     }
 }
 
@@ -362,18 +378,7 @@ impl LocalGroup {
             let reason = round.failed.clone().expect("woken by a failure");
             return Err(DistError::PeerFailed(reason));
         }
-        let first = round.tags[0].expect("every rank deposited");
-        let mismatch = round
-            .tags
-            .iter()
-            .enumerate()
-            .find(|(_, t)| **t != Some(first))
-            .map(|(r, t)| {
-                DistError::Protocol(format!(
-                    "mismatched collectives: rank 0 called {first}, rank {r} called {}",
-                    t.expect("every rank deposited")
-                ))
-            });
+        let mismatch = check_tags(&round.tags).err();
         let out = mismatch.is_none().then(|| read(&round));
         round.read += 1;
         if round.read == shared.world {
@@ -452,7 +457,7 @@ impl Communicator for LocalGroup {
         // rank adds n floats instead of W·n. Every element is summed in rank order by one rank, so
         // every rank holds bit-identical sums (the tags checked the lengths).
         let (n, world) = (values.len(), self.shared.world);
-        let kind = Kind::AllReduce { len: n };
+        let kind = Kind::AllReduce { len: n as u64 };
         let all = self.exchange(kind, None, Some(values.to_vec()), |round| {
             round.floats.clone()
         })?;
@@ -465,7 +470,7 @@ impl Communicator for LocalGroup {
             }
         }
         drop(all);
-        let kind = Kind::AllReduceShares { len: n };
+        let kind = Kind::AllReduceShares { len: n as u64 };
         let shares = self.exchange(kind, None, Some(sum), |round| round.floats.clone())?;
         for (r, part) in shares.iter().enumerate() {
             if let Some(part) = part {
@@ -519,7 +524,7 @@ impl Communicator for LocalGroup {
         }
         let mine = (self.rank == root).then_some(bytes);
         let out = self
-            .exchange(Kind::Broadcast { root }, mine, None, |round| {
+            .exchange(Kind::Broadcast { root: root as u64 }, mine, None, |round| {
                 round.slots[root].clone()
             })?
             .map_or_else(Vec::new, |b| b.as_ref().clone());
@@ -544,5 +549,30 @@ impl Communicator for LocalGroup {
             received: self.received.load(Ordering::Relaxed),
             collectives: self.collectives.load(Ordering::Relaxed),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Payloads end to end, split at their ends; ends out of order, short or long are refused.
+    #[test]
+    fn received_splits_and_checks_its_ends() {
+        let bytes = [1, 2, 3, 4, 5];
+        let all = Received::new(&bytes, &[2, 2, 5]).unwrap();
+        assert_eq!(all.world_size(), 3);
+        assert_eq!(
+            all.iter().collect::<Vec<_>>(),
+            [&[1, 2][..], &[], &[3, 4, 5]]
+        );
+        assert_eq!(all.to_vecs()[2], vec![3, 4, 5]);
+        assert!(Received::new(&bytes, &[3, 2, 5]).is_none(), "out of order");
+        assert!(
+            Received::new(&bytes, &[2, 4]).is_none(),
+            "short of the bytes"
+        );
+        assert!(Received::new(&bytes, &[2, 6]).is_none(), "past the bytes");
+        assert!(Received::new(&[], &[]).is_some(), "an empty group");
     }
 }

@@ -10,7 +10,10 @@ use mpi::topology::{Communicator as _, SimpleCommunicator};
 use mpi::{Count, Threading};
 
 use crate::DistError;
-use crate::comm::{Communicator, Received, Traffic, all_gather_traffic, ring_all_reduce_bytes};
+use crate::comm::{
+    Communicator, Kind, Received, Tag, Traffic, all_gather_traffic, check_tags,
+    ring_all_reduce_bytes,
+};
 
 /// The watchdog's default: how long a collective may wait for its slowest rank.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
@@ -244,37 +247,11 @@ impl Mpi {
         let peers = 8 * stride as u64 * (self.world as u64 - 1);
         self.traffic.sent += peers;
         self.traffic.received += peers;
-        match tags.iter().enumerate().find(|(_, t)| **t != tags[0]) {
-            None => Ok(lengths),
-            Some((r, theirs)) => Err(DistError::Protocol(format!(
-                "mismatched collectives: rank 0 called {}, rank {r} called {}",
-                describe(tags[0]),
-                describe(*theirs)
-            ))),
-        }
+        check_tags(&tags).map(|()| lengths)
     }
 }
 
-/// A header word that is not a valid call reads as "an unknown call".
-fn describe(tag: Option<Tag>) -> String {
-    tag.map_or_else(|| "an unknown call".into(), |t| t.to_string())
-}
-
-/// What a rank says it is doing in a collective; every rank must say the same.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Tag {
-    sequence: u64,
-    kind: Kind,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Kind {
-    AllReduce { len: u64 },
-    AllGather,
-    Broadcast { root: u64 },
-    Barrier,
-}
-
+/// A tag on the wire: sequence, kind, root or length, payload length.
 impl Tag {
     fn header(&self, len: u64) -> [u64; HEADER_WORDS] {
         let (kind, arg) = match self.kind {
@@ -282,6 +259,7 @@ impl Tag {
             Kind::AllGather => (2, 0),
             Kind::Broadcast { root } => (3, root),
             Kind::Barrier => (4, 0),
+            Kind::AllReduceShares { len } => (5, len),
         };
         [self.sequence, kind, arg, len]
     }
@@ -292,24 +270,13 @@ impl Tag {
             (2, 0) => Kind::AllGather,
             (3, root) => Kind::Broadcast { root },
             (4, 0) => Kind::Barrier,
+            (5, len) => Kind::AllReduceShares { len },
             _ => return None,
         };
         Some(Self {
             sequence: header[0],
             kind,
         })
-    }
-}
-
-impl std::fmt::Display for Tag {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.kind {
-            Kind::AllReduce { len } => write!(f, "an all-reduce of {len} floats")?,
-            Kind::AllGather => write!(f, "an all-gather")?,
-            Kind::Broadcast { root } => write!(f, "a broadcast from rank {root}")?,
-            Kind::Barrier => write!(f, "a barrier")?,
-        }
-        write!(f, " as its collective #{}", self.sequence)
     }
 }
 

@@ -9,12 +9,13 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig};
 use kindling_compress::{
-    Compressor, Payload, PayloadRef, Sign, TernGrad, is_host_device, majority_vote, matrix_view,
+    CompressError, Compressor, Payload, PayloadRef, Sign, TernGrad, is_host_device, majority_vote,
+    matrix_view,
 };
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{
-    BucketOp, Encode, Entry, Exchanged, Part, assemble, encode_all, pipeline, walk_bucketed,
+    Decode, Encode, Entry, Exchanged, Part, assemble, encode_all, pipeline, walk_bucketed,
 };
 use crate::{Communicator, DistError};
 
@@ -121,6 +122,30 @@ fn timed<T>(clock: &mut Duration, f: impl FnOnce() -> T) -> T {
     out
 }
 
+/// An encoder's error, as the error of rank `rank`'s parameter `param`.
+fn encode_failed(rank: usize, param: usize) -> impl Fn(CompressError) -> DistError {
+    move |e| DistError::Encode {
+        rank,
+        param,
+        reason: e.to_string(),
+    }
+}
+
+/// One tensor's payload as its bucket part: `encode` timed, the tensor's `entries` and the
+/// payload (plus `extra_wire` bytes sent beside it) counted.
+fn payload_part(
+    stats: &mut StepStats,
+    (rank, param): (usize, usize),
+    entries: usize,
+    extra_wire: u64,
+    encode: impl FnOnce() -> Result<Payload, CompressError>,
+) -> Result<Part, DistError> {
+    let payload = timed(&mut stats.encode, encode).map_err(encode_failed(rank, param))?;
+    stats.raw_bytes += 4 * entries as u64;
+    stats.wire_bytes += payload.wire_bytes() as u64 + extra_wire;
+    Ok(Part::Bytes(payload.into_bytes()))
+}
+
 /// The baseline: all-reduce mean of the dense f32 gradients, packed into buckets of
 /// [`DEFAULT_BUCKET_BYTES`] (one all-reduce per bucket, not per tensor; the sums are the same
 /// whatever the bucket size).
@@ -165,7 +190,7 @@ impl Encode for DenseOp {
     }
 }
 
-impl BucketOp for DenseOp {
+impl Decode for DenseOp {
     fn decode(
         &mut self,
         _: usize,
@@ -344,21 +369,14 @@ impl<C: Compressor + Clone> Encode for GatherOp<'_, C> {
             .codecs
             .entry(index)
             .or_insert_with(|| self.prototype.clone());
-        let payload =
-            timed(&mut self.stats.encode, || codec.compress(grad, self.rng)).map_err(|e| {
-                DistError::Encode {
-                    rank: self.rank,
-                    param: index,
-                    reason: e.to_string(),
-                }
-            })?;
-        self.stats.raw_bytes += 4 * entries as u64;
-        self.stats.wire_bytes += payload.wire_bytes() as u64;
-        Ok(Part::Bytes(payload.into_bytes()))
+        let rng = &mut *self.rng;
+        payload_part(&mut self.stats, (self.rank, index), entries, 0, || {
+            codec.compress(grad, rng)
+        })
     }
 }
 
-impl<C: Compressor + Clone> BucketOp for GatherOp<'_, C> {
+impl<C: Compressor + Clone> Decode for GatherOp<'_, C> {
     fn decode(
         &mut self,
         index: usize,
@@ -499,21 +517,14 @@ impl Encode for VoteOp<'_> {
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let n = grad.dims().iter().product::<usize>();
         let flat: Tensor<1> = grad.reshape([n]);
-        let payload =
-            timed(&mut self.stats.encode, || Sign.compress(flat, self.rng)).map_err(|e| {
-                DistError::Encode {
-                    rank: self.rank,
-                    param: index,
-                    reason: e.to_string(),
-                }
-            })?;
-        self.stats.raw_bytes += 4 * n as u64;
-        self.stats.wire_bytes += payload.wire_bytes() as u64;
-        Ok(Part::Bytes(payload.into_bytes()))
+        let rng = &mut *self.rng;
+        payload_part(&mut self.stats, (self.rank, index), n, 0, || {
+            Sign.compress(flat, rng)
+        })
     }
 }
 
-impl BucketOp for VoteOp<'_> {
+impl Decode for VoteOp<'_> {
     fn decode(
         &mut self,
         index: usize,
@@ -626,11 +637,7 @@ impl Encode for TernScales<'_> {
         let local = timed(&mut self.stats.encode, || {
             self.codec.local_scale(grad.clone())
         })
-        .map_err(|e| DistError::Encode {
-            rank: self.rank,
-            param: index,
-            reason: e.to_string(),
-        })?;
+        .map_err(encode_failed(self.rank, index))?;
         self.flats.insert(index, grad.reshape([n]));
         Ok(Part::Floats(vec![local]))
     }
@@ -642,13 +649,7 @@ struct TernDecode<'a> {
     stats: StepStats,
 }
 
-impl Encode for TernDecode<'_> {
-    fn encode<const D: usize>(&mut self, _: usize, _: Tensor<D>) -> Result<Part, DistError> {
-        unreachable!("TernGrad's payloads are encoded with the shared scales")
-    }
-}
-
-impl BucketOp for TernDecode<'_> {
+impl Decode for TernDecode<'_> {
     fn decode(
         &mut self,
         index: usize,
@@ -751,19 +752,13 @@ impl Reducer for TernGradShared {
                 for (entry, scale) in entries.into_iter().zip(shared) {
                     let flat = flats.remove(&entry.meta.index).expect("kept in phase one");
                     let n = flat.dims()[0];
-                    let payload = timed(&mut stats.encode, || {
-                        codec.compress_with_scale(flat, scale, rng)
-                    })
-                    .map_err(|e| DistError::Encode {
-                        rank,
-                        param: entry.meta.index,
-                        reason: e.to_string(),
+                    // The 4 bytes: this tensor's scale, sent in the first round.
+                    let part = payload_part(&mut stats, (rank, entry.meta.index), n, 4, || {
+                        codec.compress_with_scale(flat, scale, &mut *rng)
                     })?;
-                    stats.raw_bytes += 4 * n as u64;
-                    stats.wire_bytes += payload.wire_bytes() as u64 + 4;
                     sink(Entry {
                         meta: entry.meta,
-                        part: Part::Bytes(payload.into_bytes()),
+                        part,
                     })?;
                 }
                 Ok(())

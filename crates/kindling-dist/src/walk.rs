@@ -33,9 +33,8 @@ pub(crate) trait Encode {
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError>;
 }
 
-/// A protocol in one round: each parameter's part is encoded, the parts travel in buckets (one
-/// collective per bucket), and each parameter's agreed gradient is decoded from what came back.
-pub(crate) trait BucketOp: Encode {
+/// What a protocol makes of what came back from a bucketed exchange, parameter by parameter.
+pub(crate) trait Decode {
     /// The agreed gradient of parameter `index` (flat; reshaped by the caller).
     fn decode(
         &mut self,
@@ -178,7 +177,7 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
 /// buckets of about `bucket_bytes`, exchanged by a communication thread while the next parts are
 /// encoded (see [`pipeline`]).
-pub(crate) fn walk_bucketed<M: Module, O: BucketOp>(
+pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     module: &M,
     grads: GradientsParams,
     op: &mut O,
@@ -292,7 +291,7 @@ fn part_bytes(part: &Part) -> usize {
 /// A bucket of payloads travels as one all-gather message per rank; every rank's message is
 /// split back with bounds checked, and a message that does not hold exactly the bucket's
 /// payloads is a decode error naming its rank.
-pub(crate) fn pipeline<O: BucketOp>(
+pub(crate) fn pipeline<O: Decode>(
     comm: &mut dyn Communicator,
     op: &mut O,
     bucket_bytes: usize,
@@ -359,16 +358,13 @@ fn serve(
                 .map(|()| Incoming::Mean(values)),
             // The receive buffer is the transport's, until its next collective: the bucket
             // leaves with its own copy of the peers' bytes.
-            Outgoing::Bytes(message) => comm.all_gather_borrowed(&message).map(|all| {
-                let ends = all.iter().scan(0, |at, b| {
-                    *at += b.len();
-                    Some(*at)
-                });
-                Incoming::Gathered {
-                    ends: ends.collect(),
-                    bytes: all.iter().flatten().copied().collect(),
-                }
-            }),
+            Outgoing::Bytes(message) => {
+                comm.all_gather_borrowed(&message)
+                    .map(|all| Incoming::Gathered {
+                        bytes: all.bytes.to_vec(),
+                        ends: all.ends.to_vec(),
+                    })
+            }
         };
         spent += start.elapsed();
         let failed = result.is_err();
@@ -380,7 +376,7 @@ fn serve(
 }
 
 /// Decodes each parameter of one bucket into `decoded` (grown as needed).
-fn decode_bucket<O: BucketOp>(
+fn decode_bucket<O: Decode>(
     metas: &[Meta],
     incoming: Incoming,
     op: &mut O,

@@ -630,38 +630,40 @@ fn buckets_change_the_collectives_not_the_result() {
     assert!(zero.to_string().contains("bucket_bytes"), "{zero}");
 }
 
+/// A group handle whose rank 1 rewrites every all-gather message it sends.
+struct Reframe(LocalGroup, fn(&mut Vec<u8>));
+impl Communicator for Reframe {
+    fn rank(&self) -> usize {
+        self.0.rank()
+    }
+    fn world_size(&self) -> usize {
+        self.0.world_size()
+    }
+    fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
+        self.0.all_reduce_sum(v)
+    }
+    fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
+        let mut message = payload.to_vec();
+        if self.rank() == 1 {
+            (self.1)(&mut message);
+        }
+        self.0.all_gather_borrowed(&message)
+    }
+    fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
+        self.0.broadcast(b, root)
+    }
+    fn barrier(&mut self) -> Result<(), DistError> {
+        self.0.barrier()
+    }
+    fn traffic(&self) -> Traffic {
+        self.0.traffic()
+    }
+}
+
 /// A bucket message that does not frame exactly the bucket's payloads is a decode error naming
 /// the sender, on every rank: a length that runs past the message, and bytes left over.
 #[test]
 fn a_malformed_bucket_names_its_sender() {
-    struct Reframe(LocalGroup, fn(&mut Vec<u8>));
-    impl Communicator for Reframe {
-        fn rank(&self) -> usize {
-            self.0.rank()
-        }
-        fn world_size(&self) -> usize {
-            self.0.world_size()
-        }
-        fn all_reduce_sum(&mut self, v: &mut [f32]) -> Result<(), DistError> {
-            self.0.all_reduce_sum(v)
-        }
-        fn all_gather_borrowed(&mut self, payload: &[u8]) -> Result<Received<'_>, DistError> {
-            let mut message = payload.to_vec();
-            if self.rank() == 1 {
-                (self.1)(&mut message);
-            }
-            self.0.all_gather_borrowed(&message)
-        }
-        fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
-            self.0.broadcast(b, root)
-        }
-        fn barrier(&mut self) -> Result<(), DistError> {
-            self.0.barrier()
-        }
-        fn traffic(&self) -> Traffic {
-            self.0.traffic()
-        }
-    }
     let overlong: fn(&mut Vec<u8>) = |m| m[..4].copy_from_slice(&u32::MAX.to_le_bytes());
     let trailing: fn(&mut Vec<u8>) = |m| m.push(0);
     for (tamper, expected) in [(overlong, "claims"), (trailing, "past the bucket")] {
@@ -677,6 +679,37 @@ fn a_malformed_bucket_names_its_sender() {
         .unwrap_err();
         assert!(
             matches!(&err, DistError::Decode { rank: 1, reason, .. } if reason.contains(expected)),
+            "{err}"
+        );
+    }
+}
+
+/// TernGrad's shared scales from a peer that are not finite, or not one per tensor, are errors
+/// naming the sender on every rank, never a poisoned maximum.
+#[test]
+fn a_corrupt_shared_scale_names_its_sender() {
+    let nan: fn(&mut Vec<u8>) = |m| m[..4].copy_from_slice(&f32::NAN.to_le_bytes());
+    let extra: fn(&mut Vec<u8>) = |m| m.extend_from_slice(&1.0f32.to_le_bytes());
+    // The NaN is a payload that does not decode; the extra scale a protocol disagreement.
+    for (tamper, expected, decode) in [
+        (nan, "non-finite TernGrad scale", true),
+        (extra, "rank 1 sent 5 scales", false),
+    ] {
+        let data = Arc::new(shards(2).0);
+        let err = run_workers(2, TIMEOUT, move |g| {
+            let device = kindling_testing::autodiff_device();
+            let rank = g.rank();
+            let reducer = TernGradShared::new(TernGrad::new());
+            let mut trainer = DataParallel::new(Reframe(g, tamper), reducer, 1);
+            let model = Mlp::new(8, 0, &device);
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            trainer.step(model, grads, &mut sgd(), 0.1).map(|_| ())
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains(expected), "{err}");
+        assert_eq!(
+            matches!(err, DistError::Decode { rank: 1, .. }),
+            decode,
             "{err}"
         );
     }

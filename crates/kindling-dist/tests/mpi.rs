@@ -43,13 +43,18 @@ enum Ends {
 }
 
 /// Each fault: its name, what the job's output must contain, and how it ends.
-const FAULTS: [(&str, &str, Ends); 8] = [
+const FAULTS: [(&str, &str, Ends); 9] = [
     (
         "error",
         "rank 2 of 4: cannot encode parameter 0 on rank 2",
         Ends::Immediately,
     ),
     ("panic", "injected panic on rank 1", Ends::Immediately),
+    (
+        "learner-shape",
+        "rank 2 of 4: protocol error: broadcast module has",
+        Ends::Immediately,
+    ),
     ("stall", "did not complete within 8s", Ends::ByWatchdog),
     (
         "fewer-batches",
@@ -178,6 +183,20 @@ fn fault(name: &str) {
     let (rank, w) = (mpi.rank(), mpi.world_size());
     let (data, test) = shards(w);
     let qsgd = || Gathered::new(Qsgd::new(4).unwrap());
+    if name == "learner-shape" {
+        // Rank 2 builds a narrower model under a `Learner`: its copy of rank 0's parameters does
+        // not fit, and the strategy ends the job (the launch's result is not even read; the
+        // strategy, and `Mpi` with it, are dropped as a program would).
+        let device = kindling_testing::autodiff_device();
+        let model = Mlp::new(if rank == 2 { 16 } else { 32 }, 0, &device);
+        let ddp = Arc::new(CompressedDdp::with_communicator(mpi, device, qsgd()));
+        let dir = scratch(&format!("learner-shape-rank{rank}"));
+        let _ = training(&dir, &learning::data(), ddp, 1)
+            .with_metric_logger(InMemoryMetricLogger::new())
+            .launch(Learner::new(model, SgdConfig::new().init(), 0.1));
+        let _ = std::fs::remove_dir_all(&dir);
+        return;
+    }
     let outcome = match name {
         // Rank 2's gradient holds NaN: its encoder refuses it.
         "error" => train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, m| {
@@ -212,12 +231,17 @@ fn fault(name: &str) {
             let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
             trainer.step(model, grads, &mut sgd(), 0.1).map(|_| ())
         }
+        // Direct collectives: the program reports its own error with `fail`.
         "mismatched-collectives" => {
-            if rank == 0 {
+            let called = if rank == 0 {
                 mpi.barrier()
             } else {
                 mpi.all_gather(vec![1, 2, 3]).map(|_| ())
+            };
+            if let Err(e) = &called {
+                mpi.fail(&e.to_string());
             }
+            called
         }
         "corrupt-payload" => {
             let corrupting = Corrupting {
@@ -246,10 +270,13 @@ fn fault(name: &str) {
         }
         other => panic!("no fault named {other}"),
     };
-    // What a program does with an error: report it and stop (here: panic, which aborts the job).
+    // A program that reports an error and returns normally: only the transport's own handling
+    // (`fail` from the trainers, the watchdog, the finishing handshake) ends the job, and a job
+    // in which every rank returned would exit 0.
     if let Err(e) = outcome {
-        panic!("rank {rank}: {e}");
+        eprintln!("rank {rank}: {e}");
     }
+    drop(mpi);
 }
 
 /// Steps taken by this process (the stall fault's trigger).

@@ -533,70 +533,49 @@ fn train(args: Args) -> cli::Outcome {
     }
     let path = args.out_dir.join("data-parallel-epochs.csv");
     std::fs::write(&path, csv).map_err(|e| format!("{}: {e}", path.display()))?;
-    let bytes: Vec<Series> = results
-        .iter()
-        .map(|(_, name, ep)| {
-            Series::new(
-                name.clone(),
-                ep.iter()
-                    .map(|e| (e.wire as f64 / 1e6, e.accuracy as f64))
-                    .collect(),
-            )
-        })
-        .collect();
-    let spec = ChartSpec {
-        title: format!("Digits MLP, {workers} workers: accuracy against bytes sent per worker"),
-        x_label: "MB sent per worker".into(),
-        y_label: "held-out accuracy".into(),
-        log_x: true,
-        ..Default::default()
-    };
-    let path = args.out_dir.join("data-parallel-bytes.svg");
-    line_chart(&path, &spec, &bytes).map_err(|e| format!("{}: {e}", path.display()))?;
-    for gbps in [1.0, 10.0] {
+    let plot = |file: &str, title: String, x_label: &str, x: &dyn Fn(Protocol, &Epoch) -> f64| {
         let series: Vec<Series> = results
             .iter()
-            .map(|(protocol, name, ep)| {
-                let network = network(workers, gbps, *protocol);
-                let points = ep
+            .map(|(protocol, name, epochs)| {
+                let points = epochs
                     .iter()
-                    .map(|x| (x.modelled_seconds(&network), x.accuracy as f64))
+                    .map(|e| (x(*protocol, e), e.accuracy as f64))
                     .collect();
                 Series::new(name.clone(), points)
             })
             .collect();
         let spec = ChartSpec {
-            title: format!(
-                "Accuracy against modelled communication time, {workers} workers at {gbps} Gb/s"
-            ),
-            x_label: "modelled communication seconds".into(),
+            title,
+            x_label: x_label.into(),
             y_label: "held-out accuracy".into(),
             log_x: true,
             ..Default::default()
         };
-        let path = args
-            .out_dir
-            .join(format!("data-parallel-time-{gbps}gbps.svg"));
-        line_chart(&path, &spec, &series).map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    let series: Vec<Series> = results
-        .iter()
-        .map(|(_, name, ep)| {
-            Series::new(
-                name.clone(),
-                ep.iter().map(|x| (x.wall, x.accuracy as f64)).collect(),
-            )
-        })
-        .collect();
-    let spec = ChartSpec {
-        title: format!("Accuracy against measured training time, {workers} workers"),
-        x_label: "wall-clock seconds of training (rank 0)".into(),
-        y_label: "held-out accuracy".into(),
-        log_x: true,
-        ..Default::default()
+        let path = args.out_dir.join(file);
+        line_chart(&path, &spec, &series).map_err(|e| format!("{}: {e}", path.display()))
     };
-    let path = args.out_dir.join("data-parallel-wall.svg");
-    line_chart(&path, &spec, &series).map_err(|e| format!("{}: {e}", path.display()))?;
+    plot(
+        "data-parallel-bytes.svg",
+        format!("Digits MLP, {workers} workers: accuracy against bytes sent per worker"),
+        "MB sent per worker",
+        &|_, e| e.wire as f64 / 1e6,
+    )?;
+    for gbps in [1.0, 10.0] {
+        plot(
+            &format!("data-parallel-time-{gbps}gbps.svg"),
+            format!(
+                "Accuracy against modelled communication time, {workers} workers at {gbps} Gb/s"
+            ),
+            "modelled communication seconds",
+            &|protocol, e| e.modelled_seconds(&network(workers, gbps, protocol)),
+        )?;
+    }
+    plot(
+        "data-parallel-wall.svg",
+        format!("Accuracy against measured training time, {workers} workers"),
+        "wall-clock seconds of training (rank 0)",
+        &|_, e| e.wall,
+    )?;
     println!("\nplots written to {}", args.out_dir.display());
     Ok(())
 }
