@@ -330,6 +330,18 @@ impl Aborter {
         }
         self.shared.changed.notify_all();
     }
+
+    /// The ranks waiting inside a collective that has not completed yet (they end on their own,
+    /// at its timeout at the latest).
+    pub(crate) fn waiting(&self) -> Vec<usize> {
+        let round = self.shared.round.lock().unwrap_or_else(|p| p.into_inner());
+        if round.read != 0 {
+            return Vec::new();
+        }
+        (0..self.shared.world)
+            .filter(|&r| round.tags[r].is_some())
+            .collect()
+    }
 }
 
 impl LocalGroup {

@@ -20,13 +20,14 @@ use crate::{Communicator, DistError, LocalGroup, Reducer, ReducerCheckpoint, Ste
 /// [`DistError::Panicked`] with its message, a local encode or decode error before the peers'
 /// follow-up failures).
 ///
-/// **Bounded.** Once any worker has returned, the others have `timeout` to return too. Then the
-/// group is aborted, so that a worker waiting in a collective returns at once, and the rest get
-/// another `timeout`; a worker still running after that (stuck outside every collective: a
-/// deadlock, an endless loop, a hung data source) is abandoned — its thread is left to run
-/// detached, its next collective fails — and the call returns [`DistError::Timeout`] naming it.
-/// A worker that waits in a collective for a hung one fails after `timeout` itself, so the call
-/// returns within three times `timeout` of the hang. This is why `work` and its result are
+/// **Bounded.** Once any worker has returned, the others have `timeout` to return too (one more
+/// `timeout` if some are waiting inside a collective, which then ends on its own with an error
+/// naming the rank that did not join). Then the group is aborted, so that a worker waiting in a
+/// collective returns at once, and the rest get another `timeout`; a worker still running after
+/// that (stuck outside every collective: a deadlock, an endless loop, a hung data source) is
+/// abandoned — its thread is left to run detached, its next collective fails — and the call
+/// returns [`DistError::Timeout`] naming it. A worker that waits in a collective for a hung one
+/// fails after `timeout` itself, so the call returns within four times `timeout` of the hang. This is why `work` and its result are
 /// `'static`: share data with the workers through an `Arc` (or move it in).
 pub fn run_workers<T: Send + 'static>(
     world: usize,
@@ -71,6 +72,12 @@ pub fn run_workers<T: Send + 'static>(
     let missing = |outcomes: &[Option<_>]| -> Vec<usize> {
         (0..world).filter(|&r| outcomes[r].is_none()).collect()
     };
+    // A missing rank waiting inside a collective ends on its own at the collective's timeout,
+    // with an error naming who did not join: give it that long.
+    let waiting = aborter.waiting();
+    if missing(&outcomes).iter().any(|r| waiting.contains(r)) {
+        receive(Instant::now() + timeout, &mut outcomes);
+    }
     if !missing(&outcomes).is_empty() {
         // Fail their collectives, so that ranks merely waiting in one return at once; a rank
         // that is still missing after another `timeout` is stuck outside every collective.
@@ -83,8 +90,8 @@ pub fn run_workers<T: Send + 'static>(
     let stuck = missing(&outcomes);
     if !stuck.is_empty() {
         let reason = format!(
-            "rank(s) {stuck:?} did not return within twice {timeout:?} of the first worker to \
-             return, nor after the group was aborted; abandoned"
+            "rank(s) {stuck:?} did not return within {timeout:?} of the first worker to return, \
+             nor within {timeout:?} after the group was aborted; abandoned"
         );
         // A rank that never returned explains its peers' timeouts, not a failure of their own.
         return Err(match root_cause(outcomes.iter().flatten()) {
