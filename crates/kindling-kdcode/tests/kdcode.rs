@@ -5,7 +5,7 @@
 use burn::optim::GradientsParams;
 use burn::tensor::{Int, Tensor, TensorData};
 use kindling_kdcode::guidance::{
-    DistillConfig, DistillStart, MixedOptimizerConfig, distill, online_guidance_loss,
+    CodeUpdate, DistillConfig, DistillStart, MixedOptimizerConfig, distill, online_guidance_loss,
 };
 use kindling_kdcode::relax::*;
 use kindling_kdcode::*;
@@ -258,7 +258,8 @@ fn distilled_codes_reflect_clusters() {
 /// statistics of a pretrained token table) at K = D = 16, 300 steps of distillation from random
 /// codes change most codes and beat the same budget with the codes frozen at their random start
 /// (tables still fitted) by a clear margin, in reconstruction error and in top-10 neighbour
-/// overlap; the temperature schedule is applied once per step.
+/// overlap — with the paper's straight-through gradient, and by more with the exact update; the
+/// temperature schedule is applied once per step.
 #[test]
 fn distillation_at_realistic_size_learns_codes() {
     let device = autodiff_device();
@@ -272,10 +273,11 @@ fn distillation_at_realistic_size_learns_codes() {
         .with_min_temperature(0.2);
     let start = config.init_with_seed(0, &device);
     let start_codes = start.codes();
-    let run = |logit_learning_rate: f64| {
+    let run = |update: CodeUpdate, logit_learning_rate: f64| {
         let distill_config = DistillConfig::new()
             .with_steps(300)
             .with_batch_size(256)
+            .with_code_update(update)
             .with_optimizer(
                 MixedOptimizerConfig::new().with_logit_learning_rate(logit_learning_rate),
             );
@@ -286,8 +288,10 @@ fn distillation_at_realistic_size_learns_codes() {
         .unwrap();
         (e, temperatures)
     };
-    let (learned, temperatures) = run(MixedOptimizerConfig::new().logit_learning_rate);
-    let (frozen, _) = run(0.0);
+    let rate = MixedOptimizerConfig::new().logit_learning_rate;
+    let (learned, temperatures) = run(CodeUpdate::StraightThrough, rate);
+    let (frozen, _) = run(CodeUpdate::StraightThrough, 0.0);
+    let (exact, exact_temperatures) = run(CodeUpdate::Exact, rate);
     assert_eq!(
         frozen.codes(),
         start_codes,
@@ -310,10 +314,17 @@ fn distillation_at_realistic_size_learns_codes() {
     };
     let (learned_error, learned_overlap) = measure(&learned);
     let (frozen_error, frozen_overlap) = measure(&frozen);
+    let (exact_error, exact_overlap) = measure(&exact);
     eprintln!(
-        "codes changed {changed:.2}; learned codes: error {learned_error:.3}, overlap {learned_overlap:.3}; \
+        "codes changed {changed:.2}; straight-through: error {learned_error:.3}, overlap {learned_overlap:.3}; \
+         exact: error {exact_error:.3}, overlap {exact_overlap:.3}; \
          random codes: error {frozen_error:.3}, overlap {frozen_overlap:.3}"
     );
+    assert!(
+        exact_error < learned_error - 0.05 && exact_overlap > learned_overlap + 0.05,
+        "exact {exact_error} / {exact_overlap} vs straight-through {learned_error} / {learned_overlap}"
+    );
+    assert_eq!(exact_temperatures, temperatures);
     assert!(changed > 0.5, "only {changed} of the codes moved");
     assert!(
         learned_error < frozen_error - 0.1,
@@ -329,38 +340,56 @@ fn distillation_at_realistic_size_learns_codes() {
     assert_eq!(learned.temperature, 0.2, "decayed to the floor");
 }
 
-/// The RQ start begins at residual quantisation's reconstruction and the joint refinement of
-/// the tables lowers its error.
+/// The RQ start begins at residual quantisation's reconstruction, and the exact code update
+/// with the tables' refinement beats RQ's error and neighbour overlap; the straight-through
+/// gradient from the same start keeps the tables' gain only.
 #[test]
 fn residual_start_refines_residual_quantisation() {
     let device = autodiff_device();
-    let table = data::pretrained_like_table(1000, 32, 4, &device.clone().inner());
-    let rq = eval::QuantizerConfig::new(8, 4).residual(&table).unwrap();
+    let table = data::pretrained_like_table(2000, 64, 4, &device.clone().inner());
+    let rq = eval::QuantizerConfig::new(16, 16).residual(&table).unwrap();
     let rq_error = eval::relative_error(&rq.table, &table);
-    let embedding = KdEmbeddingConfig::new(1000, 32)
-        .with_choices(8)
-        .with_code_length(4)
-        .with_d_code(32)
+    let rq_overlap = eval::neighbour_overlap(&table, &rq.table, 500, 10);
+    let embedding = KdEmbeddingConfig::new(2000, 64)
+        .with_choices(16)
+        .with_code_length(16)
+        .with_d_code(64)
         .init_with_seed(0, &device);
-    let config = DistillConfig::new()
-        .with_steps(200)
-        .with_batch_size(250)
-        .with_start(DistillStart::Residual { margin: 1.0 });
-    let mut first = None;
-    let refined = distill(embedding, &table, &config, |p| {
-        first.get_or_insert(p.loss);
-    })
-    .unwrap();
-    let error = eval::relative_error(&refined.table().inner(), &table);
-    let first = first.unwrap().sqrt();
+    let run = |update: CodeUpdate| {
+        let config = DistillConfig::new()
+            .with_steps(200)
+            .with_batch_size(250)
+            .with_code_update(update)
+            .with_start(DistillStart::Residual { margin: 1.0 });
+        let mut first = None;
+        let refined = distill(embedding.clone(), &table, &config, |p| {
+            first.get_or_insert(p.loss);
+        })
+        .unwrap();
+        let rebuilt = refined.table().inner();
+        (
+            first.unwrap().sqrt(),
+            eval::relative_error(&rebuilt, &table),
+            eval::neighbour_overlap(&table, &rebuilt, 500, 10),
+        )
+    };
+    let (first, st_error, st_overlap) = run(CodeUpdate::StraightThrough);
+    let (_, error, overlap) = run(CodeUpdate::Exact);
     eprintln!(
-        "RQ error {rq_error:.4}; KD from the RQ start: first batch {first:.4}, after 200 steps {error:.4}"
+        "RQ error {rq_error:.4}, overlap {rq_overlap:.3}; from the RQ start (first batch {first:.4}) after \
+         200 steps: straight-through {st_error:.4} / {st_overlap:.3}, exact {error:.4} / {overlap:.3}"
     );
     assert!(
         (first - rq_error).abs() < 0.05,
         "starts at RQ: {first} vs {rq_error}"
     );
-    assert!(error < 0.995 * rq_error, "{error} vs {rq_error}");
+    assert!(st_error < 0.995 * rq_error, "{st_error} vs {rq_error}");
+    assert!(error < 0.95 * rq_error, "{error} vs {rq_error}");
+    assert!(overlap > rq_overlap + 0.015, "{overlap} vs {rq_overlap}");
+    assert!(
+        error < st_error && overlap > st_overlap,
+        "exact {error} / {overlap} vs straight-through {st_error} / {st_overlap}"
+    );
 }
 
 /// Online distillation guidance: a full table trained on a task and KD codes pulled toward it

@@ -6,7 +6,9 @@ use std::time::Instant;
 
 use burn::tensor::{Device, Tensor};
 use kindling_kdcode::eval::{self, QuantizerConfig};
-use kindling_kdcode::guidance::{DistillConfig, DistillStart, distill};
+use kindling_kdcode::guidance::{
+    CodeUpdate, DistillConfig, DistillStart, MixedOptimizerConfig, distill,
+};
 use kindling_kdcode::{CompactKdEmbedding, KdEmbeddingConfig, code_bits};
 
 /// One code shape to try: K and D, with the KD variants (d′ and start) measured at it.
@@ -31,6 +33,10 @@ pub struct Budget {
     pub probes: usize,
     /// Seed.
     pub seed: u64,
+    /// The gradient the code logits follow.
+    pub code_update: CodeUpdate,
+    /// The mixed optimizer.
+    pub optimizer: MixedOptimizerConfig,
 }
 
 /// One measured method.
@@ -125,6 +131,8 @@ pub fn compare(table: &Tensor<2>, shapes: &[Shape], budget: &Budget) -> Result<(
                 .with_steps(budget.steps)
                 .with_batch_size(budget.batch_size)
                 .with_start(start_at)
+                .with_code_update(budget.code_update)
+                .with_optimizer(budget.optimizer.clone())
                 .with_seed(budget.seed);
             let label = match start_at {
                 DistillStart::Random => format!("KD codes, d′ = {d_code}, random start"),

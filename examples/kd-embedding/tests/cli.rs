@@ -25,6 +25,10 @@ fn bad_arguments_are_rejected_with_one_line() {
     assert_rejected(EXE, &["--guidance", "-1"], "--guidance");
     assert_rejected(EXE, &["--batch-size", "0"], "--batch-size");
     assert_rejected(EXE, &["--d-code", "0"], "--d-code");
+    assert_rejected(EXE, &["--rq-margin", "-1"], "--rq-margin");
+    assert_rejected(EXE, &["--rq-margin", "NaN"], "--rq-margin");
+    assert_rejected(EXE, &["--logit-rate", "-0.5"], "--logit-rate");
+    assert_rejected(EXE, &["--code-update", "sideways"], "--code-update");
 }
 
 /// A 300 × 16 `.npy` table (f32) runs through the distillation report: both baselines and the
@@ -49,31 +53,35 @@ fn distils_a_npy_table() {
         bytes.extend(x.to_le_bytes());
     }
     std::fs::write(&path, bytes).unwrap();
-    let out = std::process::Command::new(EXE)
-        .args(["--distill", path.to_str().unwrap(), "--k", "8", "--d", "4"])
-        .args([
-            "--distill-steps",
-            "30",
-            "--batch-size",
-            "100",
-            "--probes",
-            "50",
-        ])
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    for needle in [
-        "300 × 16",
-        "product quantisation",
-        "residual quantisation",
-        "KD codes, d′ = 16, RQ start",
-    ] {
-        assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+    for update in ["exact", "straight-through"] {
+        let out = std::process::Command::new(EXE)
+            .args(["--distill", path.to_str().unwrap(), "--k", "8", "--d", "4"])
+            .args([
+                "--distill-steps",
+                "30",
+                "--batch-size",
+                "100",
+                "--probes",
+                "50",
+                "--code-update",
+                update,
+            ])
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        for needle in [
+            "300 × 16",
+            "product quantisation",
+            "residual quantisation",
+            "KD codes, d′ = 16, RQ start",
+        ] {
+            assert!(stdout.contains(needle), "{needle} missing:\n{stdout}");
+        }
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
