@@ -1,5 +1,6 @@
 //! The MPI transport (feature `mpi`): one process per rank, started by `mpirun`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
@@ -56,8 +57,13 @@ const MAX_INLINE: usize = 4096;
 /// * **Bounded failure.** No rank waits forever:
 ///   - a collective that does not complete within the timeout (default 5 minutes,
 ///     [`with_timeout`](Mpi::with_timeout)) — a peer stopped, stalled, left early or failed —
-///     prints the collective and the timeout and aborts the job (`MPI_Abort`, which `mpirun`
-///     turns into the end of every rank);
+///     prints the collective, the timeout and where the missing ranks are, then aborts the job
+///     (`MPI_Abort`, which `mpirun` turns into the end of every rank). Each rank posts the
+///     collective it entered to a board in shared memory, which its node's peers read without
+///     its help, so the message names the culprit even when it is stopped: e.g. "an all-gather
+///     as its collective #2 did not complete within 8s: rank 3 is still at its collective #1",
+///     or "rank 1 has finished (dropped its handle)". Ranks on other nodes (or with an MPI
+///     library that shares no memory) are reported as not visible;
 ///   - [`fail`](Communicator::fail) (called by [`DataParallel`](crate::DataParallel) and
 ///     `CompressedDdp` on every error: a local encode error, a payload that does not decode,
 ///     a protocol mismatch) prints the reason with the rank and aborts the job at once;
@@ -80,11 +86,15 @@ pub struct Mpi {
     /// A duplicate of the world for the finishing handshake, so it never matches a collective
     /// that a peer is still waiting in (freed before the universe finalises MPI).
     finish: FinishComm,
+    /// Where each rank is, for the watchdog's message.
+    board: Board,
     universe: Universe,
     rank: usize,
     world: usize,
     timeout: Duration,
     sequence: u64,
+    /// The collective this rank waits in (`None` while finishing).
+    waiting: Option<u64>,
     traffic: Traffic,
     /// Every rank's header of the last collective: `HEADER_WORDS` words, then the inline slot.
     headers: Vec<u64>,
@@ -106,6 +116,155 @@ struct FinishComm(SimpleCommunicator);
 // `Mpi`'s drop, which no other call of the same `Mpi` can overlap.
 unsafe impl Send for FinishComm {}
 
+/// Every rank's progress, readable by the ranks on its node: a shared-memory MPI window
+/// (`MPI_Win_allocate_shared` on the node's communicator) holding, per rank, `sequence + 1` of
+/// the last collective it entered (0 before any, [`Board::FINISHING`] once it drops its handle).
+/// Posting and reading are plain atomic loads and stores — no MPI call, so a watchdog that fires
+/// reads a stopped peer's board as easily as a live one's, and its message names the rank that
+/// is missing instead of only the collective that stalled. Ranks on other nodes are not visible.
+struct Board {
+    /// The window, when the MPI library could allocate it.
+    window: Option<mpi::ffi::MPI_Win>,
+    /// Per world rank: its board, when it is on this node.
+    boards: Vec<Option<*const AtomicU64>>,
+    rank: usize,
+}
+
+// SAFETY: the window handle, its memory and the node communicator are process-wide MPI state,
+// used only through `&mut Mpi` (serialised calls) or in its drop.
+unsafe impl Send for Board {}
+
+impl Board {
+    /// The value of a rank that is dropping its handle.
+    const FINISHING: u64 = u64::MAX;
+
+    /// Allocates the boards of `world`'s ranks on each node (collective).
+    fn new(world: &SimpleCommunicator) -> Self {
+        use mpi::ffi;
+        use mpi::raw::AsRaw;
+        let rank = world.rank() as usize;
+        let node = world.split_shared(0);
+        let mut world_ranks = vec![0i32; node.size() as usize];
+        node.all_gather_into(&(rank as i32), &mut world_ranks[..]);
+        let mut mine: *mut u64 = std::ptr::null_mut();
+        let mut window = std::mem::MaybeUninit::<ffi::MPI_Win>::uninit();
+        let mut boards = vec![None; world.size() as usize];
+        // SAFETY: valid out-pointers. MPI allocates 8 bytes per rank of `node` in memory shared
+        // by the node's processes, aligned for a u64, writes this rank's address into `mine` and
+        // the peers' into `peer` (`MPI_Win_shared_query`); they stay valid until `MPI_Win_free`.
+        // A library that cannot share memory returns an error (not the default abort, thanks to
+        // the error handler): the boards then stay invisible.
+        unsafe {
+            ffi::MPI_Comm_set_errhandler(node.as_raw(), ffi::RSMPI_ERRORS_RETURN);
+            let allocated = ffi::MPI_Win_allocate_shared(
+                8,
+                8,
+                ffi::RSMPI_INFO_NULL,
+                node.as_raw(),
+                (&mut mine as *mut *mut u64).cast(),
+                window.as_mut_ptr(),
+            ) == ffi::MPI_SUCCESS as i32;
+            // Every rank of the node learns whether all of them have a window.
+            let mut everywhere = false;
+            node.all_reduce_into(
+                &allocated,
+                &mut everywhere,
+                mpi::collective::SystemOperation::logical_and(),
+            );
+            if !everywhere {
+                if allocated {
+                    ffi::MPI_Win_free(window.as_mut_ptr());
+                }
+                return Self {
+                    window: None,
+                    boards,
+                    rank,
+                };
+            }
+            let window = window.assume_init();
+            (*mine.cast::<AtomicU64>()).store(0, Ordering::Release);
+            for (local, &global) in world_ranks.iter().enumerate() {
+                let (mut size, mut unit) = (0, 0);
+                let mut peer: *mut u64 = std::ptr::null_mut();
+                ffi::MPI_Win_shared_query(
+                    window,
+                    local as i32,
+                    &mut size,
+                    &mut unit,
+                    (&mut peer as *mut *mut u64).cast(),
+                );
+                boards[global as usize] = Some(peer.cast_const().cast::<AtomicU64>());
+            }
+            node.barrier();
+            Self {
+                window: Some(window),
+                boards,
+                rank,
+            }
+        }
+    }
+
+    /// Posts this rank's progress.
+    fn post(&mut self, value: u64) {
+        if let Some(mine) = self.boards[self.rank] {
+            // SAFETY: this rank's board, alive until `free`.
+            unsafe { (*mine).store(value, Ordering::Release) }
+        }
+    }
+
+    /// Where the other ranks are, as seen by this rank waiting in its collective #`waiting` (or
+    /// finishing, `waiting = None`): the ranks not with it, one phrase each.
+    fn whereabouts(&self, waiting: Option<u64>) -> String {
+        let here = waiting.map_or(Self::FINISHING, |s| s + 1);
+        let mut missing = Vec::new();
+        let mut unseen = Vec::new();
+        for (peer, board) in self.boards.iter().enumerate() {
+            if peer == self.rank {
+                continue;
+            }
+            // SAFETY: a board of this node, alive until `free`.
+            let Some(value) = board.map(|b| unsafe { (*b).load(Ordering::Acquire) }) else {
+                unseen.push(peer.to_string());
+                continue;
+            };
+            missing.push(match value {
+                v if v == here => continue,
+                Self::FINISHING => format!("rank {peer} has finished (dropped its handle)"),
+                0 => format!("rank {peer} has not entered any collective"),
+                v if waiting.is_some_and(|s| v - 1 < s) => format!(
+                    "rank {peer} is still at its collective #{} (stopped, or busy outside \
+                     kindling's collectives)",
+                    v - 1
+                ),
+                v => format!("rank {peer} is at its collective #{}", v - 1),
+            });
+        }
+        if !unseen.is_empty() {
+            missing.push(format!(
+                "the progress of rank(s) {} is not visible here (another node, or an MPI \
+                 library without shared memory)",
+                unseen.join(", ")
+            ));
+        }
+        if missing.is_empty() {
+            "every rank has entered it".into()
+        } else {
+            missing.join("; ")
+        }
+    }
+
+    /// Frees the window (collective over the node: every rank must call it).
+    fn free(&mut self) {
+        self.boards.iter_mut().for_each(|b| *b = None);
+        if let Some(mut window) = self.window.take() {
+            // SAFETY: the window from `new`, not used afterwards.
+            unsafe {
+                mpi::ffi::MPI_Win_free(&mut window);
+            }
+        }
+    }
+}
+
 impl Mpi {
     /// Initialises MPI (once per process) and returns this rank's handle, with the default
     /// 5-minute collective timeout.
@@ -126,11 +285,13 @@ impl Mpi {
         let (rank, size) = (world.rank() as usize, world.size() as usize);
         Ok(Self {
             finish: FinishComm(world.duplicate()),
+            board: Board::new(&world),
             universe,
             rank,
             world: size,
             timeout: DEFAULT_TIMEOUT,
             sequence: 0,
+            waiting: None,
             traffic: Traffic::default(),
             headers: vec![0; HEADER_WORDS * size],
             inline: 0,
@@ -191,9 +352,9 @@ impl Mpi {
             if polls.is_multiple_of(64) {
                 let waited = start.elapsed();
                 if waited >= self.timeout {
+                    let whereabouts = self.board.whereabouts(self.waiting);
                     self.abort(&format!(
-                        "{} did not complete within {:?}: a peer stopped, failed or left \
-                         without calling it",
+                        "{} did not complete within {:?}: {whereabouts}",
                         what(),
                         self.timeout
                     ));
@@ -220,6 +381,8 @@ impl Mpi {
             kind,
         };
         self.sequence += 1;
+        self.waiting = Some(tag.sequence);
+        self.board.post(tag.sequence + 1);
         self.traffic.collectives += 1;
         let stride = HEADER_WORDS + self.inline / 8;
         let mut mine = vec![0u64; stride];
@@ -459,9 +622,12 @@ impl Drop for Mpi {
         if std::thread::panicking() {
             self.abort("this rank panicked (the panic message is above)");
         }
+        self.waiting = None;
+        self.board.post(Board::FINISHING);
         let request = self.finish.0.immediate_barrier();
         self.complete(request, || {
             "finishing (every rank dropping its handle)".to_string()
         });
+        self.board.free();
     }
 }

@@ -55,10 +55,14 @@ const FAULTS: [(&str, &str, Ends); 9] = [
         "rank 2 of 4: protocol error: broadcast module has",
         Ends::Immediately,
     ),
-    ("stall", "did not complete within 8s", Ends::ByWatchdog),
+    (
+        "stall",
+        "did not complete within 8s: rank 3 ",
+        Ends::ByWatchdog,
+    ),
     (
         "fewer-batches",
-        "did not complete within 8s",
+        "did not complete within 8s: rank 1 has finished (dropped its handle)",
         Ends::ByWatchdog,
     ),
     (
