@@ -43,10 +43,10 @@ impl Stream {
     #[inline(always)]
     pub(crate) fn pair(self, j: usize) -> [f32; 2] {
         let x = self.word(j as u64);
-        [
-            (x >> 40) as f32 * SCALE,
-            ((x >> 16) & 0xFF_FFFF) as f32 * SCALE,
-        ]
+        // Through i32: both fields are below 2²⁴, and baseline x86-64 converts i32 to f32 four
+        // lanes at a time but u64 one at a time (same values, about 1.5× faster fills).
+        let field = |bits: u64| (bits as u32 as i32) as f32 * SCALE;
+        [field(x >> 40), field((x >> 16) & 0xFF_FFFF)]
     }
 
     /// Uniforms `start .. start + out.len()` (`start` even).
