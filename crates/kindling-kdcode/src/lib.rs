@@ -11,7 +11,8 @@
 //!   `burn::nn::Embedding` (unit root-mean-square entries);
 //! * [`guidance`]: the paper's distillation guidance — [`guidance::distill`] learns codes from a
 //!   pretrained table in mini-batches of rows (PDG's first stage; then fine-tune end to end with
-//!   [`guidance::guidance_loss`] in the objective), [`guidance::online_guidance_loss`] pulls
+//!   [`guidance::guidance_loss`] in the objective), by default with exact coordinate descent on
+//!   the codes ([`guidance::CodeUpdate`]) where the paper used straight-through, [`guidance::online_guidance_loss`] pulls
 //!   codes toward a full table trained jointly (ODG); the loss is the relative squared error and
 //!   the mixed optimizer's step sizes are derived ([`guidance::MixedOptimizerConfig`]);
 //! * [`CompactKdEmbedding`]: the inference form, saved and loaded on its own;
