@@ -221,15 +221,7 @@ impl Reducer for Dense {
         let mut op = DenseOp {
             stats: StepStats::default(),
         };
-        let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(
-            module,
-            grads,
-            &mut op,
-            comm,
-            self.bucket_bytes,
-            &mut exchange,
-        )?;
+        let (out, exchange) = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes)?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
@@ -418,15 +410,7 @@ impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
             rng,
             stats: StepStats::default(),
         };
-        let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(
-            module,
-            grads,
-            &mut op,
-            comm,
-            self.bucket_bytes,
-            &mut exchange,
-        )?;
+        let (out, exchange) = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes)?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }
@@ -576,15 +560,7 @@ impl Reducer for MajorityVote {
             rng,
             stats: StepStats::default(),
         };
-        let mut exchange = Duration::ZERO;
-        let out = walk_bucketed(
-            module,
-            grads,
-            &mut op,
-            comm,
-            self.bucket_bytes,
-            &mut exchange,
-        )?;
+        let (out, exchange) = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes)?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
     }

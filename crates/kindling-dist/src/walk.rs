@@ -176,22 +176,22 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
 /// buckets of about `bucket_bytes`, exchanged by a communication thread while the next parts are
-/// encoded (see [`pipeline`]).
+/// encoded (see [`pipeline`]). Returns the agreed gradients and the time spent exchanging.
 pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     module: &M,
     grads: GradientsParams,
     op: &mut O,
     comm: &mut dyn Communicator,
     bucket_bytes: usize,
-    exchange: &mut Duration,
-) -> Result<GradientsParams, DistError> {
+) -> Result<(GradientsParams, Duration), DistError> {
     let mut params = 0;
-    let mut decoded = pipeline(comm, op, bucket_bytes, exchange, |op, sink| {
+    let mut exchange = Duration::ZERO;
+    let mut decoded = pipeline(comm, op, bucket_bytes, &mut exchange, |op, sink| {
         params = encode_into(module, grads, op, sink)?;
         Ok(())
     })?;
     decoded.resize_with(params.max(decoded.len()), || None);
-    Ok(assemble(module, decoded))
+    Ok((assemble(module, decoded), exchange))
 }
 
 /// A bucket on its way to the communication thread.
