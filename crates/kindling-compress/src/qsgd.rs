@@ -858,30 +858,27 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
                 if out.len() < need {
                     out.resize(need.max(2 * out.len()), 0);
                 }
-                for group in fields.chunks(16) {
-                    if group.len() == 16 && group.iter().all(|&f| f >> 1 == 0) {
-                        acc |= 0xFFFF << filled;
-                        filled += 16;
-                    } else {
-                        for &field in group {
-                            let level = (field >> 1).min(s);
-                            let (code, len) = codes[level as usize];
-                            let nonzero = (level != 0) as u32;
-                            acc |= (code | ((field & nonzero & 1) as u64) << len) << filled;
-                            filled += len + nonzero;
-                            out[at..at + 8].copy_from_slice(&acc.to_le_bytes());
-                            let done = filled >> 3;
-                            at += done as usize;
-                            acc >>= 8 * done;
-                            filled &= 7;
-                        }
-                        continue;
-                    }
+                // ORs `len` bits into the accumulator, stores it whole, advances.
+                let mut emit = |bits: u64, len: u32| {
+                    acc |= bits << filled;
+                    filled += len;
                     out[at..at + 8].copy_from_slice(&acc.to_le_bytes());
                     let done = filled >> 3;
                     at += done as usize;
                     acc >>= 8 * done;
                     filled &= 7;
+                };
+                for group in fields.chunks(16) {
+                    if group.len() == 16 && group.iter().all(|&f| f >> 1 == 0) {
+                        emit(0xFFFF, 16);
+                        continue;
+                    }
+                    for &field in group {
+                        let level = (field >> 1).min(s);
+                        let (code, len) = codes[level as usize];
+                        let nonzero = (level != 0) as u32;
+                        emit(code | ((field & nonzero & 1) as u64) << len, len + nonzero);
+                    }
                 }
             }
             out.truncate(at + (filled > 0) as usize);
