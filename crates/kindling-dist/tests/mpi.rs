@@ -43,7 +43,7 @@ enum Ends {
 }
 
 /// Each fault: its name, what the job's output must contain, and how it ends.
-const FAULTS: [(&str, &str, Ends); 9] = [
+const FAULTS: [(&str, &str, Ends); 10] = [
     (
         "error",
         "rank 2 of 4: cannot encode parameter 0 on rank 2",
@@ -58,6 +58,13 @@ const FAULTS: [(&str, &str, Ends); 9] = [
     (
         "stall",
         "did not complete within 8s: rank 3 ",
+        Ends::ByWatchdog,
+    ),
+    // The same stall with an MPI one-sided component that cannot share memory (`--mca osc
+    // pt2pt`): no progress board, the job still ends at the watchdog and says so.
+    (
+        "stall-unseen",
+        "did not complete within 8s: the progress of rank(s)",
         Ends::ByWatchdog,
     ),
     (
@@ -114,6 +121,11 @@ fn drive_faults(exe: &str) {
     for (name, expected, ends) in FAULTS {
         let start = Instant::now();
         let mut child = Command::new("mpirun")
+            .args(if name == "stall-unseen" {
+                &["--mca", "osc", "pt2pt"][..]
+            } else {
+                &[]
+            })
             .args(["--oversubscribe", "-np", "4", exe, "--fault", name])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
@@ -213,14 +225,16 @@ fn fault(name: &str) {
         })
         .map(|_| ()),
         // Rank 3 stops itself (SIGSTOP) after its first step.
-        "stall" => train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, _| {
-            if r == 3 && STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
-                let pid = std::process::id().to_string();
-                let _ = Command::new("kill").args(["-STOP", &pid]).status();
-            }
-            g
-        })
-        .map(|_| ()),
+        "stall" | "stall-unseen" => {
+            train_rank(&mut mpi, qsgd(), &data, &test, 3, 0.1, sgd(), |r, g, _| {
+                if r == 3 && STEPS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) == 1 {
+                    let pid = std::process::id().to_string();
+                    let _ = Command::new("kill").args(["-STOP", &pid]).status();
+                }
+                g
+            })
+            .map(|_| ())
+        }
         // Rank 1 runs out of data after 1 step and finishes; the others take 3.
         "fewer-batches" => {
             let steps = if rank == 1 { 1 } else { 3 };

@@ -496,6 +496,13 @@ fn invalid_guidance_is_named() {
         .validate()
         .unwrap_err();
     assert!(err.to_string().contains("table_step"), "{err}");
+    for margin in [f32::NAN, -1.0, f32::INFINITY] {
+        let err = DistillConfig::new()
+            .with_code_margin(margin)
+            .validate()
+            .unwrap_err();
+        assert!(err.to_string().contains("code_margin"), "{err}");
+    }
     let embedding = KdEmbeddingConfig::new(10, 4).init_with_seed(0, &device);
     let wrong = Tensor::<2>::zeros([11, 4], &device);
     let err = distill(embedding.clone(), &wrong, &DistillConfig::new(), |_| {}).unwrap_err();
