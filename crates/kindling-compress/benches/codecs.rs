@@ -2,8 +2,8 @@
 //! physical floor: **one host memcpy of the gradient** (16 MiB) is the unit. A codec reads the
 //! gradient once and writes a payload 16–32× smaller, so encode + decode can approach 2–3
 //! memcpys. Also printed: one burn elementwise pass `g*c` (what each tensor op costs on Flex),
-//! the extra memory each codec allocates at its peak (a counting allocator), and spectral ATOMO
-//! and PowerSGD on matrices.
+//! the extra memory each codec allocates at its peak from cold and what it keeps for its next
+//! call (a counting allocator), and spectral ATOMO and PowerSGD on matrices.
 //!
 //! `cargo bench -p kindling-compress --bench codecs` prints divan's table, then the summary with
 //! 1 and all threads, then one line per codec for scripts:
@@ -185,6 +185,7 @@ struct Row {
     dec: f64,
     bits: f64,
     peak: usize,
+    kept: usize,
 }
 
 fn measure(c: &mut Case, data: &TensorData) -> Row {
@@ -193,13 +194,18 @@ fn measure(c: &mut Case, data: &TensorData) -> Row {
     let bits = 8.0 * payload.wire_bytes() as f64 / N as f64;
     let enc = best(|| fresh(data), |g| drop((c.encode)(g, &mut r)), 7);
     let dec = best(|| (), |_| sync(&(c.decode)(&payload)), 7);
+    // From cold: without the work buffers a codec keeps between calls.
+    Fourier::release_work_buffers();
+    let before = LIVE.load(Ordering::Relaxed);
     let g = fresh(data);
     let peak = peak_extra(|| drop((c.decode)(&(c.encode)(g, &mut r))));
+    let kept = LIVE.load(Ordering::Relaxed).saturating_sub(before);
     Row {
         enc,
         dec,
         bits,
         peak,
+        kept,
     }
 }
 
@@ -235,7 +241,7 @@ fn main() {
         randomness / memcpy
     );
     println!(
-        "{:<24} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:<24} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "codec",
         "threads",
         "enc ms",
@@ -244,6 +250,7 @@ fn main() {
         "memcpys",
         "g*c",
         "peak MiB",
+        "kept MiB",
         "bits/entry"
     );
     let one = rayon::ThreadPoolBuilder::new()
@@ -261,7 +268,7 @@ fn main() {
         ] {
             let both = row.enc + row.dec;
             println!(
-                "{:<24} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>10.3}",
+                "{:<24} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>9.1} {:>10.3}",
                 c.name,
                 if label == "1" {
                     "1".to_string()
@@ -274,6 +281,7 @@ fn main() {
                 both / memcpy,
                 both / pass,
                 row.peak as f64 / (1 << 20) as f64,
+                row.kept as f64 / (1 << 20) as f64,
                 row.bits
             );
             if label == "all" {

@@ -71,6 +71,7 @@ mod config;
 mod dense;
 mod error;
 mod error_feedback;
+mod fft;
 mod host;
 #[cfg(test)]
 mod paths_tests;

@@ -180,6 +180,32 @@ fn multi_chunk_tensors_decode_the_same_on_both_paths() {
         shape,
         true,
     );
+    // 211 001 entries, padded to 2¹⁸: the host transform's four-step path.
+    check(
+        "atomo fourier",
+        Atomo::new(Fourier, Budget::Fraction(0.05)).unwrap(),
+        shape,
+        false,
+    );
+}
+
+/// Fourier ATOMO refuses a gradient whose transform would overflow f32, on both paths, with
+/// the codec's typed error rather than infinite coefficients.
+#[test]
+fn fourier_refuses_a_gradient_whose_transform_overflows() {
+    let g = vec![f32::MAX / 3.0; 4];
+    for device_path in [false, true] {
+        DEVICE_PATH_ONLY.set(device_path);
+        let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [4]), &device());
+        let result = Atomo::new(Fourier, Budget::Atoms(2.0))
+            .unwrap()
+            .compress(t, &mut ChaCha8Rng::seed_from_u64(1));
+        DEVICE_PATH_ONLY.set(false);
+        assert!(
+            matches!(result, Err(CompressError::Overflow)),
+            "device path {device_path}: {result:?}"
+        );
+    }
 }
 
 /// Payload bytes do not depend on how many threads encode them.
@@ -206,6 +232,9 @@ fn payloads_are_the_same_for_any_thread_count() {
                     .unwrap()
                     .compress(t.clone(), &mut rng),
                 TopK::new(Count::Fraction(0.01))
+                    .unwrap()
+                    .compress(t.clone(), &mut rng),
+                Atomo::new(Fourier, Budget::Fraction(0.01))
                     .unwrap()
                     .compress(t, &mut rng),
             ]

@@ -23,6 +23,7 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef
 pub(crate) const BITMAP: u8 = 1;
 
 /// A sparse vector of length `len`: sorted distinct positions and their values.
+#[derive(Default)]
 pub(crate) struct SparseVec {
     pub(crate) positions: Vec<u32>,
     pub(crate) values: Vec<f32>,

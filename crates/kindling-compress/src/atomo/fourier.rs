@@ -1,13 +1,14 @@
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
-use super::{Atomo, norms, sample};
-use crate::codec::host_decoders;
-use crate::codec::{flatten, l1_norm_checked, unflatten};
-use crate::host::Sink;
+use super::{Atomo, norms, norms_host, sample, sample_host};
+use crate::codec::{compress_on_host, decompress_on_host, flatten, l1_norm_checked, unflatten};
+use crate::codec::{host_decoders, host_encoder};
+use crate::host::{Sink, is_host_device};
 use crate::payload::{Reader, Writer};
+use crate::random::Stream;
 use crate::sparse::{SparseVec, sparse_body_bytes};
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef, fft};
 
 /// Fourier atoms: the orthonormal real DFT basis of the flattened gradient.
 ///
@@ -24,7 +25,17 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef
 ///
 /// with coefficients read off one real FFT `X = rfft(g)`: `λ_0 = X_0/√N`,
 /// `λ_{N/2} = X_{N/2}/√N`, `λ_a = √(2/N)·Re X_a`, `λ_{N/2+k} = −√(2/N)·Im X_k`. Decoding
-/// rebuilds the spectrum and runs burn's inverse real FFT.
+/// rebuilds the spectrum and runs an inverse real FFT.
+///
+/// On a host device (Flex) both transforms run on the host in f32, multi-threaded and
+/// cache-blocked (`N/2`-point complex FFTs in the four-step order); the coefficients are sampled
+/// with the counter-based stream of the other host kernels. On other devices the encoder runs
+/// burn's `rfft` and `irfft` on the device.
+///
+/// **Memory.** A thread that encodes or decodes on the host keeps the transforms' work buffers
+/// for its next call (a fresh buffer costs a page fault per 4 KiB, as much time as the
+/// arithmetic): up to `12·N` bytes, 48 MiB for a 4 M-entry gradient. They are freed when the
+/// thread ends or by [`Fourier::release_work_buffers`].
 ///
 /// Wire: header (5 + 4·rank), then the sparse format over the `N` atoms: `k` (u32), the sent
 /// atom indices (a bitmap of `⌈N/8⌉` bytes or `4k` bytes of u32, whichever is smaller) and the
@@ -32,6 +43,14 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef
 /// information as a complex coefficient per frequency, in fewer bytes.)
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Fourier;
+
+impl Fourier {
+    /// Frees the work buffers the host transforms keep on the calling thread (see the type's
+    /// docs); the next call allocates them again.
+    pub fn release_work_buffers() {
+        fft::release_pool();
+    }
+}
 
 /// The padded length `N` for `n` entries (at least 2: a real FFT needs a DC and a Nyquist bin).
 pub(crate) fn padded_len(n: usize) -> usize {
@@ -78,6 +97,19 @@ fn signal(lambda: Tensor<1>, n: usize) -> Tensor<1> {
     burn::signal::irfft(re, im, 0, Some(big)).slice(0..n)
 }
 
+/// The payload of the sampled coefficients of a tensor of `shape`.
+fn write(sparse: SparseVec, shape: &[usize]) -> Result<Payload, CompressError> {
+    let big = padded_len(shape.iter().product());
+    let mut w = Writer::new(
+        CodecId::AtomoFourier,
+        sparse.flags(big),
+        shape,
+        sparse_body_bytes(big, sparse.positions.len()),
+    )?;
+    sparse.write(&mut w, big);
+    Ok(w.finish())
+}
+
 impl Compressor for Atomo<Fourier> {
     fn codec(&self) -> CodecId {
         CodecId::AtomoFourier
@@ -92,36 +124,33 @@ impl Compressor for Atomo<Fourier> {
         grad: Tensor<D>,
         rng: &mut dyn Rng,
     ) -> Result<Payload, CompressError> {
+        if is_host_device(&grad.device()) {
+            return compress_on_host(self, grad, rng);
+        }
         let shape = grad.dims();
         let n = grad.dims().iter().product::<usize>();
         l1_norm_checked(&grad)?;
         let big = padded_len(n);
         let sparse = if n == 0 {
-            SparseVec {
-                positions: Vec::new(),
-                values: Vec::new(),
-            }
+            SparseVec::default()
         } else {
             let lambda = coefficients(flatten(grad));
             let (l1, l2, linf) = norms(&lambda);
             sample(lambda, self.budget.resolve(big, l1, l2, linf), rng)
         };
-        let k = sparse.positions.len();
-        let mut w = Writer::new(
-            CodecId::AtomoFourier,
-            sparse.flags(big),
-            &shape,
-            sparse_body_bytes(big, k),
-        )?;
-        sparse.write(&mut w, big);
-        Ok(w.finish())
+        write(sparse, &shape)
     }
+
+    host_encoder!(self, values, shape, rng => self.encode_host(values, shape, Stream::new(rng)));
 
     fn decompress<const D: usize>(
         &self,
         payload: &Payload,
         device: &Device,
     ) -> Result<Tensor<D>, DecodeError> {
+        if is_host_device(device) {
+            return decompress_on_host(self, payload, device);
+        }
         let (header, shape, r) = payload.open::<D>(CodecId::AtomoFourier)?;
         let n = header.numel();
         let big = padded_len(n);
@@ -133,6 +162,35 @@ impl Compressor for Atomo<Fourier> {
     }
 
     host_decoders!(payload, out, sink => decode_host(payload, out, sink));
+}
+
+impl Atomo<Fourier> {
+    /// The host kernel: [`fft::atom_coefficients`], then the sampler of the other host kernels.
+    fn encode_host(
+        &self,
+        values: &[f32],
+        shape: &[usize],
+        stream: Stream,
+    ) -> Result<Payload, CompressError> {
+        // The transform's partial sums reach 2·‖g‖₁.
+        let (_, _, l1) = crate::host::norms(values)?;
+        if 2.0 * l1 >= f32::MAX as f64 {
+            return Err(CompressError::Overflow);
+        }
+        let sparse = if values.is_empty() {
+            SparseVec::default()
+        } else {
+            let big = padded_len(values.len());
+            let lambda = fft::atom_coefficients(values, big);
+            let norms = norms_host(&lambda);
+            let sparse = norms.map(|(l1, l2, linf)| {
+                sample_host(&lambda, self.budget.resolve(big, l1, l2, linf), l1, stream)
+            });
+            fft::recycle(lambda);
+            sparse?
+        };
+        write(sparse, shape)
+    }
 }
 
 /// Reads the sparse coefficients over `big` atoms and checks that their inverse transform stays
@@ -157,8 +215,7 @@ fn read_coefficients(mut r: Reader<'_>, flags: u8, big: usize) -> Result<SparseV
     Ok(sparse)
 }
 
-/// The host decoder: `x_j = Re Σ_a Y_a·e^{2πi·aj/N}` with `Y_0 = λ_0/√N`, `Y_{N/2} = λ_{N/2}/√N`
-/// and `Y_a = √(2/N)·(λ_a − i·λ_{N/2+a})` for `0 < a < N/2`: one complex FFT in f64.
+/// The host decoder: [`fft::atom_signal`] of the sent coefficients.
 fn decode_host<S: Sink>(
     payload: &PayloadRef<'_>,
     out: &mut [f32],
@@ -171,57 +228,15 @@ fn decode_host<S: Sink>(
     if n == 0 {
         return Ok(());
     }
-    let half = big / 2;
-    let edge = 1.0 / (big as f64).sqrt();
-    let mid = (2.0 / big as f64).sqrt();
-    let mut y = vec![(0f64, 0f64); big];
-    for (&a, &v) in sparse.positions.iter().zip(&sparse.values) {
-        let (a, v) = (a as usize, v as f64);
-        match a {
-            0 => y[0].0 = v * edge,
-            a if a == half => y[half].0 = v * edge,
-            a if a < half => y[a].0 = v * mid,
-            a => y[a - half].1 = -v * mid,
-        }
-    }
-    inverse_fft(&mut y);
-    for (slot, &(re, _)) in out.iter_mut().zip(&y) {
-        sink.put(slot, re as f32);
-    }
+    fft::atom_signal(
+        sparse
+            .positions
+            .iter()
+            .zip(&sparse.values)
+            .map(|(&a, &v)| (a as usize, v)),
+        big,
+        out,
+        |slot, v| sink.put(slot, v),
+    );
     Ok(())
-}
-
-/// In place `y_j ← Σ_a y_a·e^{+2πi·aj/N}` (unnormalised), `N` a power of two: iterative radix 2.
-fn inverse_fft(y: &mut [(f64, f64)]) {
-    let n = y.len();
-    let bits = n.trailing_zeros();
-    if n < 2 {
-        return;
-    }
-    for i in 0..n {
-        let j = i.reverse_bits() >> (usize::BITS - bits);
-        if i < j {
-            y.swap(i, j);
-        }
-    }
-    let twiddles: Vec<(f64, f64)> = (0..n / 2)
-        .map(|k| {
-            let t = 2.0 * std::f64::consts::PI * k as f64 / n as f64;
-            (t.cos(), t.sin())
-        })
-        .collect();
-    let mut len = 2;
-    while len <= n {
-        let step = n / len;
-        for block in y.chunks_mut(len) {
-            let (lo, hi) = block.split_at_mut(len / 2);
-            for (k, (a, b)) in lo.iter_mut().zip(hi.iter_mut()).enumerate() {
-                let (c, s) = twiddles[k * step];
-                let t = (b.0 * c - b.1 * s, b.0 * s + b.1 * c);
-                *b = (a.0 - t.0, a.1 - t.1);
-                *a = (a.0 + t.0, a.1 + t.1);
-            }
-        }
-        len *= 2;
-    }
 }
