@@ -34,17 +34,59 @@ pub fn run_workers<T: Send + 'static>(
     timeout: Duration,
     work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
 ) -> Result<Vec<T>, DistError> {
+    let group = spawn_group((0..world).map(|_| ()).collect(), timeout, move |g, ()| {
+        work(g)
+    })?;
+    if !group.stuck.is_empty() {
+        // A rank that never returned explains its peers' timeouts, not a failure of their own.
+        return Err(match root_cause(group.outcomes.iter()) {
+            Some(e) if !matches!(e, DistError::Timeout(_) | DistError::PeerFailed(_)) => e,
+            _ => DistError::Timeout(abandoned(&group.stuck, timeout)),
+        });
+    }
+    match root_cause(group.outcomes.iter()) {
+        Some(e) => Err(e),
+        None => group.outcomes.into_iter().collect(),
+    }
+}
+
+/// Every rank's outcome of [`spawn_group`].
+pub(crate) struct GroupOutcome<T> {
+    /// In rank order; an abandoned rank's is a [`DistError::Timeout`] naming it.
+    pub(crate) outcomes: Vec<Result<T, DistError>>,
+    /// The abandoned ranks.
+    pub(crate) stuck: Vec<usize>,
+}
+
+/// Why `stuck` ranks were abandoned.
+fn abandoned(stuck: &[usize], timeout: Duration) -> String {
+    format!(
+        "rank(s) {stuck:?} did not return within {timeout:?} of the first worker to return, nor \
+         within {timeout:?} after the group was aborted; abandoned"
+    )
+}
+
+/// Runs `work(group, input)` on one thread per input, the input at index `r` going to rank `r`
+/// of a new [`LocalGroup`], and returns every rank's outcome within the bound of
+/// [`run_workers`]: a worker that panics or errs aborts the group, and one still running after
+/// the bound is abandoned (its thread left to run detached) with a [`DistError::Timeout`].
+pub(crate) fn spawn_group<I: Send + 'static, T: Send + 'static>(
+    inputs: Vec<I>,
+    timeout: Duration,
+    work: impl Fn(LocalGroup, I) -> Result<T, DistError> + Send + Sync + 'static,
+) -> Result<GroupOutcome<T>, DistError> {
+    let world = inputs.len();
     let groups = LocalGroup::new(world, timeout)?;
     let aborter = groups[0].aborter();
     let work = Arc::new(work);
     let (sender, receiver) = mpsc::channel();
-    for group in groups {
+    for (group, input) in groups.into_iter().zip(inputs) {
         let (work, sender) = (work.clone(), sender.clone());
         let rank = group.rank();
         std::thread::Builder::new()
             .name(format!("kindling-worker-{rank}"))
             .spawn(move || {
-                let outcome = run_caught(group, |g| work(g));
+                let outcome = run_caught(group, |g| work(g, input));
                 // The receiver is gone only if this worker was abandoned.
                 let _ = sender.send((rank, outcome));
             })
@@ -88,22 +130,14 @@ pub fn run_workers<T: Send + 'static>(
         receive(Instant::now() + timeout, &mut outcomes);
     }
     let stuck = missing(&outcomes);
-    if !stuck.is_empty() {
-        let reason = format!(
-            "rank(s) {stuck:?} did not return within {timeout:?} of the first worker to return, \
-             nor within {timeout:?} after the group was aborted; abandoned"
-        );
-        // A rank that never returned explains its peers' timeouts, not a failure of their own.
-        return Err(match root_cause(outcomes.iter().flatten()) {
-            Some(e) if !matches!(e, DistError::Timeout(_) | DistError::PeerFailed(_)) => e,
-            _ => DistError::Timeout(reason),
-        });
-    }
-    let outcomes: Vec<Result<T, DistError>> = outcomes.into_iter().flatten().collect();
-    match root_cause(outcomes.iter()) {
-        Some(e) => Err(e),
-        None => outcomes.into_iter().collect(),
-    }
+    let outcomes = outcomes
+        .into_iter()
+        .enumerate()
+        .map(|(rank, outcome)| {
+            outcome.unwrap_or_else(|| Err(DistError::Timeout(abandoned(&[rank], timeout))))
+        })
+        .collect();
+    Ok(GroupOutcome { outcomes, stuck })
 }
 
 /// The error that explains the others among `outcomes` (the first in rank order of the most
@@ -149,32 +183,6 @@ fn run_caught<T>(
             Err(DistError::Panicked { rank, message })
         }
     }
-}
-
-/// Runs `work(group, input)` on one scoped thread per input, the input at index `r` going to
-/// rank `r` of a new [`LocalGroup`], and returns every rank's outcome in rank order, once every
-/// thread has ended. A worker that panics or returns an error aborts the group (a panic becomes
-/// [`DistError::Panicked`] with its message), so the others fail at their next collective
-/// instead of waiting.
-#[cfg(feature = "train")]
-pub(crate) fn spawn_group<I: Send, T: Send>(
-    inputs: Vec<I>,
-    timeout: Duration,
-    work: impl Fn(LocalGroup, I) -> Result<T, DistError> + Sync,
-) -> Result<Vec<Result<T, DistError>>, DistError> {
-    let groups = LocalGroup::new(inputs.len(), timeout)?;
-    let work = &work;
-    Ok(std::thread::scope(|scope| {
-        let handles: Vec<_> = groups
-            .into_iter()
-            .zip(inputs)
-            .map(|(group, input)| scope.spawn(move || run_caught(group, |g| work(g, input))))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("worker thread joins"))
-            .collect()
-    }))
 }
 
 /// Makes every rank's module a copy of rank `root`'s (parameters in module order, via

@@ -14,7 +14,7 @@
 
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 
 use burn::optim::GradientsAccumulator;
@@ -114,7 +114,7 @@ pub struct CompressedDdp<R> {
     reducer: R,
     seed: u64,
     state_dir: Option<PathBuf>,
-    log: ExchangeLog,
+    log: Arc<ExchangeLog>,
     check_replicas: bool,
 }
 
@@ -161,7 +161,7 @@ impl<R: Reducer + Clone> CompressedDdp<R> {
             reducer,
             seed: 0,
             state_dir: None,
-            log: ExchangeLog::default(),
+            log: Arc::default(),
             check_replicas: true,
         }
     }
@@ -186,8 +186,11 @@ impl<R: Reducer + Clone> CompressedDdp<R> {
 
     /// How long a collective waits for the slowest worker thread before every rank fails
     /// (default 5 minutes). Rank 0 validates while the others wait, so keep it above the longest
-    /// validation epoch. For [`with_communicator`](Self::with_communicator) the transport's own
-    /// timeout applies instead.
+    /// validation epoch. A worker thread stuck outside every collective (a hung data loader) is
+    /// abandoned as in [`run_workers`](crate::run_workers): `launch` returns within four times
+    /// this of the hang, with a failure naming that rank. For
+    /// [`with_communicator`](Self::with_communicator) the transport's own timeout applies
+    /// instead.
     pub fn timeout(mut self, timeout: Duration) -> Self {
         if let Workers::Local { timeout: t, .. } = &mut self.workers {
             *t = timeout;
@@ -237,29 +240,36 @@ struct Plan {
     interrupter: Interrupter,
 }
 
-/// The strategy's settings a rank reads (shared by the worker threads; the reducer is cloned
-/// for each rank instead, so it need not be `Sync`).
-struct RankContext<'a> {
+/// The strategy's settings a rank reads (each worker thread owns a copy, so that a hung one can
+/// be abandoned; the reducer is cloned for each rank, so it need not be `Sync`).
+#[derive(Clone)]
+struct RankContext {
     seed: u64,
-    state_dir: Option<&'a Path>,
-    log: &'a ExchangeLog,
+    state_dir: Option<PathBuf>,
+    log: Arc<ExchangeLog>,
     /// The rank whose steps the log counts (`None`: this process's only rank).
     logged_rank: Option<usize>,
-    plan: &'a Plan,
+    plan: Arc<Plan>,
     /// Check the replicas' fingerprints every step.
     check_replicas: bool,
 }
 
+/// burn-train's event processor, shared with rank 0 and handed back by `fit`: `None` once taken
+/// back, so that an abandoned rank 0 that wakes up later reports nothing.
+type SharedEvents<M> = Arc<Mutex<Option<SupervisedTrainingEventProcessor<M>>>>;
+
 /// What only rank 0 does: report, validate, checkpoint the learner, decide early stopping.
-struct MainDuties<'a, M: LearnerModel> {
-    events: &'a Mutex<SupervisedTrainingEventProcessor<M>>,
+struct MainDuties<M: LearnerModel> {
+    events: SharedEvents<M>,
     valid: ValidLoader<M>,
     checkpointer: Option<LearningCheckpointer<M>>,
     early_stopping: Option<Box<dyn CloneEarlyStoppingStrategy>>,
     event_store: Arc<EventStoreClient>,
 }
 
-impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for CompressedDdp<R> {
+impl<M: LearnerModel, R: Reducer + Clone + 'static> SupervisedLearningStrategy<M>
+    for CompressedDdp<R>
+{
     fn fit(
         &self,
         components: TrainingComponents<M>,
@@ -277,9 +287,9 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
             train_items: dataloader_train.num_items(),
             interrupter: components.interrupter.clone(),
         };
-        let events = Mutex::new(components.event_processor);
+        let events: SharedEvents<M> = Arc::new(Mutex::new(Some(components.event_processor)));
         let main = MainDuties {
-            events: &events,
+            events: events.clone(),
             valid: dataloader_valid,
             checkpointer: components.checkpointer,
             early_stopping: components.early_stopping,
@@ -288,18 +298,18 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
         let initial = learner.model();
         let ctx = RankContext {
             seed: self.seed,
-            state_dir: self.state_dir.as_deref(),
-            log: &self.log,
+            state_dir: self.state_dir.clone(),
+            log: self.log.clone(),
             logged_rank: match self.workers {
                 Workers::Local { .. } => Some(0),
                 Workers::Rank { .. } => None,
             },
-            plan: &plan,
+            plan: Arc::new(plan),
             check_replicas: self.check_replicas,
         };
         let outcome = match &self.workers {
             Workers::Local { devices, timeout } => fit_local(
-                &ctx,
+                ctx.clone(),
                 devices,
                 *timeout,
                 &self.reducer,
@@ -343,23 +353,30 @@ impl<M: LearnerModel, R: Reducer + Clone> SupervisedLearningStrategy<M> for Comp
         let model = match outcome {
             Ok(model) => model,
             Err(failures) => {
-                plan.interrupter.fail(TrainingError::Workers(failures));
+                ctx.plan.interrupter.fail(TrainingError::Workers(failures));
                 initial
             }
         };
-        (model, events.into_inner().expect("event processor lock"))
+        // Rank 0 holds the lock only while it hands the processor one event.
+        let events = events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+            .expect("the event processor is handed back once");
+        (model, events)
     }
 }
 
-/// Runs one thread per device and returns rank 0's model, or the failing ranks' errors.
-fn fit_local<M: LearnerModel, R: Reducer + Clone>(
-    ctx: &RankContext<'_>,
+/// Runs one thread per device and returns rank 0's model, or the failing ranks' errors; a rank
+/// still running at the bound of [`run_workers`](crate::run_workers) is abandoned and reported.
+fn fit_local<M: LearnerModel, R: Reducer + Clone + 'static>(
+    ctx: RankContext,
     devices: &[Device],
     timeout: Duration,
     reducer: &R,
     learner: Learner<M>,
     train: TrainLoader<M>,
-    main: MainDuties<'_, M>,
+    main: MainDuties<M>,
 ) -> Result<M, Vec<WorkerFailure>> {
     let fail = |rank: usize, e: DistError| WorkerFailure {
         device_id: rank,
@@ -372,31 +389,44 @@ fn fit_local<M: LearnerModel, R: Reducer + Clone>(
         .enumerate()
         .map(|(rank, device)| {
             let shard = shard(&train, rank, world, device)?;
-            Ok((device, shard, learner.clone(), reducer.clone(), main.take()))
+            Ok((
+                device.clone(),
+                shard,
+                learner.clone(),
+                reducer.clone(),
+                main.take(),
+            ))
         })
         .collect::<Result<Vec<_>, DistError>>()
         .map_err(|e| vec![fail(0, e)])?;
-    let outcomes = spawn_group(
+    let group = spawn_group(
         inputs,
         timeout,
-        |mut group, (device, shard, learner, reducer, duties)| {
+        move |mut group, (device, shard, learner, reducer, duties)| {
             let is_main = duties.is_some();
-            let model = run_rank(ctx, &mut group, device, reducer, learner, shard, duties)?;
+            let model = run_rank(&ctx, &mut group, &device, reducer, learner, shard, duties)?;
             Ok(is_main.then_some(model))
         },
     )
     .map_err(|e| vec![fail(0, e)])?;
+    let stuck = group.stuck;
     let mut errors = Vec::new();
     let mut model = None;
-    for (rank, outcome) in outcomes.into_iter().enumerate() {
+    for (rank, outcome) in group.outcomes.into_iter().enumerate() {
         match outcome {
             Ok(Some(m)) => model = Some(m),
             Ok(None) => {}
             Err(e) => errors.push((rank, e)),
         }
     }
-    // Report the root causes; the other ranks' "a peer failed" only follow from them.
-    if errors
+    // Report the root causes: a rank's own failure, else the abandoned ranks (their peers'
+    // timeouts follow from them), else the timeouts; a peer's "a peer failed" only follows.
+    let own = |e: &DistError| !matches!(e, DistError::Timeout(_) | DistError::PeerFailed(_));
+    if errors.iter().any(|(_, e)| own(e)) {
+        errors.retain(|(_, e)| own(e));
+    } else if !stuck.is_empty() {
+        errors.retain(|(rank, _)| stuck.contains(rank));
+    } else if errors
         .iter()
         .any(|(_, e)| !matches!(e, DistError::PeerFailed(_)))
     {
@@ -410,15 +440,15 @@ fn fit_local<M: LearnerModel, R: Reducer + Clone>(
 
 /// One rank's whole run; `main` is `Some` on rank 0.
 fn run_rank<M: LearnerModel, R: Reducer>(
-    ctx: &RankContext<'_>,
+    ctx: &RankContext,
     comm: &mut dyn Communicator,
     device: &Device,
     reducer: R,
     mut learner: Learner<M>,
     train: TrainLoader<M>,
-    mut main: Option<MainDuties<'_, M>>,
+    mut main: Option<MainDuties<M>>,
 ) -> Result<M, DistError> {
-    let plan = ctx.plan;
+    let plan = &*ctx.plan;
     learner.fork(device);
     let world = comm.world_size();
     let rank = comm.rank();
@@ -427,7 +457,7 @@ fn run_rank<M: LearnerModel, R: Reducer>(
     let start = broadcast_module(learner.model(), comm, 0)?;
     learner.load_model(start.into_record());
     let mut trainer = DataParallel::new(comm, reducer, ctx.seed);
-    if let (Some(epoch), Some(dir)) = (plan.resume_from, ctx.state_dir) {
+    if let (Some(epoch), Some(dir)) = (plan.resume_from, &ctx.state_dir) {
         let path = rank_state_file(dir, epoch, rank);
         let bytes = std::fs::read(&path)
             .map_err(|e| DistError::Checkpoint(format!("cannot read {}: {e}", path.display())))?;
@@ -436,13 +466,11 @@ fn run_rank<M: LearnerModel, R: Reducer>(
             &device.clone().inner(),
         )?;
     }
-    let report = |main: &Option<MainDuties<'_, M>>, event| {
-        if let Some(main) = main {
-            let result = main
-                .events
-                .lock()
-                .expect("event processor lock")
-                .process_train(event);
+    let report = |main: &Option<MainDuties<M>>, event| {
+        if let Some(result) = main
+            .as_ref()
+            .and_then(|m| m.events(|p| p.process_train(event)))
+        {
             plan.interrupter.fail_on_error(result);
         }
     };
@@ -521,7 +549,7 @@ fn run_rank<M: LearnerModel, R: Reducer>(
             .is_none_or(|main| main.end_epoch(&learner, epoch, plan));
         let go_on = all_agree(&mut *trainer.comm, go_on && !plan.interrupter.should_stop())?;
         if plan.checkpointing
-            && let Some(dir) = ctx.state_dir
+            && let Some(dir) = &ctx.state_dir
         {
             let path = rank_state_file(dir, epoch, rank);
             std::fs::create_dir_all(dir)
@@ -553,14 +581,31 @@ fn rank_state_file(dir: &Path, epoch: usize, rank: usize) -> PathBuf {
     dir.join(format!("reducer-{epoch}-rank{rank}.bin"))
 }
 
-impl<M: LearnerModel> MainDuties<'_, M> {
+impl<M: LearnerModel> MainDuties<M> {
+    /// `f` on the event processor, locked for that call only (so that `fit` can take it back
+    /// from a rank 0 it abandons); `None` once it has been taken back.
+    fn events<T>(
+        &self,
+        f: impl FnOnce(&mut SupervisedTrainingEventProcessor<M>) -> T,
+    ) -> Option<T> {
+        self.events
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .as_mut()
+            .map(f)
+    }
+
     fn validate(&self, learner: &Learner<M>, epoch: usize, plan: &Plan) {
         let interrupter = &plan.interrupter;
-        let mut events = self.events.lock().expect("event processor lock");
-        interrupter.fail_on_error(events.process_valid(LearnerEvent::StartSplit {
+        let valid = |event| {
+            if let Some(result) = self.events(|p| p.process_valid(event)) {
+                interrupter.fail_on_error(result);
+            }
+        };
+        valid(LearnerEvent::StartSplit {
             epoch_number: epoch,
             total_items: self.valid.num_items(),
-        }));
+        });
         let model = learner.model().valid();
         let mut batches = self.valid.iter();
         let mut iteration = 0;
@@ -580,19 +625,22 @@ impl<M: LearnerModel> MainDuties<'_, M> {
                 Some(iteration),
                 None,
             );
-            interrupter.fail_on_error(events.process_valid(LearnerEvent::ProcessedItem(item)));
+            valid(LearnerEvent::ProcessedItem(item));
             if interrupter.should_stop() {
                 break;
             }
         }
-        interrupter.fail_on_error(events.process_valid(LearnerEvent::EndSplit(epoch)));
-        interrupter.fail_on_error(events.process_train(LearnerEvent::EndEpoch(epoch)));
+        valid(LearnerEvent::EndSplit(epoch));
+        if let Some(result) = self.events(|p| p.process_train(LearnerEvent::EndEpoch(epoch))) {
+            interrupter.fail_on_error(result);
+        }
     }
 
     /// Checkpoints the learner and asks early stopping; false when training should stop.
     fn end_epoch(&mut self, learner: &Learner<M>, epoch: usize, plan: &Plan) -> bool {
-        if self.checkpointer.is_some() || self.early_stopping.is_some() {
-            let flushed = self.events.lock().expect("event processor lock").flush();
+        if (self.checkpointer.is_some() || self.early_stopping.is_some())
+            && let Some(flushed) = self.events(|p| p.flush())
+        {
             plan.interrupter.fail_on_error(flushed);
         }
         if plan.interrupter.should_stop() {

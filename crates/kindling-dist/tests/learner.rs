@@ -1,21 +1,25 @@
 //! `CompressedDdp` inside burn-train's `Learner`: it trains, it is the plain data-parallel loop
 //! step for step, its metrics reach burn's metric store, resuming from a checkpoint reproduces the
-//! uninterrupted run, and a failing worker ends the run with an error naming its rank.
+//! uninterrupted run, and a failing or hung worker ends the run with an error naming its rank.
 
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
+use burn::data::dataloader::DataLoaderBuilder;
 use burn::data::dataloader::batcher::Batcher;
+use burn::data::dataset::InMemDataset;
 use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, SgdConfig};
 use burn::tensor::Device;
 use burn::train::logger::{InMemoryMetricLogger, MetricLogger};
 use burn::train::metric::store::{EpochSummary, MetricsUpdate, Split};
 use burn::train::metric::{AccuracyMetric, LossMetric, MetricDefinition, NumericEntry};
-use burn::train::{Learner, LearningResult, TrainingError};
+use burn::train::{Learner, LearningResult, SupervisedTraining, TrainingError, TrainingStrategy};
 use kindling_compress::Qsgd;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_dist::*;
-use kindling_examples_common::learner::DigitsBatcher;
+use kindling_examples_common::digits::DigitsSet;
+use kindling_examples_common::learner::{DigitItem, DigitsBatcher};
 use kindling_examples_common::mlp::Mlp;
 
 mod learning;
@@ -265,6 +269,62 @@ fn a_failing_worker_ends_the_run_with_its_rank_in_the_error() {
     );
     assert_eq!(failures[0].device_id, 2, "{error}");
     assert!(failures[0].message.contains("cannot encode"), "{error}");
+}
+
+/// A rank stuck outside every collective (its data loader hangs) is abandoned: the launch
+/// returns within four timeouts of the hang with an error naming that rank alone, although the
+/// hung thread sleeps on.
+#[test]
+fn a_hung_worker_is_abandoned_within_the_bound() {
+    const MARK: f32 = -1.0;
+    #[derive(Clone)]
+    struct HangOnMark;
+    impl Batcher<DigitItem, DigitsSet> for HangOnMark {
+        fn batch(&self, items: Vec<DigitItem>, device: &Device) -> DigitsSet {
+            if items.iter().any(|item| item.pixels[0] == MARK) {
+                std::thread::sleep(Duration::from_secs(600));
+            }
+            DigitsBatcher.batch(items, device)
+        }
+    }
+    let mut data = data();
+    let per = data.train.len() / WORKERS;
+    data.train[per + 5].pixels[0] = MARK;
+    let dir = scratch("learner-hang");
+    let timeout = Duration::from_secs(2);
+    let ddp = Arc::new(
+        CompressedDdp::new(devices(), Gathered::new(Qsgd::new(4).unwrap()))
+            .unwrap()
+            .timeout(timeout),
+    );
+    let train = DataLoaderBuilder::new(HangOnMark)
+        .batch_size(BATCH)
+        .build(InMemDataset::new(data.train.clone()));
+    let start = Instant::now();
+    let result = SupervisedTraining::new(&dir, train, loader(&data.valid))
+        .num_epochs(1)
+        .with_application_logger(None)
+        .with_training_strategy(TrainingStrategy::Custom(ddp))
+        .with_metric_logger(InMemoryMetricLogger::new())
+        .launch(Learner::new(
+            Mlp::new(16, 0, &devices()[0]),
+            SgdConfig::new().init(),
+            0.1,
+        ));
+    let elapsed = start.elapsed();
+    let _ = std::fs::remove_dir_all(&dir);
+    let error = result.error.expect("the run fails");
+    let TrainingError::Workers(failures) = error.as_ref() else {
+        panic!("expected worker failures, got {error}");
+    };
+    assert_eq!(failures.len(), 1, "only the hung rank is reported: {error}");
+    assert_eq!(failures[0].device_id, 1, "{error}");
+    assert!(failures[0].message.contains("abandoned"), "{error}");
+    // Set-up (four learners, the broadcast) takes well under 5 s in a debug build.
+    assert!(
+        elapsed < 4 * timeout + Duration::from_secs(5),
+        "returned after {elapsed:?}"
+    );
 }
 
 /// A protocol that leaves each rank's gradient as it is (no exchange) lets the replicas drift:
