@@ -96,8 +96,6 @@ pub(crate) trait Sink: Copy + Send + Sync {
     fn put(self, slot: &mut f32, v: f32);
     /// Prepares a buffer for a sparse decoder that only visits some entries.
     fn clear(self, out: &mut [f32]);
-    /// Stores zeros into `out` (nothing to add for an accumulating sink).
-    fn zeros(self, out: &mut [f32]);
 }
 
 /// `out[i] = v`.
@@ -116,10 +114,6 @@ impl Sink for Set {
     fn clear(self, out: &mut [f32]) {
         out.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
     }
-    #[inline(always)]
-    fn zeros(self, out: &mut [f32]) {
-        out.fill(0.0);
-    }
 }
 
 impl Sink for AddScaled {
@@ -128,8 +122,6 @@ impl Sink for AddScaled {
         *slot += self.0 * v;
     }
     fn clear(self, _out: &mut [f32]) {}
-    #[inline(always)]
-    fn zeros(self, _out: &mut [f32]) {}
 }
 
 /// Checks a caller's output buffer against the payload's entry count.

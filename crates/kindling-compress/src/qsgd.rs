@@ -230,46 +230,6 @@ fn for_bucket_runs(start: usize, len: usize, size: usize, mut f: impl FnMut(usiz
     }
 }
 
-/// The bucket of consecutive entries from a start index on, without a division per entry.
-struct Buckets {
-    bucket: usize,
-    left: usize,
-    size: usize,
-}
-
-impl Buckets {
-    fn starting_at(start: usize, size: usize) -> Self {
-        Self {
-            bucket: start / size,
-            left: size - start % size,
-            size,
-        }
-    }
-
-    /// Skips `k` entries.
-    #[inline(always)]
-    fn skip(&mut self, k: usize) {
-        if k <= self.left {
-            self.left -= k;
-        } else {
-            let past = k - self.left;
-            self.bucket += past.div_ceil(self.size);
-            self.left = (self.size - past % self.size) % self.size;
-        }
-    }
-
-    /// The bucket of the next entry.
-    #[inline(always)]
-    fn next(&mut self) -> usize {
-        if self.left == 0 {
-            self.bucket += 1;
-            self.left = self.size;
-        }
-        self.left -= 1;
-        self.bucket
-    }
-}
-
 fn buckets(n: usize, bucket: Option<usize>) -> usize {
     match (n, bucket) {
         (0, _) => 0,
@@ -785,30 +745,94 @@ impl<'a> EliasLevels<'a> {
         Ok(Self { bytes, starts })
     }
 
-    /// Writes `level_i · scales[i / bucket]` through `sink`, chunks in parallel.
+    /// Writes `level_i · scales[i / bucket]` through `sink`, chunks in parallel: each chunk's
+    /// levels are decoded into a buffer, several codes per lookup of [`decode_steps`] (a run of
+    /// zero levels a window at a time), then scaled bucket by bucket.
     fn decode<S: Sink>(&self, out: &mut [f32], scales: &[f32], bucket: usize, sink: S) {
+        let table = decode_steps();
         out.par_chunks_mut(CHUNK)
             .zip(&self.starts)
             .enumerate()
-            .for_each(|(c, (vals, &start))| {
+            .for_each_init(Vec::new, |levels: &mut Vec<i16>, (c, (vals, &start))| {
+                let n = vals.len();
+                levels.resize(n, 0);
                 let mut cursor = Cursor::at(self.bytes, start);
-                let mut buckets = Buckets::starting_at(c * CHUNK, bucket);
                 let mut j = 0;
-                while j < vals.len() {
-                    let ones = cursor.zero_run(vals.len() - j);
-                    if ones > 0 {
-                        sink.zeros(&mut vals[j..j + ones]);
-                        buckets.skip(ones);
+                while j < n {
+                    let ones = cursor.zero_run(n - j);
+                    if ones >= DECODE_CODES {
+                        levels[j..j + ones].fill(0);
                         cursor.skip(ones as u32);
                         j += ones;
+                        continue;
+                    }
+                    let step = table[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
+                    if step.codes > 0 && j + DECODE_CODES <= n {
+                        // All slots are written; those past the codes are written again next.
+                        for (slot, &level) in
+                            levels[j..j + DECODE_CODES].iter_mut().zip(&step.levels)
+                        {
+                            *slot = level as i16;
+                        }
+                        cursor.skip(step.bits as u32);
+                        j += step.codes as usize;
                     } else {
-                        let level = cursor.level().expect("validated");
-                        sink.put(&mut vals[j], level as f32 * scales[buckets.next()]);
+                        levels[j] = cursor.level().expect("validated") as i16;
                         j += 1;
                     }
                 }
+                for_bucket_runs(c * CHUNK, n, bucket, |b, run| {
+                    let scale = scales[b];
+                    for (slot, &level) in vals[run.clone()].iter_mut().zip(&levels[run]) {
+                        sink.put(slot, level as f32 * scale);
+                    }
+                });
             });
     }
+}
+
+/// Codes the decoder takes per lookup of [`decode_steps`] at most.
+const DECODE_CODES: usize = 4;
+
+/// What the next [`STEP_BITS`] bits of a validated Elias-gamma stream decode to: up to
+/// [`DECODE_CODES`] complete codes, their signed levels (unused slots 0) and their bits (codes:
+/// 0 when the first code is longer).
+#[derive(Clone, Copy, Default)]
+struct DecodeStep {
+    levels: [i8; DECODE_CODES],
+    codes: u8,
+    bits: u8,
+}
+
+/// The decoder's lookup table, indexed by the next [`STEP_BITS`] bits. A level in it is at most
+/// 62 (a code of 12 bits), so it fits an `i8`.
+fn decode_steps() -> &'static [DecodeStep] {
+    static STEPS: std::sync::OnceLock<Vec<DecodeStep>> = std::sync::OnceLock::new();
+    STEPS.get_or_init(|| {
+        (0..1u64 << STEP_BITS)
+            .map(|pattern| {
+                let mut step = DecodeStep::default();
+                let mut pos = 0u32;
+                while (step.codes as usize) < DECODE_CODES {
+                    let w = pattern >> pos;
+                    if w.trailing_zeros() >= STEP_BITS - pos {
+                        break;
+                    }
+                    let Ok((level, len)) = elias_level(w) else {
+                        break;
+                    };
+                    if pos + len as u32 > STEP_BITS {
+                        break;
+                    }
+                    step.levels[step.codes as usize] = level as i8;
+                    step.codes += 1;
+                    pos += len as u32;
+                }
+                step.bits = pos as u8;
+                step
+            })
+            .collect()
+    })
 }
 
 struct EliasStream {
@@ -924,7 +948,7 @@ mod tests {
 
     /// The chunked, branch-free encoder writes exactly the reference stream, over several
     /// chunks (their bit streams concatenated at odd bit offsets) and for narrow and wide
-    /// fields, runs of zeros and the largest level included.
+    /// fields, runs of zeros and the largest level included; the decoder reads it back.
     #[test]
     fn elias_stream_matches_the_reference_over_chunks() {
         for s in [1u32, 16, 1000] {
@@ -970,6 +994,16 @@ mod tests {
             let want = stream(&levels);
             assert_eq!(got.bits, want.bits, "s = {s}");
             assert_eq!(got.bytes, want.bytes, "s = {s}");
+            // And the table-driven decoder reads them back, bucket scales included.
+            let bucket = 333;
+            let scales: Vec<f32> = (0..n.div_ceil(bucket)).map(|b| 1.0 + b as f32).collect();
+            let mut out = vec![f32::NAN; n];
+            EliasLevels::validate(&got.bytes, got.bits, n, s)
+                .unwrap()
+                .decode(&mut out, &scales, bucket, Set);
+            for (i, (o, l)) in out.iter().zip(&levels).enumerate() {
+                assert_eq!(*o, *l as f32 * scales[i / bucket], "s = {s}, entry {i}");
+            }
         }
     }
 
@@ -1005,18 +1039,9 @@ mod tests {
     }
 
     #[test]
-    fn bucket_runs_and_skips_match_entry_by_entry_counting() {
+    fn bucket_runs_match_entry_by_entry_counting() {
         for size in [1usize, 3, 7, 512] {
             for start in [0usize, 1, 5, 511, 512, 1000] {
-                let mut one = Buckets::starting_at(start, size);
-                let mut jumped = Buckets::starting_at(start, size);
-                for k in [0usize, 1, 2, 5, 600, 1] {
-                    for _ in 0..k {
-                        one.next();
-                    }
-                    jumped.skip(k);
-                    assert_eq!(one.next(), jumped.next(), "size {size} start {start} k {k}");
-                }
                 let mut runs = Vec::new();
                 for_bucket_runs(start, 40, size, |b, r| runs.extend(r.map(|_| b)));
                 let expected: Vec<usize> = (start..start + 40).map(|i| i / size).collect();
