@@ -115,9 +115,10 @@ impl Qsgd {
 
 impl Qsgd {
     /// The host kernel: bucket norms in one parallel pass (a bucket is read twice while in
-    /// cache), then one pass quantising with the counter-based uniforms straight into the
-    /// fixed-width fields of the payload; the Elias-gamma form, when chosen, is recoded from
-    /// those fields chunk by chunk.
+    /// cache), then one pass quantising with the counter-based uniforms, straight into
+    /// Elias-gamma codes chunk by chunk when that coding is asked for or is bound to be the
+    /// smaller (see [`expected_elias_bits`]), else into the fixed-width fields of the payload,
+    /// from which the Elias-gamma form is recoded when it may still be smaller.
     fn encode_host(
         &self,
         values: &[f32],
@@ -128,15 +129,15 @@ impl Qsgd {
         let s = self.levels;
         let nb = buckets(n, self.bucket);
         let b = self.bucket.unwrap_or(n).min(n).max(1);
-        // Buckets are normed in parallel, each sequentially (in cache).
-        let norm_of = |bucket: &[f32]| -> Result<f32, CompressError> {
-            let (_, norm, _) = host::norms(bucket)?;
+        // Buckets are normed in parallel, each sequentially (in cache): (‖v‖₂, ‖v‖₁).
+        let norm_of = |bucket: &[f32]| -> Result<(f32, f64), CompressError> {
+            let (_, norm, l1) = host::norms(bucket)?;
             if norm > f32::MAX as f64 {
                 return Err(CompressError::Overflow);
             }
-            Ok(norm as f32)
+            Ok((norm as f32, l1))
         };
-        let norms: Vec<f32> = if nb == 1 {
+        let sums: Vec<(f32, f64)> = if nb == 1 {
             vec![norm_of(values)?]
         } else {
             values
@@ -148,6 +149,7 @@ impl Qsgd {
                     e => e,
                 })?
         };
+        let norms: Vec<f32> = sums.iter().map(|&(norm, _)| norm).collect();
         let width = self.field_width();
         let fixed_len = packed_len(n, width);
         let mut w = Writer::new(CodecId::Qsgd, 0, shape, 8 + 4 * nb + fixed_len)?;
@@ -174,39 +176,59 @@ impl Qsgd {
             };
             (level, (a < 0.0) as u32)
         };
+        let quantise = |start: usize, vs: &[f32], us: &[f32], fields: &mut [u32]| {
+            for_bucket_runs(start, vs.len(), b, |bucket, run| {
+                let factor = factors[bucket];
+                for ((field, &v), &u) in fields[run.clone()]
+                    .iter_mut()
+                    .zip(&vs[run.clone()])
+                    .zip(&us[run])
+                {
+                    let (level, negative) = level_of(v, u, factor);
+                    *field = level << 1 | negative;
+                }
+            });
+        };
+        // Elias-gamma straight from the gradient when it is asked for, or when the smallest
+        // coding is asked for and a bound on Elias-gamma's expected size is well below the fixed
+        // width's (the fields are then only packed should the stream still come out longer).
+        let direct = match self.coding {
+            LevelCoding::Fixed => false,
+            LevelCoding::EliasGamma => true,
+            LevelCoding::Smallest => {
+                64.0 + expected_elias_bits(&sums, n, b, s) <= 0.9 * 8.0 * fixed_len as f64
+            }
+        };
+        if direct {
+            let levels = elias_direct(values, stream, s, &quantise);
+            if self.coding == LevelCoding::EliasGamma
+                || 8 + levels.bits.div_ceil(8) < fixed_len as u64
+            {
+                w.set_flags(ELIAS);
+                w.u64(levels.bits);
+                w.bytes(&levels.bytes);
+                return Ok(w.finish());
+            }
+        }
         let nonzero = {
             let body = w.zeroed(fixed_len);
             let per_block = BLOCK * width as usize / 8;
             pack_random(values, stream, per_block, body, |start, vs, us, out| {
                 let mut fields = [0u32; BLOCK];
                 let fields = &mut fields[..vs.len()];
-                for_bucket_runs(start, vs.len(), b, |bucket, run| {
-                    let factor = factors[bucket];
-                    for ((field, &v), &u) in fields[run.clone()]
-                        .iter_mut()
-                        .zip(&vs[run.clone()])
-                        .zip(&us[run])
-                    {
-                        let (level, negative) = level_of(v, u, factor);
-                        *field = level << 1 | negative;
-                    }
-                });
+                quantise(start, vs, us, fields);
                 let count = fields.iter().filter(|&&f| f > 1).count();
                 host::pack_fields(fields, width, out);
                 count
             })
         };
-        let use_elias = match self.coding {
-            LevelCoding::Fixed => false,
-            LevelCoding::EliasGamma => true,
-            // Elias-gamma needs at least 64 + n + 3·nnz bits; only then is the exact size computed.
-            LevelCoding::Smallest => 64 + n as u64 + 3 * nonzero as u64 <= 8 * fixed_len as u64,
-        };
+        // Elias-gamma needs at least 64 + n + 3·nnz bits; only then is the exact size computed.
+        let use_elias = self.coding == LevelCoding::Smallest
+            && !direct
+            && 64 + n as u64 + 3 * nonzero as u64 <= 8 * fixed_len as u64;
         if use_elias {
             let stream = elias_stream(w.tail(body_start), n, width, s);
-            if self.coding == LevelCoding::EliasGamma
-                || 8 + stream.bits.div_ceil(8) < fixed_len as u64
-            {
+            if 8 + stream.bits.div_ceil(8) < fixed_len as u64 {
                 w.truncate(body_start);
                 w.set_flags(ELIAS);
                 w.u64(stream.bits);
@@ -840,19 +862,146 @@ struct EliasStream {
     bits: u64,
 }
 
-/// Elias-gamma stream of `n` levels read from the packed fixed-width fields (`level << 1 |
-/// sign`): per entry `γ(level + 1)`, then the sign bit when `level > 0`. Chunks are coded in
-/// parallel and their bit streams concatenated.
-fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
-    // Code words by level, bits in stream order (the γ code's leading zeros are the low bits).
-    let codes: Vec<(u64, u32)> = (0..=s)
+/// A bound on the expected Elias-gamma bits of the levels of buckets with `(‖v‖₂, ‖v‖₁)` =
+/// `sums`. With `a_i = s·|v_i|/‖v‖₂` an entry's level `l_i` has mean `a_i`, and its code takes
+/// `1 + 2⌊log₂(l_i + 1)⌋ + [l_i > 0]` bits, so by Jensen (log is concave) and
+/// `P(l_i > 0) ≤ min(1, a_i)` a bucket of `m` entries expects at most
+/// `m + 2m·log₂(1 + ā) + min(m, Σa_i)` bits, `ā` the mean `a_i`.
+fn expected_elias_bits(sums: &[(f32, f64)], n: usize, bucket: usize, s: u32) -> f64 {
+    sums.iter()
+        .enumerate()
+        .map(|(i, &(l2, l1))| {
+            let m = bucket.min(n - i * bucket) as f64;
+            let total = if l2 > 0.0 {
+                s as f64 * l1 / l2 as f64
+            } else {
+                0.0
+            };
+            m + 2.0 * m * (1.0 + total / m).log2() + total.min(m)
+        })
+        .sum()
+}
+
+/// The Elias-gamma code words by level, bits in stream order (the γ code's leading zeros are the
+/// low bits), with their lengths.
+fn elias_codes(s: u32) -> Vec<(u64, u32)> {
+    (0..=s)
         .map(|l| {
             let m = l + 1;
             let top = 31 - m.leading_zeros();
             let reversed = (m.reverse_bits() >> (31 - top)) as u64;
             (reversed << top, 2 * top + 1)
         })
-        .collect();
+        .collect()
+}
+
+/// One chunk's Elias-gamma bit stream, written from fields `level << 1 | sign` a block at a
+/// time.
+///
+/// A zero level is the code "1" with no sign bit. Every entry ORs its bits into a 64-bit
+/// accumulator, which is stored whole and advanced by the bytes it completed: no branch on the
+/// level (QSGD's levels are as unpredictable as coin flips), except that 16 zero levels in a row
+/// go in as one 16-bit run (long runs are common at small s), and several codes are ORed together
+/// before they go in (as many as fit 57 bits). A code with its sign is at most
+/// 2·⌊log₂(s+1)⌋ + 2 ≤ 48 bits (fields are at most 24 bits wide), so at most 64 bits are ever
+/// pending. `out` grows a block at a time and keeps 8 bytes of slack for the last store.
+struct ChunkCoder<'a> {
+    codes: &'a [(u64, u32)],
+    s: u32,
+    longest: usize,
+    out: Vec<u8>,
+    at: usize,
+    acc: u64,
+    filled: u32,
+}
+
+impl<'a> ChunkCoder<'a> {
+    fn new(codes: &'a [(u64, u32)], capacity: usize) -> Self {
+        let longest = codes
+            .iter()
+            .map(|&(_, len)| len as usize + 1)
+            .max()
+            .unwrap_or(1);
+        Self {
+            codes,
+            s: codes.len() as u32 - 1,
+            longest,
+            out: vec![0u8; capacity + 8],
+            at: 0,
+            acc: 0,
+            filled: 0,
+        }
+    }
+
+    /// Appends the codes of `fields`.
+    fn push(&mut self, fields: &[u32]) {
+        let need = self.at + (fields.len() * self.longest).div_ceil(8) + 8;
+        if self.out.len() < need {
+            self.out.resize(need.max(2 * self.out.len()), 0);
+        }
+        let (codes, s) = (self.codes, self.s);
+        let per_emit = (57 / self.longest).max(1);
+        let Self {
+            out,
+            at,
+            acc,
+            filled,
+            ..
+        } = self;
+        // ORs `len` bits into the accumulator, stores it whole, advances.
+        let mut emit = |bits: u64, len: u32| {
+            *acc |= bits << *filled;
+            *filled += len;
+            out[*at..*at + 8].copy_from_slice(&acc.to_le_bytes());
+            let done = *filled >> 3;
+            *at += done as usize;
+            *acc >>= 8 * done;
+            *filled &= 7;
+        };
+        for group in fields.chunks(16) {
+            if group.len() == 16 && group.iter().all(|&f| f >> 1 == 0) {
+                emit(0xFFFF, 16);
+                continue;
+            }
+            // Several codes are joined first, as many as fit the accumulator with 7 bits
+            // pending.
+            for joined in group.chunks(per_emit) {
+                let (mut bits, mut length) = (0u64, 0u32);
+                for &field in joined {
+                    let level = (field >> 1).min(s);
+                    let (code, len) = codes[level as usize];
+                    let nonzero = (level != 0) as u32;
+                    bits |= (code | ((field & nonzero & 1) as u64) << len) << length;
+                    length += len + nonzero;
+                }
+                emit(bits, length);
+            }
+        }
+    }
+
+    fn finish(mut self) -> EliasStream {
+        self.out.truncate(self.at + (self.filled > 0) as usize);
+        EliasStream {
+            bytes: self.out,
+            bits: 8 * self.at as u64 + self.filled as u64,
+        }
+    }
+}
+
+/// The chunks' streams, concatenated.
+fn concat(chunks: Vec<EliasStream>) -> EliasStream {
+    let mut out = BitWriter::default();
+    for chunk in chunks {
+        out.append(&chunk);
+    }
+    out.finish()
+}
+
+/// Elias-gamma stream of `n` levels read from the packed fixed-width fields (`level << 1 |
+/// sign`): per entry `γ(level + 1)`, then the sign bit when `level > 0`. Chunks are coded in
+/// parallel and their bit streams concatenated.
+fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
+    let codes = elias_codes(s);
     let block_bytes = BLOCK * width as usize / 8;
     let chunks: Vec<EliasStream> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
@@ -860,63 +1009,44 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
             let count = CHUNK.min(n - c * CHUNK);
             let start = c * host::chunk_bytes(width);
             let bytes = &fixed[start..start + packed_len(count, width)];
-            // A zero level is the code "1" with no sign bit. Every entry ORs its bits into a
-            // 64-bit accumulator, which is stored whole and advanced by the bytes it completed:
-            // no branch on the level (QSGD's levels are as unpredictable as coin flips), except
-            // that 16 zero levels in a row go in as one 16-bit run (long runs are common at
-            // small s). A code with its sign is at most 2·⌊log₂(s+1)⌋ + 2 ≤ 48 bits (fields are
-            // at most 24 bits wide), so at most 55 bits are ever pending. `out` grows a block at
-            // a time and keeps 8 bytes of slack for the last store.
-            let longest = codes
-                .iter()
-                .map(|&(_, len)| len as usize + 1)
-                .max()
-                .unwrap_or(1);
-            let mut out = vec![0u8; bytes.len() + 8];
-            let (mut at, mut acc, mut filled) = (0usize, 0u64, 0u32);
+            let mut coder = ChunkCoder::new(&codes, bytes.len());
             let mut fields = [0u32; BLOCK];
             for (b, block) in bytes.chunks(block_bytes).enumerate() {
                 let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
                 host::unpack_fields(block, width, fields);
-                let need = at + (fields.len() * longest).div_ceil(8) + 8;
-                if out.len() < need {
-                    out.resize(need.max(2 * out.len()), 0);
-                }
-                // ORs `len` bits into the accumulator, stores it whole, advances.
-                let mut emit = |bits: u64, len: u32| {
-                    acc |= bits << filled;
-                    filled += len;
-                    out[at..at + 8].copy_from_slice(&acc.to_le_bytes());
-                    let done = filled >> 3;
-                    at += done as usize;
-                    acc >>= 8 * done;
-                    filled &= 7;
-                };
-                for group in fields.chunks(16) {
-                    if group.len() == 16 && group.iter().all(|&f| f >> 1 == 0) {
-                        emit(0xFFFF, 16);
-                        continue;
-                    }
-                    for &field in group {
-                        let level = (field >> 1).min(s);
-                        let (code, len) = codes[level as usize];
-                        let nonzero = (level != 0) as u32;
-                        emit(code | ((field & nonzero & 1) as u64) << len, len + nonzero);
-                    }
-                }
+                coder.push(fields);
             }
-            out.truncate(at + (filled > 0) as usize);
-            EliasStream {
-                bytes: out,
-                bits: 8 * at as u64 + filled as u64,
-            }
+            coder.finish()
         })
         .collect();
-    let mut out = BitWriter::default();
-    for chunk in chunks {
-        out.append(&chunk);
-    }
-    out.finish()
+    concat(chunks)
+}
+
+/// The Elias-gamma stream of the levels `quantise(start, values, uniforms, fields)` writes, block
+/// by block with the uniforms of `stream`, without fixed-width fields in between: the same
+/// levels, so the same bytes, as [`elias_stream`] of the packed fields.
+fn elias_direct<Q>(values: &[f32], stream: Stream, s: u32, quantise: &Q) -> EliasStream
+where
+    Q: Fn(usize, &[f32], &[f32], &mut [u32]) + Sync,
+{
+    let codes = elias_codes(s);
+    let chunks: Vec<EliasStream> = values
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, vals)| {
+            let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
+            let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
+            for (b, vs) in vals.chunks(BLOCK).enumerate() {
+                let start = c * CHUNK + b * BLOCK;
+                let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
+                stream.fill(start, u);
+                quantise(start, vs, u, fields);
+                coder.push(fields);
+            }
+            coder.finish()
+        })
+        .collect();
+    concat(chunks)
 }
 
 /// Exact Elias-gamma bit count for the given levels (for tests and budgeting).
@@ -1035,6 +1165,64 @@ mod tests {
             assert!(short.is_err());
             let more = EliasLevels::validate(&st.bytes, st.bits, levels.len() - 1, s_needed.max(1));
             assert!(more.is_err());
+        }
+    }
+
+    /// Elias-gamma coded straight from the gradient is the recoding of the fixed-width fields
+    /// the same seed gives, and the smallest coding picks between the two exactly as sizes say.
+    #[test]
+    fn direct_elias_is_the_recoded_fixed_payload() {
+        use burn::tensor::{Device, Tensor, TensorData};
+        use rand::SeedableRng;
+        use rand::rngs::ChaCha8Rng;
+        let n = 2 * CHUNK + 1234;
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let g: Vec<f32> = (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let x = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if i % 977 == 0 { 40.0 * x } else { x }
+            })
+            .collect();
+        for (levels, bucket) in [
+            (1, None),
+            (16, Some(512)),
+            (16, None),
+            (127, Some(64)),
+            (3, Some(5)),
+        ] {
+            let mut codec = Qsgd::new(levels).unwrap();
+            if let Some(b) = bucket {
+                codec = codec.with_bucket(b).unwrap();
+            }
+            let encode = |coding: LevelCoding| {
+                let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [n]), &Device::flex());
+                codec
+                    .with_coding(coding)
+                    .compress(t, &mut ChaCha8Rng::seed_from_u64(7))
+                    .unwrap()
+                    .into_bytes()
+            };
+            let (fixed, elias, smallest) = (
+                encode(LevelCoding::Fixed),
+                encode(LevelCoding::EliasGamma),
+                encode(LevelCoding::Smallest),
+            );
+            let width = codec.field_width();
+            let fixed_len = packed_len(n, width);
+            let fields = &fixed[fixed.len() - fixed_len..];
+            let recoded = elias_stream(fields, n, width, levels);
+            let tail = &elias[elias.len() - recoded.bytes.len() - 8..];
+            assert_eq!(&tail[..8], &recoded.bits.to_le_bytes(), "s = {levels}");
+            assert_eq!(&tail[8..], &recoded.bytes[..], "s = {levels}");
+            let want = if 8 + recoded.bits.div_ceil(8) < fixed_len as u64 {
+                &elias
+            } else {
+                &fixed
+            };
+            assert_eq!(&smallest, want, "s = {levels}, bucket {bucket:?}");
         }
     }
 
