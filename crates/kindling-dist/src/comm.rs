@@ -24,6 +24,8 @@ pub struct Traffic {
 #[derive(Debug, Clone, Copy)]
 pub struct Received<'a> {
     pub(crate) bytes: &'a [u8],
+    /// Where each rank's payload starts, when they are not end to end.
+    pub(crate) starts: Option<&'a [usize]>,
     pub(crate) ends: &'a [usize],
 }
 
@@ -33,7 +35,28 @@ impl<'a> Received<'a> {
     pub fn new(bytes: &'a [u8], ends: &'a [usize]) -> Option<Self> {
         let ordered = ends.windows(2).all(|w| w[0] <= w[1]);
         let complete = ends.last().copied().unwrap_or(0) == bytes.len();
-        (ordered && complete).then_some(Self { bytes, ends })
+        (ordered && complete).then_some(Self {
+            bytes,
+            starts: None,
+            ends,
+        })
+    }
+
+    /// Rank `r`'s payload at `bytes[starts[r]..ends[r]]` (payloads with gaps between them, as
+    /// inside the MPI transport's headers).
+    pub(crate) fn spaced(bytes: &'a [u8], starts: &'a [usize], ends: &'a [usize]) -> Self {
+        debug_assert!(
+            starts.len() == ends.len()
+                && starts
+                    .iter()
+                    .zip(ends)
+                    .all(|(s, e)| s <= e && *e <= bytes.len())
+        );
+        Self {
+            bytes,
+            starts: Some(starts),
+            ends,
+        }
     }
 
     /// The number of ranks.
@@ -43,7 +66,11 @@ impl<'a> Received<'a> {
 
     /// Rank `rank`'s payload (panics outside the group).
     pub fn get(&self, rank: usize) -> &'a [u8] {
-        let start = if rank == 0 { 0 } else { self.ends[rank - 1] };
+        let start = match self.starts {
+            Some(starts) => starts[rank],
+            None if rank == 0 => 0,
+            None => self.ends[rank - 1],
+        };
         &self.bytes[start..self.ends[rank]]
     }
 
@@ -55,6 +82,16 @@ impl<'a> Received<'a> {
     /// Owned copies, one per rank.
     pub fn to_vecs(&self) -> Vec<Vec<u8>> {
         self.iter().map(<[u8]>::to_vec).collect()
+    }
+
+    /// An owned copy of the payloads end to end, with their ends (for [`Received::new`]).
+    pub(crate) fn to_parts(&self) -> (Vec<u8>, Vec<usize>) {
+        let (mut bytes, mut ends) = (Vec::new(), Vec::with_capacity(self.world_size()));
+        for payload in self.iter() {
+            bytes.extend_from_slice(payload);
+            ends.push(bytes.len());
+        }
+        (bytes, ends)
     }
 }
 
@@ -162,7 +199,7 @@ pub(crate) fn ring_all_reduce_bytes(len: usize, world: usize) -> u64 {
 /// `W − 1` peers, and every peer's payload.
 pub(crate) fn all_gather_traffic(all: &Received<'_>, rank: usize) -> (u64, u64) {
     let own = all.get(rank).len() as u64;
-    let total = all.bytes.len() as u64;
+    let total: u64 = all.iter().map(|p| p.len() as u64).sum();
     (own * (all.world_size() as u64 - 1), total - own)
 }
 
@@ -516,6 +553,7 @@ impl Communicator for LocalGroup {
         outcome?;
         let all = Received {
             bytes: &self.gathered,
+            starts: None,
             ends: &self.ends,
         };
         let (sent, received) = all_gather_traffic(&all, self.rank);

@@ -23,9 +23,17 @@ const DEFAULT_TIMEOUT: Duration = Duration::from_secs(300);
 /// broadcast root), payload length.
 const HEADER_WORDS: usize = 4;
 
+/// Bytes of a header (its words, little-endian), before the inline slot.
+const HEADER_BYTES: usize = 8 * HEADER_WORDS;
+
+/// Word `i` of a header.
+fn word(header: &[u8], i: usize) -> u64 {
+    u64::from_le_bytes(header[8 * i..8 * i + 8].try_into().expect("8 bytes"))
+}
+
 /// The largest inline slot: all-gathers of payloads up to this size travel inside the header,
 /// in one collective.
-const MAX_INLINE: usize = 4096;
+const MAX_INLINE: usize = 16 << 10;
 
 /// One MPI process's handle on `MPI_COMM_WORLD` (built on the [`mpi`] crate, rsmpi).
 ///
@@ -43,9 +51,10 @@ const MAX_INLINE: usize = 4096;
 ///   every rank checks before any data moves. Ranks that call different collectives get a
 ///   [`DistError::Protocol`] naming rank 0's call and the first rank whose call differs, on
 ///   every rank; data is never mixed. The header doubles as the all-gather's length exchange,
-///   and carries small all-gather payloads inline: a slot as large as the previous all-gather's
-///   largest payload (up to 4 KiB), so a run of small all-gathers (step votes, TernGrad's
-///   scales, small buckets) takes one collective each instead of two.
+///   and carries small all-gather payloads inline: a slot as large as the largest payload of
+///   the last two all-gathers (up to 16 KiB), so a run of small all-gathers (step votes,
+///   TernGrad's scales, small buckets), alternating or not, takes one collective each instead
+///   of two.
 /// * **Zero-copy all-gather.** [`all_gather_borrowed`](Communicator::all_gather_borrowed)
 ///   returns the peers' payloads where MPI wrote them, in one receive buffer kept for the
 ///   handle's lifetime.
@@ -69,10 +78,10 @@ const MAX_INLINE: usize = 4096;
 ///     a protocol mismatch) prints the reason with the rank and aborts the job at once;
 ///   - a rank that panics aborts the job when the handle is dropped during the unwind (the
 ///     panic message is printed first);
-///   - dropping the handle waits (up to the timeout) until every rank has dropped its own, then
-///     finalises MPI: a rank that finishes while its peers still wait in a collective (fewer
-///     batches, a missing call) aborts the job at the timeout instead of hanging in
-///     `MPI_Finalize`;
+///   - dropping the handle waits (up to twice the timeout) until every rank has dropped its
+///     own, then finalises MPI: a rank that finishes while its peers still wait in a collective
+///     (fewer batches, a missing call) does not hang in `MPI_Finalize`; the peers' watchdog ends
+///     the job, naming it as finished (or its own, at twice the timeout);
 ///   - a process that dies ends the job through `mpirun`.
 ///
 ///   Buffers over `i32::MAX` elements (MPI's count type) are rejected with
@@ -96,14 +105,19 @@ pub struct Mpi {
     /// The collective this rank waits in (`None` while finishing).
     waiting: Option<u64>,
     traffic: Traffic,
-    /// Every rank's header of the last collective: `HEADER_WORDS` words, then the inline slot.
-    headers: Vec<u64>,
+    /// Every rank's header of the last collective: `HEADER_BYTES`, then the inline slot.
+    headers: Vec<u8>,
     /// Bytes of payload every header carries inline (a multiple of 8, at most `MAX_INLINE`):
-    /// the largest payload of the last all-gather that fitted, so a run of small all-gathers
-    /// takes one collective each. Every rank computes the same value from the same lengths.
+    /// the largest payload of the last two all-gathers that fitted, so a run of small
+    /// all-gathers takes one collective each. Every rank computes the same value from the same
+    /// lengths.
     inline: usize,
-    /// The payloads of an all-gather that came inline, end to end.
-    inlined: Vec<u8>,
+    /// The largest payload of the last all-gather (`usize::MAX` before any).
+    last_gathered: usize,
+    /// Where each rank's inline payload starts in `headers`.
+    starts: Vec<usize>,
+    /// This rank's header, reused.
+    mine: Vec<u8>,
     gather_buffer: Vec<u8>,
     ends: Vec<usize>,
 }
@@ -293,16 +307,18 @@ impl Mpi {
             sequence: 0,
             waiting: None,
             traffic: Traffic::default(),
-            headers: vec![0; HEADER_WORDS * size],
+            headers: vec![0; HEADER_BYTES * size],
             inline: 0,
-            inlined: Vec::new(),
+            last_gathered: usize::MAX,
+            starts: Vec::new(),
+            mine: Vec::new(),
             gather_buffer: Vec::new(),
             ends: Vec::new(),
         })
     }
 
-    /// How long a collective (and the finishing handshake) waits for the slowest rank before
-    /// this rank aborts the job. Rank 0's validation or checkpointing runs while the others wait
+    /// How long a collective (and, twice this, the finishing handshake) waits for the slowest
+    /// rank before this rank aborts the job. Rank 0's validation or checkpointing runs while the others wait
     /// in their next collective, so keep it above the longest of those. Zero is rejected.
     pub fn with_timeout(mut self, timeout: Duration) -> Result<Self, DistError> {
         if timeout.is_zero() {
@@ -384,15 +400,15 @@ impl Mpi {
         self.waiting = Some(tag.sequence);
         self.board.post(tag.sequence + 1);
         self.traffic.collectives += 1;
-        let stride = HEADER_WORDS + self.inline / 8;
-        let mut mine = vec![0u64; stride];
-        mine[..HEADER_WORDS].copy_from_slice(&tag.header(len as u64));
+        let stride = HEADER_BYTES + self.inline;
+        let mut mine = std::mem::take(&mut self.mine);
+        mine.clear();
+        for word in tag.header(len as u64) {
+            mine.extend_from_slice(&word.to_le_bytes());
+        }
+        mine.resize(stride, 0);
         if let Some(payload) = inline.filter(|p| p.len() <= self.inline) {
-            for (word, chunk) in mine[HEADER_WORDS..].iter_mut().zip(payload.chunks(8)) {
-                let mut bytes = [0u8; 8];
-                bytes[..chunk.len()].copy_from_slice(chunk);
-                *word = u64::from_le_bytes(bytes);
-            }
+            mine[HEADER_BYTES..HEADER_BYTES + payload.len()].copy_from_slice(payload);
         }
         let world = self.universe.world();
         let mut headers = std::mem::take(&mut self.headers);
@@ -404,10 +420,11 @@ impl Mpi {
         let tags: Vec<Option<Tag>> = headers.chunks_exact(stride).map(Tag::parse).collect();
         let lengths = headers
             .chunks_exact(stride)
-            .map(|h| h[3] as usize)
+            .map(|h| word(h, 3) as usize)
             .collect();
         self.headers = headers;
-        let peers = 8 * stride as u64 * (self.world as u64 - 1);
+        self.mine = mine;
+        let peers = stride as u64 * (self.world as u64 - 1);
         self.traffic.sent += peers;
         self.traffic.received += peers;
         check_tags(&tags).map(|()| lengths)
@@ -427,8 +444,8 @@ impl Tag {
         [self.sequence, kind, arg, len]
     }
 
-    fn parse(header: &[u64]) -> Option<Self> {
-        let kind = match (header[1], header[2]) {
+    fn parse(header: &[u8]) -> Option<Self> {
+        let kind = match (word(header, 1), word(header, 2)) {
             (1, len) => Kind::AllReduce { len },
             (2, 0) => Kind::AllGather,
             (3, root) => Kind::Broadcast { root },
@@ -437,7 +454,7 @@ impl Tag {
             _ => return None,
         };
         Some(Self {
-            sequence: header[0],
+            sequence: word(header, 0),
             kind,
         })
     }
@@ -508,24 +525,29 @@ impl Communicator for Mpi {
         let slot = self.inline;
         let lengths = self.agree(Kind::AllGather, payload.len(), Some(payload))?;
         let largest = lengths.iter().copied().max().unwrap_or(0);
-        // The next header's slot: this all-gather's largest payload, if small (every rank sees
-        // the same lengths, so every rank picks the same slot).
-        if largest <= MAX_INLINE {
-            self.inline = largest.next_multiple_of(8);
-        }
+        // The next header's slot: the larger of the last two all-gathers' largest payloads that
+        // fit (every rank sees the same lengths, so every rank picks the same slot). Two, so
+        // that alternating all-gathers (a step's vote, then its payloads) both travel inline.
+        let fits = |l: usize| {
+            if l <= MAX_INLINE {
+                l.next_multiple_of(8)
+            } else {
+                0
+            }
+        };
+        self.inline = fits(self.last_gathered).max(fits(largest));
+        self.last_gathered = largest;
         if largest <= slot {
-            // Every payload came inline: one collective, the headers' bytes are the traffic.
-            let stride = HEADER_WORDS + slot / 8;
-            self.inlined.clear();
+            // Every payload came inline: one collective, the headers' bytes are the traffic,
+            // and the payloads are read where they arrived, inside the headers.
+            let stride = HEADER_BYTES + slot;
+            self.starts.clear();
             self.ends.clear();
             for (r, &len) in lengths.iter().enumerate() {
-                let words = &self.headers[r * stride + HEADER_WORDS..(r + 1) * stride];
-                let bytes = words.iter().flat_map(|w| w.to_le_bytes()).take(len);
-                self.inlined.extend(bytes);
-                self.ends.push(self.inlined.len());
+                self.starts.push(r * stride + HEADER_BYTES);
+                self.ends.push(r * stride + HEADER_BYTES + len);
             }
-            return Ok(Received::new(&self.inlined, &self.ends)
-                .expect("the ends are the running sum of the lengths"));
+            return Ok(Received::spaced(&self.headers, &self.starts, &self.ends));
         }
         let counts = lengths
             .iter()
@@ -616,12 +638,16 @@ impl Communicator for Mpi {
 
 impl Drop for Mpi {
     /// Finishes in step with the other ranks, or ends the job: a rank that unwinds from a panic
-    /// aborts at once; otherwise it waits (up to the timeout) until every rank is finishing,
-    /// then MPI is finalised.
+    /// aborts at once; otherwise it waits (up to twice the timeout) until every rank is
+    /// finishing, then MPI is finalised.
     fn drop(&mut self) {
         if std::thread::panicking() {
             self.abort("this rank panicked (the panic message is above)");
         }
+        // Twice the collectives' timeout: a peer already waiting in a collective for this rank
+        // then reports first, naming this rank as finished, rather than this rank reporting the
+        // peer as merely busy (which of two equal timeouts fired first was down to scheduling).
+        self.timeout = self.timeout.saturating_mul(2);
         self.waiting = None;
         self.board.post(Board::FINISHING);
         let request = self.finish.0.immediate_barrier();

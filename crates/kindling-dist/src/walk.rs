@@ -358,13 +358,10 @@ fn serve(
                 .map(|()| Incoming::Mean(values)),
             // The receive buffer is the transport's, until its next collective: the bucket
             // leaves with its own copy of the peers' bytes.
-            Outgoing::Bytes(message) => {
-                comm.all_gather_borrowed(&message)
-                    .map(|all| Incoming::Gathered {
-                        bytes: all.bytes.to_vec(),
-                        ends: all.ends.to_vec(),
-                    })
-            }
+            Outgoing::Bytes(message) => comm.all_gather_borrowed(&message).map(|all| {
+                let (bytes, ends) = all.to_parts();
+                Incoming::Gathered { bytes, ends }
+            }),
         };
         spent += start.elapsed();
         let failed = result.is_err();
