@@ -44,6 +44,7 @@ impl<'a> Received<'a> {
 
     /// Rank `r`'s payload at `bytes[starts[r]..ends[r]]` (payloads with gaps between them, as
     /// inside the MPI transport's headers).
+    #[cfg(feature = "mpi")]
     pub(crate) fn spaced(bytes: &'a [u8], starts: &'a [usize], ends: &'a [usize]) -> Self {
         debug_assert!(
             starts.len() == ends.len()
@@ -85,7 +86,7 @@ impl<'a> Received<'a> {
     }
 
     /// An owned copy of the payloads end to end, with their ends (for [`Received::new`]).
-    pub(crate) fn to_parts(&self) -> (Vec<u8>, Vec<usize>) {
+    pub(crate) fn to_parts(self) -> (Vec<u8>, Vec<usize>) {
         let (mut bytes, mut ends) = (Vec::new(), Vec::with_capacity(self.world_size()));
         for payload in self.iter() {
             bytes.extend_from_slice(payload);
