@@ -33,7 +33,7 @@ fn word(header: &[u8], i: usize) -> u64 {
 
 /// The largest inline slot: all-gathers of payloads up to this size travel inside the header,
 /// in one collective.
-const MAX_INLINE: usize = 16 << 10;
+const MAX_INLINE: usize = 4096;
 
 /// One MPI process's handle on `MPI_COMM_WORLD` (built on the [`mpi`] crate, rsmpi).
 ///
@@ -51,10 +51,9 @@ const MAX_INLINE: usize = 16 << 10;
 ///   every rank checks before any data moves. Ranks that call different collectives get a
 ///   [`DistError::Protocol`] naming rank 0's call and the first rank whose call differs, on
 ///   every rank; data is never mixed. The header doubles as the all-gather's length exchange,
-///   and carries small all-gather payloads inline: a slot as large as the largest payload of
-///   the last two all-gathers (up to 16 KiB), so a run of small all-gathers (step votes,
-///   TernGrad's scales, small buckets), alternating or not, takes one collective each instead
-///   of two.
+///   and carries small all-gather payloads inline: a slot as large as the previous all-gather's
+///   largest payload (up to 4 KiB), so a run of small all-gathers (step votes, TernGrad's
+///   scales, small buckets) takes one collective each instead of two.
 /// * **Zero-copy all-gather.** [`all_gather_borrowed`](Communicator::all_gather_borrowed)
 ///   returns the peers' payloads where MPI wrote them, in one receive buffer kept for the
 ///   handle's lifetime.
@@ -108,12 +107,9 @@ pub struct Mpi {
     /// Every rank's header of the last collective: `HEADER_BYTES`, then the inline slot.
     headers: Vec<u8>,
     /// Bytes of payload every header carries inline (a multiple of 8, at most `MAX_INLINE`):
-    /// the largest payload of the last two all-gathers that fitted, so a run of small
-    /// all-gathers takes one collective each. Every rank computes the same value from the same
-    /// lengths.
+    /// the largest payload of the last all-gather that fitted, so a run of small all-gathers
+    /// takes one collective each. Every rank computes the same value from the same lengths.
     inline: usize,
-    /// The largest payload of the last all-gather (`usize::MAX` before any).
-    last_gathered: usize,
     /// Where each rank's inline payload starts in `headers`.
     starts: Vec<usize>,
     /// This rank's header, reused.
@@ -309,7 +305,6 @@ impl Mpi {
             traffic: Traffic::default(),
             headers: vec![0; HEADER_BYTES * size],
             inline: 0,
-            last_gathered: usize::MAX,
             starts: Vec::new(),
             mine: Vec::new(),
             gather_buffer: Vec::new(),
@@ -525,18 +520,12 @@ impl Communicator for Mpi {
         let slot = self.inline;
         let lengths = self.agree(Kind::AllGather, payload.len(), Some(payload))?;
         let largest = lengths.iter().copied().max().unwrap_or(0);
-        // The next header's slot: the larger of the last two all-gathers' largest payloads that
-        // fit (every rank sees the same lengths, so every rank picks the same slot). Two, so
-        // that alternating all-gathers (a step's vote, then its payloads) both travel inline.
-        let fits = |l: usize| {
-            if l <= MAX_INLINE {
-                l.next_multiple_of(8)
-            } else {
-                0
-            }
-        };
-        self.inline = fits(self.last_gathered).max(fits(largest));
-        self.last_gathered = largest;
+        // The next header's slot: this all-gather's largest payload, if small (every rank sees
+        // the same lengths, so every rank picks the same slot). Every header pays for the slot,
+        // so it stays small: on a slow link a larger one costs more than the round it saves.
+        if largest <= MAX_INLINE {
+            self.inline = largest.next_multiple_of(8);
+        }
         if largest <= slot {
             // Every payload came inline: one collective, the headers' bytes are the traffic,
             // and the payloads are read where they arrived, inside the headers.

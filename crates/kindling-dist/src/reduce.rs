@@ -462,24 +462,35 @@ impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
 }
 
 /// signSGD with majority vote: 1-bit sign payloads are all-gathered and every rank takes
-/// `sign(Σ_m sign(g_m))`, ties → +1. The optimizer's learning rate is the step length. Each
-/// tensor is signed flat (its payload's shape is its entry count), and the payloads travel in
-/// buckets of [`DEFAULT_BUCKET_BYTES`].
+/// `sign(Σ_m sign(v_m))`, ties → +1, where `v_m` is rank `m`'s gradient, or with
+/// [`with_momentum`](Self::with_momentum) its momentum `v ← β·v + (1 − β)·g` (Signum with
+/// majority vote, Algorithm 1 of Bernstein, Zhao, Azizzadenesheli & Anandkumar, *signSGD with
+/// Majority Vote is Communication Efficient and Fault Tolerant*, ICLR 2019,
+/// <https://arxiv.org/abs/1810.05291>: each worker keeps its own momentum and sends its sign).
+/// The optimizer's learning rate is the step length (use signSGD, `SignumConfig::sign_sgd()`,
+/// on the voted signs). Each tensor is signed flat (its payload's shape is its entry count),
+/// and the payloads travel in buckets of [`DEFAULT_BUCKET_BYTES`].
 #[derive(Debug, Clone)]
 pub struct MajorityVote {
     bucket_bytes: usize,
+    /// β; 0 votes on the gradients themselves.
+    momentum: f32,
+    /// Each parameter's momentum `v`, flat, by parameter index.
+    buffers: HashMap<usize, Tensor<1>>,
 }
 
 impl Default for MajorityVote {
     fn default() -> Self {
         Self {
             bucket_bytes: DEFAULT_BUCKET_BYTES,
+            momentum: 0.0,
+            buffers: HashMap::new(),
         }
     }
 }
 
 impl MajorityVote {
-    /// With the default bucket size.
+    /// With the default bucket size, voting on the gradients (no momentum).
     pub fn new() -> Self {
         Self::default()
     }
@@ -489,22 +500,60 @@ impl MajorityVote {
         self.bucket_bytes = bucket_size(bytes)?;
         Ok(self)
     }
+
+    /// Each rank votes with the sign of its momentum `v ← β·v + (1 − β)·g` (`v` starts at 0),
+    /// as in the paper's Signum with majority vote (which uses β = 0.9). `beta` must be in
+    /// `[0, 1)`; 0 is plain signSGD with majority vote.
+    pub fn with_momentum(mut self, beta: f32) -> Result<Self, DistError> {
+        if !(0.0..1.0).contains(&beta) {
+            return Err(DistError::InvalidConfig(format!(
+                "MajorityVote: momentum = {beta} is invalid: it must be in [0, 1)"
+            )));
+        }
+        self.momentum = beta;
+        Ok(self)
+    }
 }
 
 struct VoteOp<'a> {
     rank: usize,
     rng: &'a mut ChaCha8Rng,
     stats: StepStats,
+    momentum: f32,
+    buffers: &'a mut HashMap<usize, Tensor<1>>,
 }
 
 impl Encode for VoteOp<'_> {
     fn encode<const D: usize>(&mut self, index: usize, grad: Tensor<D>) -> Result<Part, DistError> {
         let n = grad.dims().iter().product::<usize>();
         let flat: Tensor<1> = grad.reshape([n]);
+        let beta = self.momentum;
+        let vote = if beta > 0.0 {
+            let scaled = flat.mul_scalar(1.0 - beta);
+            match self.buffers.get(&index) {
+                Some(v) if v.dims()[0] != n => {
+                    return Err(DistError::Protocol(format!(
+                        "the momentum of parameter {index} has {} entries, its gradient {n} \
+                         (a checkpoint of another model?)",
+                        v.dims()[0]
+                    )));
+                }
+                Some(v) => v.clone().mul_scalar(beta) + scaled,
+                None => scaled,
+            }
+        } else {
+            flat
+        };
         let rng = &mut *self.rng;
-        payload_part(&mut self.stats, (self.rank, index), n, 0, || {
-            Sign.compress(flat, rng)
-        })
+        let part = payload_part(&mut self.stats, (self.rank, index), n, 0, || {
+            Sign.compress(vote.clone(), rng)
+        })?;
+        // Kept only once its signs encoded: a non-finite gradient fails the step and leaves the
+        // momentum as it was.
+        if beta > 0.0 {
+            self.buffers.insert(index, vote);
+        }
+        Ok(part)
     }
 }
 
@@ -545,7 +594,11 @@ impl Decode for VoteOp<'_> {
 
 impl Reducer for MajorityVote {
     fn name(&self) -> String {
-        "sign + majority vote".into()
+        if self.momentum > 0.0 {
+            format!("Signum (β = {}) + majority vote", self.momentum)
+        } else {
+            "sign + majority vote".into()
+        }
     }
 
     fn reduce<M: Module>(
@@ -559,10 +612,41 @@ impl Reducer for MajorityVote {
             rank: comm.rank(),
             rng,
             stats: StepStats::default(),
+            momentum: self.momentum,
+            buffers: &mut self.buffers,
         };
         let (out, exchange) = walk_bucketed(module, grads, &mut op, comm, self.bucket_bytes)?;
         op.stats.exchange += exchange;
         Ok((out, op.stats))
+    }
+
+    /// Each parameter's momentum as `"{index}.momentum"` (flat).
+    fn state(&self) -> Vec<(String, Vec<f32>)> {
+        let mut keys: Vec<&usize> = self.buffers.keys().collect();
+        keys.sort();
+        keys.into_iter()
+            .map(|k| (format!("{k}.momentum"), host(self.buffers[k].clone())))
+            .collect()
+    }
+
+    fn load_state(
+        &mut self,
+        state: Vec<(String, Vec<f32>)>,
+        device: &Device,
+    ) -> Result<(), DistError> {
+        let mut buffers = HashMap::new();
+        for (key, values) in state {
+            let index = key
+                .strip_suffix(".momentum")
+                .and_then(|k| k.parse::<usize>().ok())
+                .ok_or_else(|| {
+                    DistError::Protocol(format!("{} state: key {key:?}", self.name()))
+                })?;
+            let n = values.len();
+            buffers.insert(index, tensor(values, [n], device));
+        }
+        self.buffers = buffers;
+        Ok(())
     }
 }
 

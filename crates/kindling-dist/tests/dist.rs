@@ -5,7 +5,9 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
 use kindling_compress::powersgd::PowerSgdConfig;
 use kindling_compress::{
     Atomo, Budget, Count, EntryWise, ErrorFeedback, Qsgd, ScaledSign, Sign, Spectral, TernGrad,
@@ -13,6 +15,8 @@ use kindling_compress::{
 };
 use kindling_dist::*;
 use kindling_examples_common::mlp::Mlp;
+use rand::SeedableRng;
+use rand::rngs::ChaCha8Rng;
 
 mod common;
 use common::*;
@@ -466,10 +470,86 @@ fn resume_reproduces_the_uninterrupted_run() {
             TopK::new(Count::Fraction(0.05)).unwrap(),
         ))
     });
+    check("signum majority vote", true, || {
+        MajorityVote::new().with_momentum(0.9).unwrap()
+    });
     check("qsgd", false, || Gathered::new(Qsgd::new(4).unwrap()));
     check("atomo entry-wise", false, || {
         Gathered::new(Atomo::new(EntryWise, Budget::Fraction(0.3)).unwrap())
     });
+}
+
+/// With momentum each rank votes with the sign of its own `v ← β·v + (1 − β)·g`: after a
+/// gradient `g`, a gradient `−0.5·g` still votes `sign(g)` at β = 0.9 (`v = 0.04·g`), where
+/// plain majority vote follows the gradient to `−sign(g)`. A β outside [0, 1) is rejected, and a
+/// saved momentum of the wrong length is a protocol error, not a panic.
+#[test]
+fn majority_vote_with_momentum_votes_on_each_ranks_momentum() {
+    assert!(MajorityVote::new().with_momentum(1.0).is_err());
+    assert!(MajorityVote::new().with_momentum(-0.1).is_err());
+    let data = Arc::new(shards(1).0);
+    let votes = |beta: f32| {
+        let data = data.clone();
+        run_workers(2, TIMEOUT, move |mut g| {
+            let device = kindling_testing::autodiff_device();
+            let model = Mlp::new(4, 0, &device);
+            let grads = GradientsParams::from_grads(model.loss(&data[0]).backward(), &model);
+            let mut reducer = MajorityVote::new().with_momentum(beta)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let same = kindling_optim::grads::scale(&model, &grads, 1.0);
+            reducer.reduce(&model, same, &mut g, &mut rng)?;
+            let flipped = kindling_optim::grads::scale(&model, &grads, -0.5);
+            let (agreed, _) = reducer.reduce(&model, flipped, &mut g, &mut rng)?;
+            Ok((flat_grads(&model, &grads), flat_grads(&model, &agreed)))
+        })
+        .unwrap()
+    };
+    for (beta, follows) in [(0.9, 1.0f32), (0.0, -1.0)] {
+        for (grad, agreed) in votes(beta) {
+            let voted = grad.iter().zip(&agreed).filter(|(g, _)| **g != 0.0);
+            let mut count = 0;
+            for (g, a) in voted {
+                assert_eq!(*a, follows * g.signum(), "β = {beta}");
+                count += 1;
+            }
+            assert!(count > 100, "β = {beta}: {count} nonzero gradients");
+        }
+    }
+    let mut wrong = MajorityVote::new().with_momentum(0.9).unwrap();
+    wrong
+        .load_state(
+            vec![("0.momentum".to_string(), vec![0.0; 3])],
+            &kindling_testing::device(),
+        )
+        .unwrap();
+    let err = run_workers(1, TIMEOUT, move |mut g| {
+        let device = kindling_testing::autodiff_device();
+        let model = Mlp::new(4, 0, &device);
+        let grads = GradientsParams::from_grads(model.loss(&data[0]).backward(), &model);
+        let mut rng = ChaCha8Rng::seed_from_u64(0);
+        wrong
+            .clone()
+            .reduce(&model, grads, &mut g, &mut rng)
+            .map(|_| ())
+    })
+    .unwrap_err();
+    assert!(err.to_string().contains("momentum of parameter 0"), "{err}");
+}
+
+/// Every gradient in `grads` of `model`'s parameters, flat, in module order.
+fn flat_grads(model: &Mlp, grads: &GradientsParams) -> Vec<f32> {
+    struct Flat<'a>(&'a GradientsParams, Vec<f32>);
+    impl ModuleVisitor for Flat<'_> {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            if let Some(g) = self.0.get::<D>(param.id) {
+                let values = g.into_data().convert::<f32>().try_into_vec::<f32>();
+                self.1.extend(values.expect("f32 gradient"));
+            }
+        }
+    }
+    let mut flat = Flat(grads, Vec::new());
+    model.visit(&mut flat);
+    flat.1
 }
 
 /// A checkpoint names its protocol and configuration: restoring it into another protocol, or

@@ -121,7 +121,7 @@ pub trait EachProtocol {
 }
 
 /// Every protocol: dense, gathered codecs (QSGD, error-feedback top-k, spectral ATOMO), majority
-/// vote, TernGrad with a shared scale, PowerSGD.
+/// vote (on gradients, and on momenta), TernGrad with a shared scale, PowerSGD.
 pub fn each_protocol(v: &mut impl EachProtocol) {
     v.visit("dense", Dense::new);
     v.visit("qsgd", || Gathered::new(Qsgd::new(4).unwrap()));
@@ -132,6 +132,9 @@ pub fn each_protocol(v: &mut impl EachProtocol) {
         Gathered::new(Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap())
     });
     v.visit("majority vote", MajorityVote::new);
+    v.visit("signum majority vote", || {
+        MajorityVote::new().with_momentum(0.9).unwrap()
+    });
     v.visit("terngrad shared", || TernGradShared::new(TernGrad::new()));
     v.visit("powersgd", || {
         PowerSgd::new(PowerSgdConfig::new(2).unwrap())
