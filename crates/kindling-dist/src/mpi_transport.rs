@@ -51,9 +51,10 @@ const MAX_INLINE: usize = 4096;
 ///   every rank checks before any data moves. Ranks that call different collectives get a
 ///   [`DistError::Protocol`] naming rank 0's call and the first rank whose call differs, on
 ///   every rank; data is never mixed. The header doubles as the all-gather's length exchange,
-///   and carries small all-gather payloads inline: a slot as large as the previous all-gather's
-///   largest payload (up to 4 KiB), so a run of small all-gathers (step votes, TernGrad's
-///   scales, small buckets) takes one collective each instead of two.
+///   and carries small data inline: a slot as large as the larger of the last two all-gathers'
+///   largest payloads or all-reduces' buffers (up to 4 KiB), so small all-gathers (step votes,
+///   TernGrad's scales, small buckets) take one collective instead of two, and small
+///   all-reduces (PowerSGD's rounds) one instead of three, summed on every rank in rank order.
 /// * **Zero-copy all-gather.** [`all_gather_borrowed`](Communicator::all_gather_borrowed)
 ///   returns the peers' payloads where MPI wrote them, in one receive buffer kept for the
 ///   handle's lifetime.
@@ -61,7 +62,7 @@ const MAX_INLINE: usize = 4096;
 ///   and payloads of an all-gather as sent to each peer, a broadcast's payload once per peer
 ///   from the root, and the float all-reduce as a ring all-reduce (`2·(W−1)/W` of the buffer),
 ///   the figure the [`NetworkModel`](crate::NetworkModel) expects, not the MPI library's
-///   internal algorithm.
+///   internal algorithm; a small all-reduce that rides inline counts its headers as sent.
 /// * **Bounded failure.** No rank waits forever:
 ///   - a collective that does not complete within the timeout (default 5 minutes,
 ///     [`with_timeout`](Mpi::with_timeout)) — a peer stopped, stalled, left early or failed —
@@ -106,10 +107,11 @@ pub struct Mpi {
     traffic: Traffic,
     /// Every rank's header of the last collective: `HEADER_BYTES`, then the inline slot.
     headers: Vec<u8>,
-    /// Bytes of payload every header carries inline (a multiple of 8, at most `MAX_INLINE`):
-    /// the largest payload of the last all-gather that fitted, so a run of small all-gathers
-    /// takes one collective each. Every rank computes the same value from the same lengths.
+    /// Bytes of data every header carries inline (a multiple of 8, at most `MAX_INLINE`): see
+    /// [`Mpi::remember`].
     inline: usize,
+    /// The data size of the last all-gather or all-reduce (`usize::MAX` before any).
+    last_data: usize,
     /// Where each rank's inline payload starts in `headers`.
     starts: Vec<usize>,
     /// This rank's header, reused.
@@ -305,6 +307,7 @@ impl Mpi {
             traffic: Traffic::default(),
             headers: vec![0; HEADER_BYTES * size],
             inline: 0,
+            last_data: usize::MAX,
             starts: Vec::new(),
             mine: Vec::new(),
             gather_buffer: Vec::new(),
@@ -376,6 +379,24 @@ impl Mpi {
                 }
             }
         }
+    }
+
+    /// Sizes the next header's slot after a collective that carried `bytes` of data per rank
+    /// (an all-gather's largest payload, an all-reduce's buffer): the larger of the last two
+    /// such sizes that fit `MAX_INLINE`, so that alternating small collectives (a step's two
+    /// PowerSGD rounds, a vote and its payloads) all travel inline. Every rank sees the same
+    /// sizes, so every rank picks the same slot. Every header pays for the slot, so it stays
+    /// small: on a slow link a larger one costs more than the rounds it saves.
+    fn remember(&mut self, bytes: usize) {
+        let fits = |b: usize| {
+            if b <= MAX_INLINE {
+                b.next_multiple_of(8)
+            } else {
+                0
+            }
+        };
+        self.inline = fits(self.last_data).max(fits(bytes));
+        self.last_data = bytes;
     }
 
     /// Exchanges this rank's header for `kind` (with `len` payload bytes, and the payload itself
@@ -477,7 +498,28 @@ impl Communicator for Mpi {
     fn all_reduce_sum(&mut self, values: &mut [f32]) -> Result<(), DistError> {
         count(values.len(), "an all-reduce")?;
         let n = values.len() as u64;
-        self.agree(Kind::AllReduce { len: n }, 4 * values.len(), None)?;
+        let bytes = 4 * values.len();
+        let slot = self.inline;
+        if bytes <= slot {
+            // Small enough to ride in the header exchange: every rank sums the ranks' values in
+            // rank order, the same f32 additions everywhere, so the result is bit-identical on
+            // every rank after one collective instead of three (header, reduce, broadcast).
+            let mine: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            self.agree(Kind::AllReduce { len: n }, bytes, Some(&mine))?;
+            self.remember(bytes);
+            let stride = HEADER_BYTES + slot;
+            for (i, v) in values.iter_mut().enumerate() {
+                *v = (0..self.world)
+                    .map(|r| {
+                        let at = r * stride + HEADER_BYTES + 4 * i;
+                        f32::from_le_bytes(self.headers[at..at + 4].try_into().expect("4 bytes"))
+                    })
+                    .fold(0.0, |sum, x| sum + x);
+            }
+            return Ok(());
+        }
+        self.agree(Kind::AllReduce { len: n }, bytes, None)?;
+        self.remember(bytes);
         let world = self.universe.world();
         let root = world.process_at_rank(0);
         let what = || {
@@ -520,12 +562,7 @@ impl Communicator for Mpi {
         let slot = self.inline;
         let lengths = self.agree(Kind::AllGather, payload.len(), Some(payload))?;
         let largest = lengths.iter().copied().max().unwrap_or(0);
-        // The next header's slot: this all-gather's largest payload, if small (every rank sees
-        // the same lengths, so every rank picks the same slot). Every header pays for the slot,
-        // so it stays small: on a slow link a larger one costs more than the round it saves.
-        if largest <= MAX_INLINE {
-            self.inline = largest.next_multiple_of(8);
-        }
+        self.remember(largest);
         if largest <= slot {
             // Every payload came inline: one collective, the headers' bytes are the traffic,
             // and the payloads are read where they arrived, inside the headers.

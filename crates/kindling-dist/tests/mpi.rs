@@ -325,14 +325,22 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         "a root outside the group"
     );
     // LocalGroup's counts (ring all-reduce of 8 bytes, all-gather, broadcast) plus MPI's headers
-    // to and from each peer: 32 bytes for the all-reduce and the all-gather, then 32 plus an
-    // inline slot as large as the all-gather's largest payload (w bytes, rounded up to 8) for
-    // the broadcast and for the max's all-gather, whose 4-byte payloads travel inside it (the
-    // out-of-range root fails before its header).
+    // to and from each peer. The first all-reduce carries a bare 32-byte header (no slot yet);
+    // it sizes the slot to its 8 bytes, so the all-gather's header is 32 + 8 bytes and carries
+    // the payloads (at most w bytes) inline when w ≤ 8; then the slot is the larger of 8 and w
+    // rounded up to 8, for the broadcast and for the max's all-gather, whose 4-byte payloads
+    // travel inside it (the out-of-range root fails before its header).
     let ring = (8 * 2 * (w - 1) / w) as u64;
-    let slot = w.next_multiple_of(8) as u64;
-    let headers = (2 * 32 + 2 * (32 + slot)) * (w as u64 - 1);
-    let gathered_others = ((1..=w).sum::<usize>() - (rank + 1)) as u64;
+    let slot = 8.max(w.next_multiple_of(8)) as u64;
+    let headers = (32 + (32 + 8) + 2 * (32 + slot)) * (w as u64 - 1);
+    let (gathered_sent, gathered_received) = if w <= 8 {
+        (0, 0)
+    } else {
+        (
+            (rank as u64 + 1) * (w as u64 - 1),
+            ((1..=w).sum::<usize>() - (rank + 1)) as u64,
+        )
+    };
     let (bcast_sent, bcast_received) = if rank == root {
         (5 * (w as u64 - 1), 0)
     } else {
@@ -341,12 +349,23 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
     let after = mpi.traffic();
     assert_eq!(
         after.sent - before.sent,
-        ring + (rank as u64 + 1) * (w as u64 - 1) + bcast_sent + headers
+        ring + gathered_sent + bcast_sent + headers
     );
     assert_eq!(
         after.received - before.received,
-        ring + gathered_others + bcast_received + headers
+        ring + gathered_received + bcast_received + headers
     );
+    // A small all-reduce now rides in the header exchange (the slot fits 8 bytes): one
+    // collective, its sum exact in rank order on every rank.
+    let collectives = mpi.traffic().collectives;
+    let mut v = vec![rank as f32 + 0.5, -(rank as f32)];
+    mpi.all_reduce_sum(&mut v).unwrap();
+    let half = w as f32 / 2.0;
+    assert_eq!(
+        v,
+        vec![(w * (w - 1) / 2) as f32 + half, -((w * (w - 1) / 2) as f32)]
+    );
+    assert_eq!(mpi.traffic().collectives - collectives, 1);
 }
 
 fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
