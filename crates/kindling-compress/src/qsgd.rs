@@ -690,31 +690,36 @@ struct Step {
     max_level: u8,
 }
 
+/// The complete codes at the start of a [`STEP_BITS`]-bit window: `(level, bits)` of each, in
+/// stream order, up to the first code that is malformed or does not end inside the window.
+fn window_codes(pattern: u64) -> impl Iterator<Item = (i32, u32)> {
+    let mut pos = 0u32;
+    std::iter::from_fn(move || {
+        let w = pattern >> pos;
+        if pos >= STEP_BITS || w.trailing_zeros() >= STEP_BITS - pos {
+            return None;
+        }
+        let (level, len) = elias_level(w).ok()?;
+        let len = len as u32;
+        if pos + len > STEP_BITS {
+            return None;
+        }
+        pos += len;
+        Some((level, len))
+    })
+}
+
 /// The validation's lookup table, indexed by the next [`STEP_BITS`] bits.
 fn steps() -> &'static [Step] {
     static STEPS: std::sync::OnceLock<Vec<Step>> = std::sync::OnceLock::new();
     STEPS.get_or_init(|| {
         (0..1u64 << STEP_BITS)
             .map(|pattern| {
-                let mut step = Step::default();
-                let mut pos = 0u32;
-                while pos < STEP_BITS {
-                    let w = pattern >> pos;
-                    if w.trailing_zeros() >= STEP_BITS - pos {
-                        break;
-                    }
-                    let Ok((level, len)) = elias_level(w) else {
-                        break;
-                    };
-                    if pos + len as u32 > STEP_BITS {
-                        break;
-                    }
-                    step.codes += 1;
-                    step.max_level = step.max_level.max(level.unsigned_abs() as u8);
-                    pos += len as u32;
-                }
-                step.bits = pos as u8;
-                step
+                window_codes(pattern).fold(Step::default(), |step, (level, len)| Step {
+                    codes: step.codes + 1,
+                    bits: step.bits + len as u8,
+                    max_level: step.max_level.max(level.unsigned_abs() as u8),
+                })
             })
             .collect()
     })
@@ -834,23 +839,11 @@ fn decode_steps() -> &'static [DecodeStep] {
         (0..1u64 << STEP_BITS)
             .map(|pattern| {
                 let mut step = DecodeStep::default();
-                let mut pos = 0u32;
-                while (step.codes as usize) < DECODE_CODES {
-                    let w = pattern >> pos;
-                    if w.trailing_zeros() >= STEP_BITS - pos {
-                        break;
-                    }
-                    let Ok((level, len)) = elias_level(w) else {
-                        break;
-                    };
-                    if pos + len as u32 > STEP_BITS {
-                        break;
-                    }
+                for (level, len) in window_codes(pattern).take(DECODE_CODES) {
                     step.levels[step.codes as usize] = level as i8;
                     step.codes += 1;
-                    pos += len as u32;
+                    step.bits += len as u8;
                 }
-                step.bits = pos as u8;
                 step
             })
             .collect()

@@ -504,7 +504,10 @@ impl Communicator for Mpi {
             // Small enough to ride in the header exchange: every rank sums the ranks' values in
             // rank order, the same f32 additions everywhere, so the result is bit-identical on
             // every rank after one collective instead of three (header, reduce, broadcast).
-            let mine: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut mine = Vec::with_capacity(bytes);
+            for v in values.iter() {
+                mine.extend_from_slice(&v.to_le_bytes());
+            }
             self.agree(Kind::AllReduce { len: n }, bytes, Some(&mine))?;
             self.remember(bytes);
             let stride = HEADER_BYTES + slot;
