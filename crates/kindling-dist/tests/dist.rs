@@ -515,6 +515,25 @@ fn majority_vote_with_momentum_votes_on_each_ranks_momentum() {
             assert!(count > 100, "β = {beta}: {count} nonzero gradients");
         }
     }
+    // A non-finite gradient fails the step and leaves every momentum as it was.
+    let kept = {
+        let data = data.clone();
+        run_workers(1, TIMEOUT, move |mut g| {
+            let device = kindling_testing::autodiff_device();
+            let model = Mlp::new(4, 0, &device);
+            let grads = GradientsParams::from_grads(model.loss(&data[0]).backward(), &model);
+            let mut reducer = MajorityVote::new().with_momentum(0.9)?;
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            let same = kindling_optim::grads::scale(&model, &grads, 1.0);
+            reducer.reduce(&model, same, &mut g, &mut rng)?;
+            let before = reducer.state();
+            let poisoned = kindling_optim::grads::scale(&model, &grads, f64::NAN);
+            let failed = reducer.reduce(&model, poisoned, &mut g, &mut rng).is_err();
+            Ok((failed, before == reducer.state(), before.len()))
+        })
+        .unwrap()
+    };
+    assert_eq!(kept, vec![(true, true, 4)]);
     let mut wrong = MajorityVote::new().with_momentum(0.9).unwrap();
     wrong
         .load_state(
