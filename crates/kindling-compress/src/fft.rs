@@ -17,6 +17,8 @@ use std::f64::consts::PI;
 
 use rayon::prelude::*;
 
+use crate::simd;
+
 /// Columns per strip: one 64-byte cache line of f32 per row.
 const STRIP: usize = 16;
 
@@ -59,13 +61,17 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's two [`SCRATCH`] vectors, of `len` entries each (contents
-/// unspecified). `f` must not start rayon work (it would re-enter the scratch).
+/// unspecified), compiled for the widest vector unit ([`simd::wide`]). `f` must not start rayon
+/// work (it would re-enter the scratch).
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Split, &mut Split) -> R) -> R {
     SCRATCH.with_borrow_mut(|(a, b)| {
         for v in [&mut a.re, &mut a.im, &mut b.re, &mut b.im] {
             v.resize(len, 0.0);
         }
-        f(a, b)
+        simd::wide(
+            #[inline(always)]
+            || f(a, b),
+        )
     })
 }
 
@@ -194,6 +200,7 @@ fn bit_reversal(len: usize) -> Vec<usize> {
 
 /// In place: the radix-2 butterflies of `rows`-point transforms (rows already in bit-reversed
 /// order) over `lanes` independent signals stored row-major (`[row][lane]`).
+#[inline(always)]
 fn butterflies(re: &mut [f32], im: &mut [f32], lanes: usize, stages: &Stages) {
     let rows = re.len() / lanes;
     let mut h = 1;
@@ -268,6 +275,7 @@ impl Spectrum {
 
     /// Rows `k₂ ∈ [first, first + count)` in natural order into `re`, `im` (`[k₂][k₁]`): each
     /// strip's part of them is contiguous.
+    #[inline(always)]
     fn rows(&self, first: usize, re: &mut [f32], im: &mut [f32]) {
         let count = re.len() / self.rows;
         let width = STRIP.min(self.rows);
@@ -301,6 +309,7 @@ trait Source: Sync + Sized {
 struct Pairs<'a>(&'a [f32]);
 
 impl Source for Pairs<'_> {
+    #[inline(always)]
     fn load(&self, j: usize, re: &mut [f32], im: &mut [f32]) {
         let x = self.0;
         let from = (2 * j).min(x.len());
@@ -336,6 +345,7 @@ impl Source for Pairs<'_> {
 struct Swapped(Split);
 
 impl Source for Swapped {
+    #[inline(always)]
     fn load(&self, j: usize, re: &mut [f32], im: &mut [f32]) {
         let len = re.len();
         copy_lanes(re, &self.0.im[j..j + len]);
@@ -451,14 +461,19 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
             .zip(strips.im.par_chunks_mut(STRIP * cols))
             .enumerate()
             .for_each(|(strip, (sre, sim))| {
-                let first = strip * STRIP;
-                for (n2, &row) in rev.iter().enumerate() {
-                    let from = n2 * rows + first..n2 * rows + first + STRIP;
-                    let to = row * STRIP..(row + 1) * STRIP;
-                    copy_lanes(&mut sre[to.clone()], &t.re[from.clone()]);
-                    copy_lanes(&mut sim[to], &t.im[from]);
-                }
-                butterflies(sre, sim, STRIP, &stages);
+                simd::wide(
+                    #[inline(always)]
+                    || {
+                        let first = strip * STRIP;
+                        for (n2, &row) in rev.iter().enumerate() {
+                            let from = n2 * rows + first..n2 * rows + first + STRIP;
+                            let to = row * STRIP..(row + 1) * STRIP;
+                            copy_lanes(&mut sre[to.clone()], &t.re[from.clone()]);
+                            copy_lanes(&mut sim[to], &t.im[from]);
+                        }
+                        butterflies(sre, sim, STRIP, &stages);
+                    },
+                )
             });
     }
     t.recycle();

@@ -17,6 +17,7 @@ use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
 use crate::random::Stream;
+use crate::simd;
 use crate::{CompressError, DecodeError};
 
 /// Entries per chunk of the host kernels: a multiple of 8 (bit fields end on a byte) and of 5
@@ -144,6 +145,7 @@ pub(crate) fn abs_bits(v: f32) -> u32 {
 }
 
 /// Largest `abs_bits` of a chunk (eight lanes, so it vectorises).
+#[inline(always)]
 fn max_abs_bits(chunk: &[f32]) -> u32 {
     let mut lanes = [0u32; 8];
     let mut blocks = chunk.chunks_exact(8);
@@ -157,6 +159,7 @@ fn max_abs_bits(chunk: &[f32]) -> u32 {
 }
 
 /// `Σ|v|` of a chunk in f64 (eight lanes, so it vectorises).
+#[inline(always)]
 fn sum_abs(chunk: &[f32]) -> f64 {
     let mut lanes = [0f64; 8];
     let mut blocks = chunk.chunks_exact(8);
@@ -188,7 +191,12 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
     } else {
         values
             .par_chunks(CHUNK)
-            .map(max_abs_bits)
+            .map(|c| {
+                simd::wide(
+                    #[inline(always)]
+                    || max_abs_bits(c),
+                )
+            })
             .max()
             .unwrap_or(0)
     };
@@ -204,18 +212,23 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
 /// and huge ones do not overflow when squared.
 pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
     let part = |chunk: &[f32]| {
-        let bits = max_abs_bits(chunk);
-        if bits >= 0x7F80_0000 {
-            return (f32::INFINITY, 0.0, 0.0);
-        }
-        let m = f32::from_bits(bits);
-        let l2 = scaled_l2(chunk, m);
-        let squares = if m > 0.0 {
-            (l2 / m as f64).powi(2)
-        } else {
-            0.0
-        };
-        (m, squares, sum_abs(chunk))
+        simd::wide(
+            #[inline(always)]
+            || {
+                let bits = max_abs_bits(chunk);
+                if bits >= 0x7F80_0000 {
+                    return (f32::INFINITY, 0.0, 0.0);
+                }
+                let m = f32::from_bits(bits);
+                let l2 = scaled_l2(chunk, m);
+                let squares = if m > 0.0 {
+                    (l2 / m as f64).powi(2)
+                } else {
+                    0.0
+                };
+                (m, squares, sum_abs(chunk))
+            },
+        )
     };
     let parts: Vec<(f32, f64, f64)> = if values.len() <= CHUNK {
         vec![part(values)]
@@ -261,7 +274,15 @@ pub(crate) fn scaled_l2(values: &[f32], max: f32) -> f64 {
         lanes.iter().sum::<f64>() + tail
     };
     let sq: f64 = if values.len() > CHUNK {
-        values.par_chunks(CHUNK).map(sum).sum()
+        values
+            .par_chunks(CHUNK)
+            .map(|c| {
+                simd::wide(
+                    #[inline(always)]
+                    || sum(c),
+                )
+            })
+            .sum()
     } else {
         sum(values)
     };
@@ -295,14 +316,19 @@ where
     out.par_chunks_mut(chunk_bytes(W))
         .zip(values.par_chunks(CHUNK))
         .map(|(bytes, vals)| {
-            let mut groups = vals.chunks_exact(per_byte);
-            for (byte, group) in bytes.iter_mut().zip(&mut groups) {
-                *byte = pack(group);
-            }
-            if let Some(last) = bytes.get_mut(vals.len() / per_byte) {
-                *last = pack(groups.remainder());
-            }
-            (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let mut groups = vals.chunks_exact(per_byte);
+                    for (byte, group) in bytes.iter_mut().zip(&mut groups) {
+                        *byte = pack(group);
+                    }
+                    if let Some(last) = bytes.get_mut(vals.len() / per_byte) {
+                        *last = pack(groups.remainder());
+                    }
+                    (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
+                },
+            )
         })
         .reduce(|| (0, 0.0), |a, b| (a.0.max(b.0), a.1 + b.1))
 }
@@ -330,19 +356,24 @@ pub(crate) fn unpack_small<const W: u32, S: Sink>(
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(chunk_bytes(W)))
         .for_each(|(vals, bytes)| {
-            let full = vals.len() / per_byte;
-            let mut groups = vals.chunks_exact_mut(per_byte);
-            for (group, &b) in (&mut groups).zip(bytes) {
-                for (slot, &v) in group.iter_mut().zip(&rows[b as usize]) {
-                    sink.put(slot, v);
-                }
-            }
-            let rest = groups.into_remainder();
-            if let Some(&b) = bytes.get(full) {
-                for (slot, &v) in rest.iter_mut().zip(&rows[b as usize]) {
-                    sink.put(slot, v);
-                }
-            }
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let full = vals.len() / per_byte;
+                    let mut groups = vals.chunks_exact_mut(per_byte);
+                    for (group, &b) in (&mut groups).zip(bytes) {
+                        for (slot, &v) in group.iter_mut().zip(&rows[b as usize]) {
+                            sink.put(slot, v);
+                        }
+                    }
+                    let rest = groups.into_remainder();
+                    if let Some(&b) = bytes.get(full) {
+                        for (slot, &v) in rest.iter_mut().zip(&rows[b as usize]) {
+                            sink.put(slot, v);
+                        }
+                    }
+                },
+            )
         });
 }
 
@@ -369,19 +400,24 @@ where
         .zip(values.par_chunks(CHUNK))
         .enumerate()
         .map(|(c, (bytes, vals))| {
-            let mut u = [0f32; BLOCK];
-            let mut count = 0;
-            for (b, (vals, bytes)) in vals
-                .chunks(BLOCK)
-                .zip(bytes.chunks_mut(bytes_per_block))
-                .enumerate()
-            {
-                let u = &mut u[..vals.len()];
-                let start = c * CHUNK + b * BLOCK;
-                stream.fill(start, u);
-                count += f(start, vals, u, bytes);
-            }
-            count
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let mut u = [0f32; BLOCK];
+                    let mut count = 0;
+                    for (b, (vals, bytes)) in vals
+                        .chunks(BLOCK)
+                        .zip(bytes.chunks_mut(bytes_per_block))
+                        .enumerate()
+                    {
+                        let u = &mut u[..vals.len()];
+                        let start = c * CHUNK + b * BLOCK;
+                        stream.fill(start, u);
+                        count += f(start, vals, u, bytes);
+                    }
+                    count
+                },
+            )
         })
         .sum()
 }
@@ -445,7 +481,7 @@ fn le_word(bytes: &[u8], pos: usize) -> u32 {
 /// Packs `fields` of `width ≤ 24` bits into `out` (`packed_len(fields.len(), width)` bytes):
 /// for `width ≤ 8` eight fields at a time into `width` bytes (independent groups, no carried
 /// state), else through a [`FieldWriter`].
-#[inline]
+#[inline(always)]
 pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
     if width <= 8 {
         for (group, dst) in fields.chunks(8).zip(out.chunks_mut(width as usize)) {
@@ -466,7 +502,7 @@ pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
 
 /// Reads `out.len()` fields of `width ≤ 24` bits from the start of `bytes` (zeros past the end):
 /// for `width ≤ 8` eight at a time from `width` bytes.
-#[inline]
+#[inline(always)]
 pub(crate) fn unpack_fields(bytes: &[u8], width: u32, out: &mut [u32]) {
     let mask = (1u64 << width) - 1;
     if width <= 8 {
@@ -506,16 +542,21 @@ where
         .zip(bytes.par_chunks(chunk_bytes(width)))
         .enumerate()
         .for_each(|(c, (vals, bytes))| {
-            let mut fields = [0u32; BLOCK];
-            for (b, (vals, bytes)) in vals
-                .chunks_mut(BLOCK)
-                .zip(bytes.chunks(block_bytes))
-                .enumerate()
-            {
-                let fields = &mut fields[..vals.len()];
-                unpack_fields(bytes, width, fields);
-                f(c * CHUNK + b * BLOCK, fields, vals);
-            }
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let mut fields = [0u32; BLOCK];
+                    for (b, (vals, bytes)) in vals
+                        .chunks_mut(BLOCK)
+                        .zip(bytes.chunks(block_bytes))
+                        .enumerate()
+                    {
+                        let fields = &mut fields[..vals.len()];
+                        unpack_fields(bytes, width, fields);
+                        f(c * CHUNK + b * BLOCK, fields, vals);
+                    }
+                },
+            )
         });
 }
 

@@ -80,6 +80,7 @@ pub mod powersgd;
 mod qsgd;
 mod random;
 mod sign;
+mod simd;
 mod sparse;
 mod terngrad;
 

@@ -243,3 +243,72 @@ fn payloads_are_the_same_for_any_thread_count() {
     };
     assert_eq!(encode(1), encode(3));
 }
+
+/// Every vector level the CPU has ([`crate::simd`]) writes the same payload bytes and decodes to
+/// the same bits: no kernel's result depends on the lanes it ran on.
+#[test]
+fn payloads_and_decodes_are_the_same_at_every_vector_level() {
+    use crate::simd::{Level, capped};
+    let g = gaussian(200_000, 5);
+    let m = gaussian(300 * 200, 6);
+    let run = |level: Level| {
+        capped(level, || {
+            let device = Device::flex();
+            let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [400, 500]), &device);
+            let mt = Tensor::<2>::from_data(TensorData::new(m.clone(), [300, 200]), &device);
+            let mut rng = ChaCha8Rng::seed_from_u64(11);
+            let mut out = Vec::new();
+            let mut check = |payload: Result<Payload, CompressError>,
+                             decode: &dyn Fn(&Payload) -> Tensor<2>| {
+                let payload = payload.unwrap();
+                let decoded = values(decode(&payload));
+                out.push((
+                    payload.into_bytes(),
+                    decoded.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                ));
+            };
+            macro_rules! codec {
+                ($codec:expr, $grad:expr) => {{
+                    let mut codec = $codec;
+                    let payload = codec.compress($grad.clone(), &mut rng);
+                    check(payload, &|p| codec.decompress(p, &device).unwrap());
+                }};
+            }
+            codec!(Qsgd::new(16).unwrap().with_bucket(512).unwrap(), t);
+            codec!(
+                Qsgd::new(16)
+                    .unwrap()
+                    .with_bucket(512)
+                    .unwrap()
+                    .with_coding(LevelCoding::Fixed),
+                t
+            );
+            codec!(Qsgd::new(1).unwrap(), t);
+            codec!(TernGrad::new(), t);
+            codec!(TernGrad::new().with_packing(TritPacking::Base3), t);
+            codec!(Sign, t);
+            codec!(ScaledSign, t);
+            codec!(TopK::new(Count::Fraction(0.01)).unwrap(), t);
+            codec!(RandomK::new(Count::Fraction(0.01)).unwrap(), t);
+            codec!(Atomo::new(EntryWise, Budget::QsgdEquivalent).unwrap(), t);
+            codec!(Atomo::new(Fourier, Budget::Fraction(0.01)).unwrap(), t);
+            codec!(
+                Atomo::new(Spectral::full(), Budget::Atoms(4.0)).unwrap(),
+                mt
+            );
+            codec!(
+                Atomo::new(Spectral::truncated(8, 2).unwrap(), Budget::Atoms(4.0)).unwrap(),
+                mt
+            );
+            out
+        })
+    };
+    let baseline = run(Level::Baseline);
+    for level in [Level::Avx2, Level::Avx512] {
+        let wide = run(level);
+        for (i, (a, b)) in baseline.iter().zip(&wide).enumerate() {
+            assert!(a.0 == b.0, "codec {i}: payload differs at {level:?}");
+            assert!(a.1 == b.1, "codec {i}: decode differs at {level:?}");
+        }
+    }
+}

@@ -13,6 +13,7 @@ use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, BLOCK, CHUNK, Set, Sink, is_host_device, pack_random};
 use crate::payload::{Reader, Writer};
 use crate::random::{Stream, uniforms};
+use crate::simd;
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 use rayon::prelude::*;
 use std::ops::Range;
@@ -241,7 +242,7 @@ impl Qsgd {
 
 /// Calls `f(bucket, run)` for the runs of entries `start .. start + len` that share a bucket of
 /// `size`, with `run` relative to `start`: one division per run, none per entry.
-#[inline]
+#[inline(always)]
 fn for_bucket_runs(start: usize, len: usize, size: usize, mut f: impl FnMut(usize, Range<usize>)) {
     let mut j = 0;
     while j < len {
@@ -999,17 +1000,22 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
     let chunks: Vec<EliasStream> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
-            let count = CHUNK.min(n - c * CHUNK);
-            let start = c * host::chunk_bytes(width);
-            let bytes = &fixed[start..start + packed_len(count, width)];
-            let mut coder = ChunkCoder::new(&codes, bytes.len());
-            let mut fields = [0u32; BLOCK];
-            for (b, block) in bytes.chunks(block_bytes).enumerate() {
-                let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
-                host::unpack_fields(block, width, fields);
-                coder.push(fields);
-            }
-            coder.finish()
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let count = CHUNK.min(n - c * CHUNK);
+                    let start = c * host::chunk_bytes(width);
+                    let bytes = &fixed[start..start + packed_len(count, width)];
+                    let mut coder = ChunkCoder::new(&codes, bytes.len());
+                    let mut fields = [0u32; BLOCK];
+                    for (b, block) in bytes.chunks(block_bytes).enumerate() {
+                        let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
+                        host::unpack_fields(block, width, fields);
+                        coder.push(fields);
+                    }
+                    coder.finish()
+                },
+            )
         })
         .collect();
     concat(chunks)
@@ -1027,16 +1033,21 @@ where
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, vals)| {
-            let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
-            let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
-            for (b, vs) in vals.chunks(BLOCK).enumerate() {
-                let start = c * CHUNK + b * BLOCK;
-                let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
-                stream.fill(start, u);
-                quantise(start, vs, u, fields);
-                coder.push(fields);
-            }
-            coder.finish()
+            simd::wide(
+                #[inline(always)]
+                || {
+                    let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
+                    let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
+                    for (b, vs) in vals.chunks(BLOCK).enumerate() {
+                        let start = c * CHUNK + b * BLOCK;
+                        let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
+                        stream.fill(start, u);
+                        quantise(start, vs, u, fields);
+                        coder.push(fields);
+                    }
+                    coder.finish()
+                },
+            )
         })
         .collect();
     concat(chunks)

@@ -12,6 +12,7 @@ use rand::Rng;
 use rayon::prelude::*;
 
 use crate::host::CHUNK;
+use crate::simd;
 
 const GAMMA: u64 = 0x9E37_79B9_7F4A_7C15;
 const SCALE: f32 = 1.0 / (1u32 << 24) as f32;
@@ -50,6 +51,7 @@ impl Stream {
     }
 
     /// Uniforms `start .. start + out.len()` (`start` even).
+    #[inline(always)]
     pub(crate) fn fill(self, start: usize, out: &mut [f32]) {
         debug_assert!(start.is_multiple_of(2));
         let first = start / 2;
@@ -75,7 +77,12 @@ pub fn uniforms(rng: &mut dyn Rng, n: usize, device: &Device) -> Tensor<1> {
     values
         .par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(c, chunk)| stream.fill(c * CHUNK, chunk));
+        .for_each(|(c, chunk)| {
+            simd::wide(
+                #[inline(always)]
+                || stream.fill(c * CHUNK, chunk),
+            )
+        });
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 

@@ -37,6 +37,7 @@ use crate::CompressError;
 use crate::codec::invalid;
 use crate::host::{self, CHUNK};
 use crate::random::{Stream, uniforms};
+use crate::simd;
 use crate::sparse::SparseVec;
 
 /// The standard basis: atoms `e_i`, coefficients `λ = g`.
@@ -228,7 +229,10 @@ pub(crate) fn sample_host(lambda: &[f32], s: f64, total: f64, stream: Stream) ->
         .enumerate()
         .flat_map_iter(|(ci, chunk)| {
             let mut u = vec![0f32; chunk.len()];
-            stream.fill(ci * CHUNK, &mut u);
+            simd::wide(
+                #[inline(always)]
+                || stream.fill(ci * CHUNK, &mut u),
+            );
             chunk
                 .iter()
                 .zip(u)
