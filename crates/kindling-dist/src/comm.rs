@@ -17,6 +17,12 @@ pub struct Traffic {
     /// Collectives this rank has run (each pays the network's latency; see
     /// [`NetworkModel`](crate::NetworkModel)). Transports outside this crate may leave it 0.
     pub collectives: u64,
+    /// Message rounds of those collectives as the transport ran them, each paying one latency
+    /// in [`NetworkModel::seconds_sent`](crate::NetworkModel::seconds_sent): `W − 1` for an
+    /// all-gather, a broadcast or a barrier, `2·(W − 1)` for a (ring) all-reduce, and for `Mpi`
+    /// also its header exchange (an all-gather) before each collective's data. Transports
+    /// outside this crate may leave it 0.
+    pub rounds: u64,
 }
 
 /// Every rank's payload from one all-gather, in rank order, borrowed from the transport's receive
@@ -196,6 +202,17 @@ pub(crate) fn ring_all_reduce_bytes(len: usize, world: usize) -> u64 {
     4 * len as u64 * 2 * (w - 1) / w.max(1)
 }
 
+/// Latency rounds of one collective of `kind` among `world` ranks ([`Traffic::rounds`]); an
+/// all-reduce's second round is inside its first's count.
+pub(crate) fn rounds(kind: Kind, world: usize) -> u64 {
+    let hops = world.saturating_sub(1) as u64;
+    match kind {
+        Kind::AllReduce { .. } => 2 * hops,
+        Kind::AllReduceShares { .. } => 0,
+        Kind::AllGather | Kind::Broadcast { .. } | Kind::Barrier => hops,
+    }
+}
+
 /// `(sent, received)` bytes of rank `rank` in an all-gather: its own payload to each of the
 /// `W − 1` peers, and every peer's payload.
 pub(crate) fn all_gather_traffic(all: &Received<'_>, rank: usize) -> (u64, u64) {
@@ -294,6 +311,7 @@ pub struct LocalGroup {
     shared: Arc<Shared>,
     sequence: AtomicU64,
     collectives: AtomicU64,
+    rounds: AtomicU64,
     sent: AtomicU64,
     received: AtomicU64,
     /// The last all-gather's payloads end to end, and where each rank's ends.
@@ -330,6 +348,7 @@ impl LocalGroup {
                 shared: shared.clone(),
                 sequence: AtomicU64::new(0),
                 collectives: AtomicU64::new(0),
+                rounds: AtomicU64::new(0),
                 sent: AtomicU64::new(0),
                 received: AtomicU64::new(0),
                 gathered: Vec::new(),
@@ -400,6 +419,8 @@ impl LocalGroup {
         if !matches!(kind, Kind::AllReduceShares { .. }) {
             self.collectives.fetch_add(1, Ordering::Relaxed);
         }
+        self.rounds
+            .fetch_add(rounds(kind, self.shared.world), Ordering::Relaxed);
         let shared = &self.shared;
         let deadline = Instant::now() + shared.timeout;
         let mut round = shared.round.lock().unwrap_or_else(|p| p.into_inner());
@@ -599,6 +620,7 @@ impl Communicator for LocalGroup {
             sent: self.sent.load(Ordering::Relaxed),
             received: self.received.load(Ordering::Relaxed),
             collectives: self.collectives.load(Ordering::Relaxed),
+            rounds: self.rounds.load(Ordering::Relaxed),
         }
     }
 }

@@ -13,7 +13,7 @@ use mpi::{Count, Threading};
 use crate::DistError;
 use crate::comm::{
     Communicator, Kind, Received, Tag, Traffic, all_gather_traffic, check_tags,
-    ring_all_reduce_bytes,
+    ring_all_reduce_bytes, rounds,
 };
 
 /// The watchdog's default: how long a collective may wait for its slowest rank.
@@ -63,6 +63,9 @@ const MAX_INLINE: usize = 4096;
 ///   from the root, and the float all-reduce as a ring all-reduce (`2·(W−1)/W` of the buffer),
 ///   the figure the [`NetworkModel`](crate::NetworkModel) expects, not the MPI library's
 ///   internal algorithm; a small all-reduce that rides inline counts its headers as sent.
+///   [`Traffic::rounds`] counts `W − 1` message rounds per header exchange, all-gather or
+///   broadcast and `2·(W − 1)` per ring all-reduce, so that
+///   [`NetworkModel::seconds_sent`](crate::NetworkModel::seconds_sent) charges what ran.
 /// * **Bounded failure.** No rank waits forever:
 ///   - a collective that does not complete within the timeout (default 5 minutes,
 ///     [`with_timeout`](Mpi::with_timeout)) — a peer stopped, stalled, left early or failed —
@@ -416,6 +419,7 @@ impl Mpi {
         self.waiting = Some(tag.sequence);
         self.board.post(tag.sequence + 1);
         self.traffic.collectives += 1;
+        self.traffic.rounds += rounds(Kind::AllGather, self.world);
         let stride = HEADER_BYTES + self.inline;
         let mut mine = std::mem::take(&mut self.mine);
         mine.clear();
@@ -555,6 +559,7 @@ impl Communicator for Mpi {
             self.complete(request, what);
         });
         let bytes = ring_all_reduce_bytes(values.len(), self.world);
+        self.traffic.rounds += rounds(Kind::AllReduce { len: n }, self.world);
         self.traffic.sent += bytes;
         self.traffic.received += bytes;
         Ok(())
@@ -614,6 +619,7 @@ impl Communicator for Mpi {
         let all = Received::new(&self.gather_buffer[..total], &self.ends)
             .expect("the ends are the running sum of the lengths");
         let (sent, received) = all_gather_traffic(&all, self.rank);
+        self.traffic.rounds += rounds(Kind::AllGather, self.world);
         self.traffic.sent += sent;
         self.traffic.received += received;
         Ok(all)
@@ -647,6 +653,7 @@ impl Communicator for Mpi {
                 format!("the broadcast of {len} bytes from rank {root} (collective #{sequence})")
             });
         });
+        self.traffic.rounds += rounds(Kind::Broadcast { root: root as u64 }, self.world);
         if self.rank == root {
             self.traffic.sent += len as u64 * (self.world as u64 - 1);
         } else {

@@ -81,6 +81,18 @@ impl NetworkModel {
             }
         }
     }
+
+    /// Modelled seconds of the traffic a transport counted: the bytes this rank sent over its
+    /// link, plus the latency once per message round ([`Traffic::rounds`](crate::Traffic)).
+    /// [`seconds`](Self::seconds) models a topology from the payloads' sizes; this charges what
+    /// the transport actually ran, so it sees what the payloads alone do not: `Mpi`'s header
+    /// exchange before each collective, small payloads and all-reduces riding inline in it (an
+    /// all-gather, `W − 1` copies of the slot, where a ring all-reduce would send `2·(W−1)/W`
+    /// of the buffer), the float all-reduce as a ring. The topology is not used: the transport's
+    /// counts already follow its algorithm.
+    pub fn seconds_sent(&self, sent_bytes: u64, rounds: u64) -> f64 {
+        sent_bytes as f64 * 8.0 / self.bandwidth_bits + rounds as f64 * self.latency
+    }
 }
 
 #[cfg(test)]
@@ -100,5 +112,15 @@ mod tests {
         let ps = NetworkModel::new(4, 8e9, 0.0, Topology::ParameterServer).unwrap();
         assert!((ps.seconds(1_000, 4_000, 1) - (4.0 * 1e-6 + 4.0 * 4e-6)).abs() < 1e-15);
         assert!(NetworkModel::new(0, 1e9, 0.0, Topology::AllGather).is_err());
+        // Counted traffic: 1 MB sent at 1 Gb/s and 6 rounds of 1e-4 s.
+        assert!((gather.seconds_sent(1_000_000, 6) - (0.008 + 6.0 * 1e-4)).abs() < 1e-12);
+        // A transport that counts as the topologies do gives the same figures: an all-gather
+        // of 1 MB payloads sends 15 MB in 15 rounds, a ring all-reduce 2·15/16 of the buffer
+        // in 2·15 rounds.
+        let counted = gather.seconds_sent(15 * 1_000_000, 15);
+        assert!((counted - gather.seconds(1_000_000, 0, 1)).abs() < 1e-12);
+        let ring = NetworkModel::new(16, 1e9, 1e-4, Topology::RingAllReduce).unwrap();
+        let counted = ring.seconds_sent(2 * 15 * 100_000_000 / 16, 30);
+        assert!((counted - ring.seconds(100_000_000, 0, 1)).abs() < 1e-9);
     }
 }

@@ -311,12 +311,15 @@ impl<C: Communicator, R: Reducer> DataParallel<C, R> {
         module: &M,
         grads: GradientsParams,
     ) -> Result<(GradientsParams, StepStats), DistError> {
-        let before = self.comm.traffic().collectives;
+        let before = self.comm.traffic();
         let (agreed, mut stats) = self
             .reducer
             .reduce(module, grads, &mut self.comm, &mut self.rng)
             .inspect_err(|e| self.comm.fail(&e.to_string()))?;
-        stats.collectives = self.comm.traffic().collectives - before;
+        let after = self.comm.traffic();
+        stats.collectives = after.collectives - before.collectives;
+        stats.sent_bytes = after.sent - before.sent;
+        stats.rounds = after.rounds - before.rounds;
         self.total.add(&stats);
         self.steps += 1;
         Ok((agreed, stats))

@@ -45,8 +45,14 @@ pub struct StepStats {
     pub decode: Duration,
     /// Time spent in collectives (waiting for the others included).
     pub exchange: Duration,
-    /// Collectives run (one per tensor and round today; each pays the network's latency).
+    /// Collectives run (one per bucket and round; each pays the network's latency).
     pub collectives: u64,
+    /// Bytes this rank's transport sent for the step, headers and protocol overhead included
+    /// ([`Traffic::sent`](crate::Traffic)).
+    pub sent_bytes: u64,
+    /// Message rounds of the step's collectives as the transport ran them
+    /// ([`Traffic::rounds`](crate::Traffic)).
+    pub rounds: u64,
 }
 
 impl StepStats {
@@ -63,6 +69,8 @@ impl StepStats {
         self.decode += other.decode;
         self.exchange += other.exchange;
         self.collectives += other.collectives;
+        self.sent_bytes += other.sent_bytes;
+        self.rounds += other.rounds;
     }
 }
 

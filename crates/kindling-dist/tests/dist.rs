@@ -45,6 +45,10 @@ fn collectives_and_exact_byte_counts() {
     let (_, t1) = results[1];
     assert_eq!(t1.sent, 10 + 10 + 4 + 8);
     assert_eq!(t1.received, 10 + 10 + 4 + 2 + 8);
+    // Six collectives; message rounds as the network model charges latency: 2·(W−1) = 4 for
+    // each all-reduce, W − 1 = 2 for the all-gather, the broadcast, the max and the barrier.
+    assert_eq!(t1.collectives, 6);
+    assert_eq!(t1.rounds, 4 + 4 + 2 + 2 + 2 + 2);
 }
 
 /// A worker stuck outside any collective (here asleep for a minute) is abandoned: its peers time
@@ -628,7 +632,10 @@ fn gathered_protocols_are_named_after_their_codec() {
 
 /// A step counts the collectives it ran, which the network model charges latency for: one
 /// all-reduce for dense's single bucket; for TernGrad one all-gather of every tensor's scale and
-/// one of the single bucket of payloads.
+/// one of the single bucket of payloads. It also counts what its transport sent and the message
+/// rounds: dense's ring all-reduce sends `2·(W−1)/W` of its floats (all of them for W = 2) in
+/// `2·(W−1)` rounds, TernGrad its scales and its bucket (payloads and their lengths) to the one
+/// peer in two all-gathers.
 #[test]
 fn a_step_counts_its_collectives() {
     let data = Arc::new(shards(2).0);
@@ -641,6 +648,12 @@ fn a_step_counts_its_collectives() {
         let (_, dense_stats) = dense.agree(&model, grads())?;
         let mut tern = DataParallel::new(dense.comm, TernGradShared::new(TernGrad::new()), 0);
         let (_, tern_stats) = tern.agree(&model, grads())?;
+        assert_eq!(dense_stats.sent_bytes, dense_stats.raw_bytes);
+        assert_eq!(dense_stats.rounds, 2);
+        // The wire bytes (payloads and scales), and the 4-byte length before each of the 4
+        // tensors' payloads in the bucket.
+        assert_eq!(tern_stats.sent_bytes, tern_stats.wire_bytes + 4 * 4);
+        assert_eq!(tern_stats.rounds, 2);
         Ok((dense_stats.collectives, tern_stats.collectives))
     })
     .unwrap();

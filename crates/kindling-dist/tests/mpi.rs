@@ -355,9 +355,19 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         after.received - before.received,
         ring + gathered_received + bcast_received + headers
     );
+    // Message rounds (W − 1 per header exchange or all-gather, 2·(W − 1) per ring all-reduce):
+    // the first all-reduce is a header exchange and a ring, the all-gather a header exchange
+    // (and its data when it did not fit inline), the broadcast a header exchange and its data,
+    // the max one header exchange.
+    let hops = w as u64 - 1;
+    let gathered_rounds = if w <= 8 { 0 } else { hops };
+    assert_eq!(
+        after.rounds - before.rounds,
+        3 * hops + hops + gathered_rounds + 2 * hops + hops
+    );
     // A small all-reduce now rides in the header exchange (the slot fits 8 bytes): one
     // collective, its sum exact in rank order on every rank.
-    let collectives = mpi.traffic().collectives;
+    let before = mpi.traffic();
     let mut v = vec![rank as f32 + 0.5, -(rank as f32)];
     mpi.all_reduce_sum(&mut v).unwrap();
     let half = w as f32 / 2.0;
@@ -365,7 +375,10 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         v,
         vec![(w * (w - 1) / 2) as f32 + half, -((w * (w - 1) / 2) as f32)]
     );
-    assert_eq!(mpi.traffic().collectives - collectives, 1);
+    let after = mpi.traffic();
+    assert_eq!(after.collectives - before.collectives, 1);
+    // One round of headers, W − 1 messages: an all-gather's, not a ring's 2·(W − 1).
+    assert_eq!(after.rounds - before.rounds, hops);
 }
 
 fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
