@@ -61,8 +61,10 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's two [`SCRATCH`] vectors, of `len` entries each (contents
-/// unspecified), compiled for the widest vector unit ([`simd::wide`]). `f` must not start rayon
+/// unspecified), compiled for the widest vector unit ([`simd::wide`]; pass `f` as an
+/// `#[inline(always)]` closure, or it is compiled for the baseline). `f` must not start rayon
 /// work (it would re-enter the scratch).
+#[inline(always)]
 fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Split, &mut Split) -> R) -> R {
     SCRATCH.with_borrow_mut(|(a, b)| {
         for v in [&mut a.re, &mut a.im, &mut b.re, &mut b.im] {
@@ -199,12 +201,19 @@ fn bit_reversal(len: usize) -> Vec<usize> {
 }
 
 /// In place: the radix-2 butterflies of `rows`-point transforms (rows already in bit-reversed
-/// order) over `lanes` independent signals stored row-major (`[row][lane]`).
+/// order) over `lanes` independent signals stored row-major (`[row][lane]`). With several lanes,
+/// stages go two at a time ([`two_stages`]): each row is loaded and stored once per pair of
+/// stages, with the same operations in the same order as one stage at a time.
 #[inline(always)]
 fn butterflies(re: &mut [f32], im: &mut [f32], lanes: usize, stages: &Stages) {
     let rows = re.len() / lanes;
     let mut h = 1;
     while h < rows {
+        if lanes > 1 && 2 * h < rows {
+            two_stages(re, im, lanes, h, stages);
+            h *= 4;
+            continue;
+        }
         let (wr, wi) = (&stages.re[h - 1..2 * h - 1], &stages.im[h - 1..2 * h - 1]);
         let block = 2 * h * lanes;
         for (bre, bim) in re.chunks_exact_mut(block).zip(im.chunks_exact_mut(block)) {
@@ -231,6 +240,53 @@ fn butterflies(re: &mut [f32], im: &mut [f32], lanes: usize, stages: &Stages) {
             }
         }
         h *= 2;
+    }
+}
+
+/// The stages `h` and `2h` (`4h ≤ rows`) of [`butterflies`] in one pass: in each block of `4h`
+/// rows, rows `k`, `h + k`, `2h + k`, `3h + k` (`k < h`) meet only each other in these two
+/// stages, so they are loaded once, get stage `h`'s butterflies (`k` with `h + k`, `2h + k` with
+/// `3h + k`, twiddle `w_h^k`) and then stage `2h`'s (`k` with `2h + k`, twiddle `w_{2h}^k`;
+/// `h + k` with `3h + k`, twiddle `w_{2h}^{h+k}`), and are stored once: the arithmetic of the two
+/// stages one after the other, bit for bit, with half the loads and stores.
+#[inline(always)]
+fn two_stages(re: &mut [f32], im: &mut [f32], lanes: usize, h: usize, stages: &Stages) {
+    let (w1r, w1i) = (&stages.re[h - 1..2 * h - 1], &stages.im[h - 1..2 * h - 1]);
+    let (w2r, w2i) = (
+        &stages.re[2 * h - 1..4 * h - 1],
+        &stages.im[2 * h - 1..4 * h - 1],
+    );
+    let quarter = h * lanes;
+    for (bre, bim) in re
+        .chunks_exact_mut(4 * quarter)
+        .zip(im.chunks_exact_mut(4 * quarter))
+    {
+        let (ar, rest) = bre.split_at_mut(quarter);
+        let (br, rest) = rest.split_at_mut(quarter);
+        let (cr, dr) = rest.split_at_mut(quarter);
+        let (ai, rest) = bim.split_at_mut(quarter);
+        let (bi, rest) = rest.split_at_mut(quarter);
+        let (ci, di) = rest.split_at_mut(quarter);
+        for k in 0..h {
+            let (c1, s1) = (w1r[k], w1i[k]);
+            let (c2, s2) = (w2r[k], w2i[k]);
+            let (c3, s3) = (w2r[h + k], w2i[h + k]);
+            let lane = k * lanes..(k + 1) * lanes;
+            let (ar, ai) = (&mut ar[lane.clone()], &mut ai[lane.clone()]);
+            let (br, bi) = (&mut br[lane.clone()], &mut bi[lane.clone()]);
+            let (cr, ci) = (&mut cr[lane.clone()], &mut ci[lane.clone()]);
+            let (dr, di) = (&mut dr[lane.clone()], &mut di[lane]);
+            for j in 0..lanes {
+                let (mut a_r, mut a_i, mut b_r, mut b_i) = (ar[j], ai[j], br[j], bi[j]);
+                let (mut c_r, mut c_i, mut d_r, mut d_i) = (cr[j], ci[j], dr[j], di[j]);
+                butterfly(&mut a_r, &mut a_i, &mut b_r, &mut b_i, c1, s1);
+                butterfly(&mut c_r, &mut c_i, &mut d_r, &mut d_i, c1, s1);
+                butterfly(&mut a_r, &mut a_i, &mut c_r, &mut c_i, c2, s2);
+                butterfly(&mut b_r, &mut b_i, &mut d_r, &mut d_i, c3, s3);
+                (ar[j], ai[j], br[j], bi[j]) = (a_r, a_i, b_r, b_i);
+                (cr[j], ci[j], dr[j], di[j]) = (c_r, c_i, d_r, d_i);
+            }
+        }
     }
 }
 
@@ -399,54 +455,58 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
             .zip(t.im.par_chunks_mut(STRIP * rows))
             .enumerate()
             .for_each(|(strip, (tre, tim))| {
-                with_scratch(rows * STRIP, |buf, _| {
-                    let first = strip * STRIP;
-                    for (n1, &row) in rev.iter().enumerate() {
-                        let lanes = row * STRIP..(row + 1) * STRIP;
-                        source.load(
-                            n1 * cols + first,
-                            &mut buf.re[lanes.clone()],
-                            &mut buf.im[lanes],
-                        );
-                    }
-                    butterflies(&mut buf.re, &mut buf.im, STRIP, &stages);
-                    // e^{−2πi·(first + b)·k₁/M} = e^{−2πi·first·k₁/M}·e^{−2πi·b·k₁/M}.
-                    for (k1, ((xr, xi), (lr, li))) in buf
-                        .re
-                        .chunks_exact_mut(STRIP)
-                        .zip(buf.im.chunks_exact_mut(STRIP))
-                        .zip(
-                            lane_roots
-                                .re
-                                .chunks_exact(STRIP)
-                                .zip(lane_roots.im.chunks_exact(STRIP)),
-                        )
-                        .enumerate()
-                    {
-                        let (c, s) = powers.at(first * k1);
-                        let (c, s) = (c as f32, s as f32);
-                        for (((xr, xi), &lr), &li) in
-                            xr.iter_mut().zip(xi.iter_mut()).zip(lr).zip(li)
-                        {
-                            let (wr, wi) = (c * lr - s * li, c * li + s * lr);
-                            (*xr, *xi) = (*xr * wr - *xi * wi, *xr * wi + *xi * wr);
+                with_scratch(
+                    rows * STRIP,
+                    #[inline(always)]
+                    |buf, _| {
+                        let first = strip * STRIP;
+                        for (n1, &row) in rev.iter().enumerate() {
+                            let lanes = row * STRIP..(row + 1) * STRIP;
+                            source.load(
+                                n1 * cols + first,
+                                &mut buf.re[lanes.clone()],
+                                &mut buf.im[lanes],
+                            );
                         }
-                    }
-                    for (b, (tre, tim)) in tre
-                        .chunks_exact_mut(rows)
-                        .zip(tim.chunks_exact_mut(rows))
-                        .enumerate()
-                    {
-                        for (((tr, ti), xr), xi) in tre
-                            .iter_mut()
-                            .zip(tim.iter_mut())
-                            .zip(buf.re.iter().skip(b).step_by(STRIP))
-                            .zip(buf.im.iter().skip(b).step_by(STRIP))
+                        butterflies(&mut buf.re, &mut buf.im, STRIP, &stages);
+                        // e^{−2πi·(first + b)·k₁/M} = e^{−2πi·first·k₁/M}·e^{−2πi·b·k₁/M}.
+                        for (k1, ((xr, xi), (lr, li))) in buf
+                            .re
+                            .chunks_exact_mut(STRIP)
+                            .zip(buf.im.chunks_exact_mut(STRIP))
+                            .zip(
+                                lane_roots
+                                    .re
+                                    .chunks_exact(STRIP)
+                                    .zip(lane_roots.im.chunks_exact(STRIP)),
+                            )
+                            .enumerate()
                         {
-                            (*tr, *ti) = (*xr, *xi);
+                            let (c, s) = powers.at(first * k1);
+                            let (c, s) = (c as f32, s as f32);
+                            for (((xr, xi), &lr), &li) in
+                                xr.iter_mut().zip(xi.iter_mut()).zip(lr).zip(li)
+                            {
+                                let (wr, wi) = (c * lr - s * li, c * li + s * lr);
+                                (*xr, *xi) = (*xr * wr - *xi * wi, *xr * wi + *xi * wr);
+                            }
                         }
-                    }
-                })
+                        for (b, (tre, tim)) in tre
+                            .chunks_exact_mut(rows)
+                            .zip(tim.chunks_exact_mut(rows))
+                            .enumerate()
+                        {
+                            for (((tr, ti), xr), xi) in tre
+                                .iter_mut()
+                                .zip(tim.iter_mut())
+                                .zip(buf.re.iter().skip(b).step_by(STRIP))
+                                .zip(buf.im.iter().skip(b).step_by(STRIP))
+                            {
+                                (*tr, *ti) = (*xr, *xi);
+                            }
+                        }
+                    },
+                )
             });
     }
     source.release();
@@ -506,37 +566,43 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> Vec<f32> {
         .zip(sin.par_chunks_mut(block * rows))
         .enumerate()
         .for_each(|(g, (cos, sin))| {
-            with_scratch(block * rows, |here, mirror| {
-                let first = g * block;
-                z.rows(first, &mut here.re, &mut here.im);
-                z.rows(cols - first - block, &mut mirror.re, &mut mirror.im);
-                for (r, (cos, sin)) in cos.chunks_mut(rows).zip(sin.chunks_mut(rows)).enumerate() {
-                    let k2 = first + r;
-                    let row = r * rows..(r + 1) * rows;
-                    let (ar, ai) = (&here.re[row.clone()], &here.im[row]);
-                    let back = (block - 1 - r) * rows;
-                    let start = z.data_at((cols - k2) % cols * rows);
-                    let (bc, bs) = powers.at(k2 * rows);
-                    let (bc, bs) = (bc as f32, bs as f32);
-                    // Z_{M−k} for k₁ = 1, 2, …: row cols − 1 − k₂ backwards from its end.
-                    let mirrored = back + 1..back + rows;
-                    let (mr, mi) = (&mirror.re[mirrored.clone()], &mirror.im[mirrored]);
-                    let values = ar.iter().zip(ai).zip(&local.re).zip(&local.im);
-                    let images = std::iter::once((start.0, start.1))
-                        .chain(mr.iter().rev().copied().zip(mi.iter().rev().copied()));
-                    for (((cos, sin), (((&ar, &ai), &lr), &li)), (br, bi)) in
-                        cos.iter_mut().zip(sin.iter_mut()).zip(values).zip(images)
+            with_scratch(
+                block * rows,
+                #[inline(always)]
+                |here, mirror| {
+                    let first = g * block;
+                    z.rows(first, &mut here.re, &mut here.im);
+                    z.rows(cols - first - block, &mut mirror.re, &mut mirror.im);
+                    for (r, (cos, sin)) in
+                        cos.chunks_mut(rows).zip(sin.chunks_mut(rows)).enumerate()
                     {
-                        let bi = -bi;
-                        let (er, ei) = (0.5 * (ar + br), 0.5 * (ai + bi));
-                        let (dr, di) = (0.5 * (ar - br), 0.5 * (ai - bi));
-                        let (wr, wi) = (bc * lr - bs * li, bc * li + bs * lr);
-                        // −i·w·D = (wi·dr + wr·di) + i·(wi·di − wr·dr)
-                        *cos = mid * (er + wi * dr + wr * di);
-                        *sin = -mid * (ei + wi * di - wr * dr);
+                        let k2 = first + r;
+                        let row = r * rows..(r + 1) * rows;
+                        let (ar, ai) = (&here.re[row.clone()], &here.im[row]);
+                        let back = (block - 1 - r) * rows;
+                        let start = z.data_at((cols - k2) % cols * rows);
+                        let (bc, bs) = powers.at(k2 * rows);
+                        let (bc, bs) = (bc as f32, bs as f32);
+                        // Z_{M−k} for k₁ = 1, 2, …: row cols − 1 − k₂ backwards from its end.
+                        let mirrored = back + 1..back + rows;
+                        let (mr, mi) = (&mirror.re[mirrored.clone()], &mirror.im[mirrored]);
+                        let values = ar.iter().zip(ai).zip(&local.re).zip(&local.im);
+                        let images = std::iter::once((start.0, start.1))
+                            .chain(mr.iter().rev().copied().zip(mi.iter().rev().copied()));
+                        for (((cos, sin), (((&ar, &ai), &lr), &li)), (br, bi)) in
+                            cos.iter_mut().zip(sin.iter_mut()).zip(values).zip(images)
+                        {
+                            let bi = -bi;
+                            let (er, ei) = (0.5 * (ar + br), 0.5 * (ai + bi));
+                            let (dr, di) = (0.5 * (ar - br), 0.5 * (ai - bi));
+                            let (wr, wi) = (bc * lr - bs * li, bc * li + bs * lr);
+                            // −i·w·D = (wi·dr + wr·di) + i·(wi·di − wr·dr)
+                            *cos = mid * (er + wi * dr + wr * di);
+                            *sin = -mid * (ei + wi * di - wr * dr);
+                        }
                     }
-                }
-            })
+                },
+            )
         });
     let z0 = z.data_at(0);
     // X_0 = Re Z_0 + Im Z_0 and X_M = Re Z_0 − Im Z_0 are real.
@@ -590,18 +656,22 @@ pub(crate) fn atom_signal<P>(
     out.par_chunks_mut(2 * block * rows)
         .enumerate()
         .for_each(|(g, chunk)| {
-            with_scratch(block * rows, |z, _| {
-                s.rows(g * block, &mut z.re, &mut z.im);
-                let last = chunk.len() / 2;
-                let mut pairs = chunk.chunks_exact_mut(2);
-                for ((slots, &even), &odd) in (&mut pairs).zip(&z.im).zip(&z.re) {
-                    put(&mut slots[0], even);
-                    put(&mut slots[1], odd);
-                }
-                if let Some(slot) = pairs.into_remainder().first_mut() {
-                    put(slot, z.im[last]);
-                }
-            })
+            with_scratch(
+                block * rows,
+                #[inline(always)]
+                |z, _| {
+                    s.rows(g * block, &mut z.re, &mut z.im);
+                    let last = chunk.len() / 2;
+                    let mut pairs = chunk.chunks_exact_mut(2);
+                    for ((slots, &even), &odd) in (&mut pairs).zip(&z.im).zip(&z.re) {
+                        put(&mut slots[0], even);
+                        put(&mut slots[1], odd);
+                    }
+                    if let Some(slot) = pairs.into_remainder().first_mut() {
+                        put(slot, z.im[last]);
+                    }
+                },
+            )
         });
     s.data.recycle();
 }

@@ -164,31 +164,10 @@ impl Qsgd {
             .map(|&m| (1.0 / if m == 0.0 { 1.0 } else { m }) * s as f32)
             .collect();
         let stream = Stream::new(rng);
-        let level_of = move |v: f32, u: f32, factor: f32| -> (u32, u32) {
-            let a = v * factor;
-            let x = a.abs() + u;
-            // x ≥ 0: ⌊x⌋ capped at s. One or two levels count thresholds (as the device path
-            // does; much cheaper than a float-to-integer conversion), more clamp in f32, then
-            // truncate.
-            let level = match s {
-                1 => (x >= 1.0) as u32,
-                2 => (x >= 1.0) as u32 + (x >= 2.0) as u32,
-                _ => x.min(s as f32) as i32 as u32,
-            };
-            (level, (a < 0.0) as u32)
-        };
-        let quantise = |start: usize, vs: &[f32], us: &[f32], fields: &mut [u32]| {
-            for_bucket_runs(start, vs.len(), b, |bucket, run| {
-                let factor = factors[bucket];
-                for ((field, &v), &u) in fields[run.clone()]
-                    .iter_mut()
-                    .zip(&vs[run.clone()])
-                    .zip(&us[run])
-                {
-                    let (level, negative) = level_of(v, u, factor);
-                    *field = level << 1 | negative;
-                }
-            });
+        let quantise = Quantiser {
+            factors: &factors,
+            bucket: b,
+            levels: s,
         };
         // Elias-gamma straight from the gradient when it is asked for, or when the smallest
         // coding is asked for and a bound on Elias-gamma's expected size is well below the fixed
@@ -214,14 +193,21 @@ impl Qsgd {
         let nonzero = {
             let body = w.zeroed(fixed_len);
             let per_block = BLOCK * width as usize / 8;
-            pack_random(values, stream, per_block, body, |start, vs, us, out| {
-                let mut fields = [0u32; BLOCK];
-                let fields = &mut fields[..vs.len()];
-                quantise(start, vs, us, fields);
-                let count = fields.iter().filter(|&&f| f > 1).count();
-                host::pack_fields(fields, width, out);
-                count
-            })
+            pack_random(
+                values,
+                stream,
+                per_block,
+                body,
+                #[inline(always)]
+                |start, vs, us, out| {
+                    let mut fields = [0u32; BLOCK];
+                    let fields = &mut fields[..vs.len()];
+                    quantise.block(start, vs, us, fields);
+                    let count = fields.iter().filter(|&&f| f > 1).count();
+                    host::pack_fields(fields, width, out);
+                    count
+                },
+            )
         };
         // Elias-gamma needs at least 64 + n + 3·nnz bits; only then is the exact size computed.
         let use_elias = self.coding == LevelCoding::Smallest
@@ -237,6 +223,49 @@ impl Qsgd {
             }
         }
         Ok(w.finish())
+    }
+}
+
+/// QSGD's quantiser on host values: `a_i = g_i·(s/‖v‖)` with the bucket's factor `s/‖v‖`, as on
+/// the device; level `⌊|a| + u⌋ ≤ s`, field `level << 1 | (a < 0)`.
+struct Quantiser<'a> {
+    /// `s/‖v‖` per bucket (`s` for a zero bucket).
+    factors: &'a [f32],
+    bucket: usize,
+    levels: u32,
+}
+
+impl Quantiser<'_> {
+    /// The fields of entries `start .. start + vs.len()` with uniforms `us`, into `fields`.
+    #[inline(always)]
+    fn block(&self, start: usize, vs: &[f32], us: &[f32], fields: &mut [u32]) {
+        let s = self.levels;
+        for_bucket_runs(
+            start,
+            vs.len(),
+            self.bucket,
+            #[inline(always)]
+            |bucket, run| {
+                let factor = self.factors[bucket];
+                for ((field, &v), &u) in fields[run.clone()]
+                    .iter_mut()
+                    .zip(&vs[run.clone()])
+                    .zip(&us[run])
+                {
+                    let a = v * factor;
+                    let x = a.abs() + u;
+                    // x ≥ 0: ⌊x⌋ capped at s. One or two levels count thresholds (as the device
+                    // path does; much cheaper than a float-to-integer conversion), more clamp in
+                    // f32, then truncate.
+                    let level = match s {
+                        1 => (x >= 1.0) as u32,
+                        2 => (x >= 1.0) as u32 + (x >= 2.0) as u32,
+                        _ => x.min(s as f32) as i32 as u32,
+                    };
+                    *field = level << 1 | (a < 0.0) as u32;
+                }
+            },
+        );
     }
 }
 
@@ -568,8 +597,12 @@ fn decode_host<S: Sink>(
     let scales: Vec<f32> = body.norms.iter().map(|x| x / body.s as f32).collect();
     let b = body.b;
     match body.levels {
-        Levels::Fixed { bytes, width } => {
-            host::par_field_blocks(bytes, width, out, |start, fields, vals| {
+        Levels::Fixed { bytes, width } => host::par_field_blocks(
+            bytes,
+            width,
+            out,
+            #[inline(always)]
+            |start, fields, vals| {
                 for_bucket_runs(start, vals.len(), b, |bucket, run| {
                     let scale = scales[bucket];
                     for (slot, &f) in vals[run.clone()].iter_mut().zip(&fields[run]) {
@@ -577,8 +610,8 @@ fn decode_host<S: Sink>(
                         sink.put(slot, if f & 1 == 1 { -level } else { level });
                     }
                 });
-            })
-        }
+            },
+        ),
         Levels::Elias { reader } => reader.decode(out, &scales, b, sink),
     }
     Ok(())
@@ -1024,10 +1057,7 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
 /// The Elias-gamma stream of the levels `quantise(start, values, uniforms, fields)` writes, block
 /// by block with the uniforms of `stream`, without fixed-width fields in between: the same
 /// levels, so the same bytes, as [`elias_stream`] of the packed fields.
-fn elias_direct<Q>(values: &[f32], stream: Stream, s: u32, quantise: &Q) -> EliasStream
-where
-    Q: Fn(usize, &[f32], &[f32], &mut [u32]) + Sync,
-{
+fn elias_direct(values: &[f32], stream: Stream, s: u32, quantise: &Quantiser<'_>) -> EliasStream {
     let codes = elias_codes(s);
     let chunks: Vec<EliasStream> = values
         .par_chunks(CHUNK)
@@ -1042,7 +1072,7 @@ where
                         let start = c * CHUNK + b * BLOCK;
                         let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
                         stream.fill(start, u);
-                        quantise(start, vs, u, fields);
+                        quantise.block(start, vs, u, fields);
                         coder.push(fields);
                     }
                     coder.finish()

@@ -23,7 +23,12 @@ fn sign_bits(flat: Tensor<1>) -> Vec<u8> {
 /// and, when `SUM`, `‖g‖₁`, in one parallel pass that also checks every entry is finite.
 fn host_sign_bits<const SUM: bool>(values: &[f32]) -> Result<(Vec<u8>, u32, f64), CompressError> {
     let mut bits = vec![0u8; packed_len(values.len(), 1)];
-    let (max, l1) = pack_small::<1, SUM, _>(values, &mut bits, |v| (v < 0.0) as u8);
+    let (max, l1) = pack_small::<1, SUM, _>(
+        values,
+        &mut bits,
+        #[inline(always)]
+        |v| (v < 0.0) as u8,
+    );
     if max >= 0x7F80_0000 {
         return Err(host::non_finite(values));
     }

@@ -180,8 +180,13 @@ impl TernGrad {
         let body = w.zeroed(body_len);
         match self.packing {
             // field: 0 = zero, 1 = +1, 2 = −1
-            TritPacking::TwoBits => {
-                pack_random(values, stream, BLOCK / 4, body, |_, vs, us, out| {
+            TritPacking::TwoBits => pack_random(
+                values,
+                stream,
+                BLOCK / 4,
+                body,
+                #[inline(always)]
+                |_, vs, us, out| {
                     let mut fields = [0u8; BLOCK];
                     for ((field, &v), &u) in fields.iter_mut().zip(vs).zip(us) {
                         let (plus, minus) = trit(v, u);
@@ -194,26 +199,33 @@ impl TernGrad {
                             .fold(0, |b, (t, &f)| b | f << (2 * t));
                     }
                     0
-                })
-            }
+                },
+            ),
             // digit (trit + 1): 0 = −1, 1 = 0, 2 = +1; the padding digit is 1
-            TritPacking::Base3 => pack_random(values, stream, BLOCK / 5, body, |_, vs, us, out| {
-                for (byte, (vs, us)) in out.iter_mut().zip(vs.chunks(5).zip(us.chunks(5))) {
-                    let mut b = 0u8;
-                    for j in (0..5).rev() {
-                        let digit = match vs.get(j) {
-                            Some(&v) => {
-                                let (plus, minus) = trit(v, us[j]);
-                                1 + plus - minus
-                            }
-                            None => 1,
-                        };
-                        b = 3 * b + digit;
+            TritPacking::Base3 => pack_random(
+                values,
+                stream,
+                BLOCK / 5,
+                body,
+                #[inline(always)]
+                |_, vs, us, out| {
+                    for (byte, (vs, us)) in out.iter_mut().zip(vs.chunks(5).zip(us.chunks(5))) {
+                        let mut b = 0u8;
+                        for j in (0..5).rev() {
+                            let digit = match vs.get(j) {
+                                Some(&v) => {
+                                    let (plus, minus) = trit(v, us[j]);
+                                    1 + plus - minus
+                                }
+                                None => 1,
+                            };
+                            b = 3 * b + digit;
+                        }
+                        *byte = b;
                     }
-                    *byte = b;
-                }
-                0
-            }),
+                    0
+                },
+            ),
         };
         Ok(w.finish())
     }
