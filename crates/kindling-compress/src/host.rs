@@ -560,44 +560,34 @@ where
         });
 }
 
-/// The fields of chunk `c` (entries `c·CHUNK ..`) of a packed stream of `n` fields of
-/// `width ≤ 24` bits.
-pub(crate) fn chunk_fields(
-    bytes: &[u8],
-    n: usize,
-    width: u32,
-    c: usize,
-) -> impl Iterator<Item = u32> + '_ {
-    let mask = (1u64 << width) - 1;
-    let count = CHUNK.min(n.saturating_sub(c * CHUNK));
-    let bytes = &bytes[(c * chunk_bytes(width)).min(bytes.len())..];
-    let mut pos = 0;
-    let mut acc = 0u64;
-    let mut filled = 0u32;
-    (0..count).map(move |_| {
-        if filled < width {
-            // 32 bits at a time.
-            acc |= (le_word(bytes, pos) as u64) << filled;
-            filled += 32;
-            pos += 4;
-        }
-        let field = (acc & mask) as u32;
-        acc >>= width;
-        filled -= width;
-        field
-    })
-}
-
-/// The first field found (in any chunk) of a packed stream of `n` fields that is `bad`.
+/// The first field found (in any chunk) of a packed stream of `n` fields of `width ≤ 24` bits
+/// (zeros past the end of `bytes`) that is `bad`: chunks in parallel, each unpacked a block of
+/// [`BLOCK`] fields at a time and tested with the widest vector unit.
 pub(crate) fn any_field(
     bytes: &[u8],
     n: usize,
     width: u32,
     bad: impl Fn(u32) -> bool + Sync,
 ) -> Option<u32> {
-    (0..n.div_ceil(CHUNK))
-        .into_par_iter()
-        .find_map_any(|c| chunk_fields(bytes, n, width, c).find(|&f| bad(f)))
+    let block_bytes = BLOCK * width as usize / 8;
+    (0..n.div_ceil(CHUNK)).into_par_iter().find_map_any(|c| {
+        simd::wide(
+            #[inline(always)]
+            || {
+                let count = CHUNK.min(n - c * CHUNK);
+                let chunk = &bytes[(c * chunk_bytes(width)).min(bytes.len())..];
+                let mut fields = [0u32; BLOCK];
+                for b in 0..count.div_ceil(BLOCK) {
+                    let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
+                    unpack_fields(&chunk[(b * block_bytes).min(chunk.len())..], width, fields);
+                    if fields.iter().fold(false, |any, &f| any | bad(f)) {
+                        return fields.iter().copied().find(|&f| bad(f));
+                    }
+                }
+                None
+            },
+        )
+    })
 }
 
 #[cfg(test)]
@@ -709,10 +699,6 @@ mod tests {
                 unpack_fields(src, width, block);
             }
             assert_eq!(unpacked, fields, "width {width}");
-            let read: Vec<u32> = (0..n.div_ceil(CHUNK))
-                .flat_map(|c| chunk_fields(&bytes, n, width, c))
-                .collect();
-            assert_eq!(read, fields);
             assert_eq!(any_field(&bytes, n, width, |f| f > mask), None);
             let last = fields[n - 1];
             assert_eq!(any_field(&bytes, n, width, |f| f == last), Some(last));
