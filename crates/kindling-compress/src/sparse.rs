@@ -292,6 +292,9 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
     if k == 0 || k >= n {
         host::max_abs(values)?;
     }
+    if let Some(sparse) = sampled_top_k(values, k)? {
+        return Ok(sparse);
+    }
     let mut shift = 20u32; // bits of |v| below the current digit
     let mut prefix = 0u32; // the digits chosen so far (bits >> (shift + digit width))
     let mut digit = 11u32;
@@ -379,6 +382,76 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
     };
     let values = positions.iter().map(|&p| values[p as usize]).collect();
     Ok(SparseVec { positions, values })
+}
+
+/// Entries per sample of [`sampled_top_k`]: every `SAMPLE_STRIDE`-th entry.
+const SAMPLE_STRIDE: usize = 64;
+
+/// [`top_k`] in one pass over `values` when a sample predicts its threshold: the `|v|` bits of
+/// every [`SAMPLE_STRIDE`]-th entry give a bound `L` a little below the `k`-th largest (the
+/// sample's `k/64 + 4·√(k/64) + 16`-th largest), one parallel pass gathers the positions of the
+/// entries with bits `≥ L`, and if they are at least `k` (so they hold the `k` largest) the `k`
+/// largest of them (ties: lower index first) are the answer; non-finite entries are among them
+/// (their bits are the largest), so they are found in the same pass. `None` when the sample is
+/// too small, the bound undershoots, or more than `2k + CANDIDATES` entries pass it (the
+/// gather keeps no more): the radix selection then runs, so the result never depends on the
+/// sample, and no allocation is proportional to `n`.
+fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, CompressError> {
+    let n = values.len();
+    let samples = n / SAMPLE_STRIDE;
+    if k == 0 || k >= n || samples < 1024 {
+        return Ok(None);
+    }
+    let cap = 2 * k + CANDIDATES;
+    let mut sample: Vec<u32> = (0..samples)
+        .map(|i| abs_bits(values[i * SAMPLE_STRIDE]))
+        .collect();
+    let expected = k as f64 / SAMPLE_STRIDE as f64;
+    let rank = (expected + 4.0 * expected.sqrt() + 16.0) as usize;
+    if rank >= samples {
+        return Ok(None);
+    }
+    let (_, &mut bound, _) = sample.select_nth_unstable_by(rank, |a, b| b.cmp(a));
+    let taken = std::sync::atomic::AtomicUsize::new(0);
+    let parts: Vec<Option<Vec<u32>>> = values
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, chunk)| {
+            let mut found = Vec::new();
+            for (i, &v) in chunk.iter().enumerate() {
+                if abs_bits(v) >= bound {
+                    found.push((c * CHUNK + i) as u32);
+                }
+            }
+            let total = taken.fetch_add(found.len(), std::sync::atomic::Ordering::Relaxed);
+            (total + found.len() <= cap).then_some(found)
+        })
+        .collect();
+    let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
+        return Ok(None);
+    };
+    let mut candidates: Vec<u32> = parts.concat();
+    if candidates.len() < k {
+        return Ok(None);
+    }
+    if candidates
+        .iter()
+        .any(|&p| abs_bits(values[p as usize]) >= 0x7F80_0000)
+    {
+        return Err(host::non_finite(values));
+    }
+    candidates.select_nth_unstable_by(k - 1, |&a, &b| {
+        abs_bits(values[b as usize])
+            .cmp(&abs_bits(values[a as usize]))
+            .then(a.cmp(&b))
+    });
+    candidates.truncate(k);
+    candidates.sort_unstable();
+    let kept = candidates.iter().map(|&p| values[p as usize]).collect();
+    Ok(Some(SparseVec {
+        positions: candidates,
+        values: kept,
+    }))
 }
 
 /// The positions of the entries `classify` puts `Greater` and those it puts `Equal` (the rest
@@ -694,6 +767,13 @@ mod tests {
                 "spread",
                 (0..n).map(|i| ((i as f32) * 0.618).sin() * 1e3).collect(),
             ),
+            // the large entries sit between the sampled ones: the sample's bound undershoots
+            (
+                "hidden",
+                (0..n)
+                    .map(|i| if i % 64 == 1 { 100.0 + i as f32 } else { 1.0 })
+                    .collect(),
+            ),
         ];
         for (name, values) in cases {
             for k in [1, 77, 1000, 150_000, n - 1, n] {
@@ -707,5 +787,27 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// The one-pass sampled selection answers when its bound holds and hands over to the radix
+    /// selection otherwise; a non-finite entry is an error on either path.
+    #[test]
+    fn the_sampled_selection_answers_or_hands_over() {
+        let n = 200_000;
+        let spread: Vec<f32> = (0..n).map(|i| ((i as f32) * 0.618).sin() * 1e3).collect();
+        let got = sampled_top_k(&spread, 1000)
+            .unwrap()
+            .expect("the sample predicts the bound");
+        assert_eq!(got.positions, top_k(&spread, 1000).unwrap().positions);
+        // All equal: every entry passes the bound, more than it may keep.
+        assert!(sampled_top_k(&vec![1.5; n], 1000).unwrap().is_none());
+        // Too few entries to sample.
+        assert!(sampled_top_k(&spread[..1000], 10).unwrap().is_none());
+        let mut poisoned = spread.clone();
+        poisoned[12_345] = f32::NAN;
+        assert!(matches!(
+            sampled_top_k(&poisoned, 1000),
+            Err(CompressError::NonFinite { bad: 1, .. })
+        ));
     }
 }
