@@ -51,8 +51,9 @@ const MAX_INLINE: usize = 4096;
 ///   every rank checks before any data moves. Ranks that call different collectives get a
 ///   [`DistError::Protocol`] naming rank 0's call and the first rank whose call differs, on
 ///   every rank; data is never mixed. The header doubles as the all-gather's length exchange,
-///   and carries small data inline: a slot as large as the larger of the last two all-gathers'
-///   largest payloads or all-reduces' buffers (up to 4 KiB), so small all-gathers (step votes,
+///   and carries small data inline: a slot as large as the data of the collective two back
+///   (an all-gather's largest payload or an all-reduce's buffer, up to 4 KiB: a step repeats
+///   its collectives), so small all-gathers (step votes,
 ///   TernGrad's scales, small buckets) take one collective instead of two, and small
 ///   all-reduces (PowerSGD's rounds) one instead of three, summed on every rank in rank order.
 /// * **Zero-copy all-gather.** [`all_gather_borrowed`](Communicator::all_gather_borrowed)
@@ -113,7 +114,8 @@ pub struct Mpi {
     /// Bytes of data every header carries inline (a multiple of 8, at most `MAX_INLINE`): see
     /// [`Mpi::remember`].
     inline: usize,
-    /// The data size of the last all-gather or all-reduce (`usize::MAX` before any).
+    /// The data size of the last all-gather or all-reduce (`usize::MAX` before any): the next
+    /// slot but one.
     last_data: usize,
     /// Where each rank's inline payload starts in `headers`.
     starts: Vec<usize>,
@@ -385,11 +387,14 @@ impl Mpi {
     }
 
     /// Sizes the next header's slot after a collective that carried `bytes` of data per rank
-    /// (an all-gather's largest payload, an all-reduce's buffer): the larger of the last two
-    /// such sizes that fit `MAX_INLINE`, so that alternating small collectives (a step's two
-    /// PowerSGD rounds, a vote and its payloads) all travel inline. Every rank sees the same
-    /// sizes, so every rank picks the same slot. Every header pays for the slot, so it stays
-    /// small: on a slow link a larger one costs more than the rounds it saves.
+    /// (an all-gather's largest payload, an all-reduce's buffer): the size of the collective
+    /// before this one, if it fits `MAX_INLINE`. A training step repeats its collectives, so
+    /// the collective two back is the best guess for the next one's size: alternating small
+    /// collectives (a step's two PowerSGD rounds, a vote and its payloads) each get a slot of
+    /// their own size, where one slot for both made the smaller pay for the larger (PowerSGD's
+    /// 2.1 KB round carried a 3.6 KB slot). Every rank sees the same sizes, so every rank picks
+    /// the same slot. Every header pays for the slot, so it stays small: on a slow link a larger
+    /// one costs more than the rounds it saves.
     fn remember(&mut self, bytes: usize) {
         let fits = |b: usize| {
             if b <= MAX_INLINE {
@@ -398,7 +403,7 @@ impl Mpi {
                 0
             }
         };
-        self.inline = fits(self.last_data).max(fits(bytes));
+        self.inline = fits(self.last_data);
         self.last_data = bytes;
     }
 

@@ -325,27 +325,16 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         "a root outside the group"
     );
     // LocalGroup's counts (ring all-reduce of 8 bytes, all-gather, broadcast) plus MPI's headers
-    // to and from each peer. The first all-reduce carries a bare 32-byte header (no slot yet);
-    // it sizes the slot to its 8 bytes, so the all-gather's header is 32 + 8 bytes and carries
-    // the payloads (at most w bytes) inline when w ≤ 8; then the slot is the larger of 8 and w
-    // rounded up to 8, for the broadcast and for the max's all-gather, whose 4-byte payloads
-    // travel inside it (the out-of-range root fails before its header).
+    // to and from each peer. A slot is sized by the collective two back: the all-reduce and
+    // the all-gather carry bare 32-byte headers and their data separately; from then on the slot
+    // is the all-reduce's 8 bytes, for the broadcast and for the max's all-gather, whose 4-byte
+    // payloads travel inside it (the out-of-range root fails before its header).
+    let hops = w as u64 - 1;
     let ring = (8 * 2 * (w - 1) / w) as u64;
-    let slot = 8.max(w.next_multiple_of(8)) as u64;
-    let headers = (32 + (32 + 8) + 2 * (32 + slot)) * (w as u64 - 1);
-    let (gathered_sent, gathered_received) = if w <= 8 {
-        (0, 0)
-    } else {
-        (
-            (rank as u64 + 1) * (w as u64 - 1),
-            ((1..=w).sum::<usize>() - (rank + 1)) as u64,
-        )
-    };
-    let (bcast_sent, bcast_received) = if rank == root {
-        (5 * (w as u64 - 1), 0)
-    } else {
-        (0, 5)
-    };
+    let headers = (2 * 32 + 2 * (32 + 8)) * hops;
+    let gathered_sent = (rank as u64 + 1) * hops;
+    let gathered_received = ((1..=w).sum::<usize>() - (rank + 1)) as u64;
+    let (bcast_sent, bcast_received) = if rank == root { (5 * hops, 0) } else { (0, 5) };
     let after = mpi.traffic();
     assert_eq!(
         after.sent - before.sent,
@@ -356,14 +345,11 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
         ring + gathered_received + bcast_received + headers
     );
     // Message rounds (W − 1 per header exchange or all-gather, 2·(W − 1) per ring all-reduce):
-    // the first all-reduce is a header exchange and a ring, the all-gather a header exchange
-    // (and its data when it did not fit inline), the broadcast a header exchange and its data,
-    // the max one header exchange.
-    let hops = w as u64 - 1;
-    let gathered_rounds = if w <= 8 { 0 } else { hops };
+    // the all-reduce is a header exchange and a ring, the all-gather and the broadcast each a
+    // header exchange and their data, the max one header exchange.
     assert_eq!(
         after.rounds - before.rounds,
-        3 * hops + hops + gathered_rounds + 2 * hops + hops
+        3 * hops + 2 * hops + 2 * hops + hops
     );
     // A small all-reduce now rides in the header exchange (the slot fits 8 bytes): one
     // collective, its sum exact in rank order on every rank.
