@@ -396,14 +396,11 @@ impl Mpi {
     /// the same slot. Every header pays for the slot, so it stays small: on a slow link a larger
     /// one costs more than the rounds it saves.
     fn remember(&mut self, bytes: usize) {
-        let fits = |b: usize| {
-            if b <= MAX_INLINE {
-                b.next_multiple_of(8)
-            } else {
-                0
-            }
+        self.inline = if self.last_data <= MAX_INLINE {
+            self.last_data.next_multiple_of(8)
+        } else {
+            0
         };
-        self.inline = fits(self.last_data);
         self.last_data = bytes;
     }
 
