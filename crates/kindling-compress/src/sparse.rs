@@ -282,7 +282,8 @@ impl TopK {
 const CANDIDATES: usize = 1 << 16;
 
 /// The `k` entries of largest magnitude (ties: lower index first), in position order, or
-/// [`CompressError::NonFinite`]. A radix selection on the bits of `|v|`: a parallel histogram of
+/// [`CompressError::NonFinite`]. One pass when a sample predicts the threshold
+/// ([`sampled_top_k`]); otherwise a radix selection on the bits of `|v|`: a parallel histogram of
 /// the top 11 bits finds the bin holding the `k`-th largest (refined by 10 more bits at a time
 /// while the bin holds many entries), then one parallel pass gathers the entries above the bin
 /// and the bin's candidates, of which the largest are kept; the first histogram doubles as the
