@@ -61,7 +61,7 @@ thread_local! {
 }
 
 /// Runs `f` on this thread's two [`SCRATCH`] vectors, of `len` entries each (contents
-/// unspecified), compiled for the widest vector unit ([`simd::wide`]; pass `f` as an
+/// unspecified), compiled for the widest vector unit ([`simd::wide!`]; pass `f` as an
 /// `#[inline(always)]` closure, or it is compiled for the baseline). `f` must not start rayon
 /// work (it would re-enter the scratch).
 #[inline(always)]
@@ -70,10 +70,7 @@ fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Split, &mut Split) -> R) -> R
         for v in [&mut a.re, &mut a.im, &mut b.re, &mut b.im] {
             v.resize(len, 0.0);
         }
-        simd::wide(
-            #[inline(always)]
-            || f(a, b),
-        )
+        simd::wide!(f(a, b))
     })
 }
 
@@ -521,19 +518,16 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
             .zip(strips.im.par_chunks_mut(STRIP * cols))
             .enumerate()
             .for_each(|(strip, (sre, sim))| {
-                simd::wide(
-                    #[inline(always)]
-                    || {
-                        let first = strip * STRIP;
-                        for (n2, &row) in rev.iter().enumerate() {
-                            let from = n2 * rows + first..n2 * rows + first + STRIP;
-                            let to = row * STRIP..(row + 1) * STRIP;
-                            copy_lanes(&mut sre[to.clone()], &t.re[from.clone()]);
-                            copy_lanes(&mut sim[to], &t.im[from]);
-                        }
-                        butterflies(sre, sim, STRIP, &stages);
-                    },
-                )
+                simd::wide!({
+                    let first = strip * STRIP;
+                    for (n2, &row) in rev.iter().enumerate() {
+                        let from = n2 * rows + first..n2 * rows + first + STRIP;
+                        let to = row * STRIP..(row + 1) * STRIP;
+                        copy_lanes(&mut sre[to.clone()], &t.re[from.clone()]);
+                        copy_lanes(&mut sim[to], &t.im[from]);
+                    }
+                    butterflies(sre, sim, STRIP, &stages);
+                })
             });
     }
     t.recycle();

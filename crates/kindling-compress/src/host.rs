@@ -191,12 +191,7 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
     } else {
         values
             .par_chunks(CHUNK)
-            .map(|c| {
-                simd::wide(
-                    #[inline(always)]
-                    || max_abs_bits(c),
-                )
-            })
+            .map(|c| simd::wide!(max_abs_bits(c)))
             .max()
             .unwrap_or(0)
     };
@@ -212,23 +207,20 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
 /// and huge ones do not overflow when squared.
 pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
     let part = |chunk: &[f32]| {
-        simd::wide(
-            #[inline(always)]
-            || {
-                let bits = max_abs_bits(chunk);
-                if bits >= 0x7F80_0000 {
-                    return (f32::INFINITY, 0.0, 0.0);
-                }
-                let m = f32::from_bits(bits);
-                let l2 = scaled_l2(chunk, m);
-                let squares = if m > 0.0 {
-                    (l2 / m as f64).powi(2)
-                } else {
-                    0.0
-                };
-                (m, squares, sum_abs(chunk))
-            },
-        )
+        simd::wide!({
+            let bits = max_abs_bits(chunk);
+            if bits >= 0x7F80_0000 {
+                return (f32::INFINITY, 0.0, 0.0);
+            }
+            let m = f32::from_bits(bits);
+            let l2 = scaled_l2(chunk, m);
+            let squares = if m > 0.0 {
+                (l2 / m as f64).powi(2)
+            } else {
+                0.0
+            };
+            (m, squares, sum_abs(chunk))
+        })
     };
     let parts: Vec<(f32, f64, f64)> = if values.len() <= CHUNK {
         vec![part(values)]
@@ -274,15 +266,7 @@ pub(crate) fn scaled_l2(values: &[f32], max: f32) -> f64 {
         lanes.iter().sum::<f64>() + tail
     };
     let sq: f64 = if values.len() > CHUNK {
-        values
-            .par_chunks(CHUNK)
-            .map(|c| {
-                simd::wide(
-                    #[inline(always)]
-                    || sum(c),
-                )
-            })
-            .sum()
+        values.par_chunks(CHUNK).map(|c| simd::wide!(sum(c))).sum()
     } else {
         sum(values)
     };
@@ -316,19 +300,16 @@ where
     out.par_chunks_mut(chunk_bytes(W))
         .zip(values.par_chunks(CHUNK))
         .map(|(bytes, vals)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let mut groups = vals.chunks_exact(per_byte);
-                    for (byte, group) in bytes.iter_mut().zip(&mut groups) {
-                        *byte = pack(group);
-                    }
-                    if let Some(last) = bytes.get_mut(vals.len() / per_byte) {
-                        *last = pack(groups.remainder());
-                    }
-                    (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
-                },
-            )
+            simd::wide!({
+                let mut groups = vals.chunks_exact(per_byte);
+                for (byte, group) in bytes.iter_mut().zip(&mut groups) {
+                    *byte = pack(group);
+                }
+                if let Some(last) = bytes.get_mut(vals.len() / per_byte) {
+                    *last = pack(groups.remainder());
+                }
+                (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
+            })
         })
         .reduce(|| (0, 0.0), |a, b| (a.0.max(b.0), a.1 + b.1))
 }
@@ -356,24 +337,21 @@ pub(crate) fn unpack_small<const W: u32, S: Sink>(
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(chunk_bytes(W)))
         .for_each(|(vals, bytes)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let full = vals.len() / per_byte;
-                    let mut groups = vals.chunks_exact_mut(per_byte);
-                    for (group, &b) in (&mut groups).zip(bytes) {
-                        for (slot, &v) in group.iter_mut().zip(&rows[b as usize]) {
-                            sink.put(slot, v);
-                        }
+            simd::wide!({
+                let full = vals.len() / per_byte;
+                let mut groups = vals.chunks_exact_mut(per_byte);
+                for (group, &b) in (&mut groups).zip(bytes) {
+                    for (slot, &v) in group.iter_mut().zip(&rows[b as usize]) {
+                        sink.put(slot, v);
                     }
-                    let rest = groups.into_remainder();
-                    if let Some(&b) = bytes.get(full) {
-                        for (slot, &v) in rest.iter_mut().zip(&rows[b as usize]) {
-                            sink.put(slot, v);
-                        }
+                }
+                let rest = groups.into_remainder();
+                if let Some(&b) = bytes.get(full) {
+                    for (slot, &v) in rest.iter_mut().zip(&rows[b as usize]) {
+                        sink.put(slot, v);
                     }
-                },
-            )
+                }
+            })
         });
 }
 
@@ -400,24 +378,21 @@ where
         .zip(values.par_chunks(CHUNK))
         .enumerate()
         .map(|(c, (bytes, vals))| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let mut u = [0f32; BLOCK];
-                    let mut count = 0;
-                    for (b, (vals, bytes)) in vals
-                        .chunks(BLOCK)
-                        .zip(bytes.chunks_mut(bytes_per_block))
-                        .enumerate()
-                    {
-                        let u = &mut u[..vals.len()];
-                        let start = c * CHUNK + b * BLOCK;
-                        stream.fill(start, u);
-                        count += f(start, vals, u, bytes);
-                    }
-                    count
-                },
-            )
+            simd::wide!({
+                let mut u = [0f32; BLOCK];
+                let mut count = 0;
+                for (b, (vals, bytes)) in vals
+                    .chunks(BLOCK)
+                    .zip(bytes.chunks_mut(bytes_per_block))
+                    .enumerate()
+                {
+                    let u = &mut u[..vals.len()];
+                    let start = c * CHUNK + b * BLOCK;
+                    stream.fill(start, u);
+                    count += f(start, vals, u, bytes);
+                }
+                count
+            })
         })
         .sum()
 }
@@ -531,32 +506,53 @@ pub(crate) fn unpack_fields(bytes: &[u8], width: u32, out: &mut [u32]) {
     }
 }
 
+/// Calls `f(b, fields)` with the fields of block `b` of one chunk of a packed stream: `count`
+/// fields of `width ≤ 24` bits from the start of `bytes` (zeros past its end), unpacked
+/// [`BLOCK`] at a time into one buffer. Stops at, and returns, the first `Some` that `f` gives.
+#[inline(always)]
+pub(crate) fn chunk_field_blocks<T>(
+    bytes: &[u8],
+    count: usize,
+    width: u32,
+    mut f: impl FnMut(usize, &[u32]) -> Option<T>,
+) -> Option<T> {
+    let block_bytes = BLOCK * width as usize / 8;
+    let mut fields = [0u32; BLOCK];
+    for b in 0..count.div_ceil(BLOCK) {
+        let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
+        unpack_fields(&bytes[(b * block_bytes).min(bytes.len())..], width, fields);
+        if let Some(found) = f(b, fields) {
+            return Some(found);
+        }
+    }
+    None
+}
+
 /// Runs `f(start, fields, out)` on every block of [`BLOCK`] entries of a packed stream of
 /// `width`-bit fields in parallel, with the block's fields unpacked and its slice of `out`.
 pub(crate) fn par_field_blocks<F>(bytes: &[u8], width: u32, out: &mut [f32], f: F)
 where
     F: Fn(usize, &[u32], &mut [f32]) + Sync,
 {
-    let block_bytes = BLOCK * width as usize / 8;
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(chunk_bytes(width)))
         .enumerate()
         .for_each(|(c, (vals, bytes))| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let mut fields = [0u32; BLOCK];
-                    for (b, (vals, bytes)) in vals
-                        .chunks_mut(BLOCK)
-                        .zip(bytes.chunks(block_bytes))
-                        .enumerate()
-                    {
-                        let fields = &mut fields[..vals.len()];
-                        unpack_fields(bytes, width, fields);
-                        f(c * CHUNK + b * BLOCK, fields, vals);
-                    }
-                },
-            )
+            simd::wide!({
+                let count = vals.len();
+                let mut outs = vals.chunks_mut(BLOCK);
+                chunk_field_blocks(
+                    bytes,
+                    count,
+                    width,
+                    #[inline(always)]
+                    |b, fields| {
+                        let out = outs.next().expect("one slice of out per block");
+                        f(c * CHUNK + b * BLOCK, fields, out);
+                        None::<()>
+                    },
+                );
+            })
         });
 }
 
@@ -569,24 +565,25 @@ pub(crate) fn any_field(
     width: u32,
     bad: impl Fn(u32) -> bool + Sync,
 ) -> Option<u32> {
-    let block_bytes = BLOCK * width as usize / 8;
     (0..n.div_ceil(CHUNK)).into_par_iter().find_map_any(|c| {
-        simd::wide(
-            #[inline(always)]
-            || {
-                let count = CHUNK.min(n - c * CHUNK);
-                let chunk = &bytes[(c * chunk_bytes(width)).min(bytes.len())..];
-                let mut fields = [0u32; BLOCK];
-                for b in 0..count.div_ceil(BLOCK) {
-                    let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
-                    unpack_fields(&chunk[(b * block_bytes).min(chunk.len())..], width, fields);
+        simd::wide!({
+            let chunk = &bytes[(c * chunk_bytes(width)).min(bytes.len())..];
+            chunk_field_blocks(
+                chunk,
+                CHUNK.min(n - c * CHUNK),
+                width,
+                #[inline(always)]
+                |_, fields| {
+                    // A branch-free test of the block first, then the search in the rare block
+                    // that holds a bad field.
                     if fields.iter().fold(false, |any, &f| any | bad(f)) {
-                        return fields.iter().copied().find(|&f| bad(f));
+                        fields.iter().copied().find(|&f| bad(f))
+                    } else {
+                        None
                     }
-                }
-                None
-            },
-        )
+                },
+            )
+        })
     })
 }
 

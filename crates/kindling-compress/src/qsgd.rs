@@ -1029,26 +1029,26 @@ fn concat(chunks: Vec<EliasStream>) -> EliasStream {
 /// parallel and their bit streams concatenated.
 fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
     let codes = elias_codes(s);
-    let block_bytes = BLOCK * width as usize / 8;
     let chunks: Vec<EliasStream> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let count = CHUNK.min(n - c * CHUNK);
-                    let start = c * host::chunk_bytes(width);
-                    let bytes = &fixed[start..start + packed_len(count, width)];
-                    let mut coder = ChunkCoder::new(&codes, bytes.len());
-                    let mut fields = [0u32; BLOCK];
-                    for (b, block) in bytes.chunks(block_bytes).enumerate() {
-                        let fields = &mut fields[..BLOCK.min(count - b * BLOCK)];
-                        host::unpack_fields(block, width, fields);
+            simd::wide!({
+                let count = CHUNK.min(n - c * CHUNK);
+                let start = c * host::chunk_bytes(width);
+                let bytes = &fixed[start..start + packed_len(count, width)];
+                let mut coder = ChunkCoder::new(&codes, bytes.len());
+                host::chunk_field_blocks(
+                    bytes,
+                    count,
+                    width,
+                    #[inline(always)]
+                    |_, fields| {
                         coder.push(fields);
-                    }
-                    coder.finish()
-                },
-            )
+                        None::<()>
+                    },
+                );
+                coder.finish()
+            })
         })
         .collect();
     concat(chunks)
@@ -1063,21 +1063,18 @@ fn elias_direct(values: &[f32], stream: Stream, s: u32, quantise: &Quantiser<'_>
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, vals)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
-                    let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
-                    for (b, vs) in vals.chunks(BLOCK).enumerate() {
-                        let start = c * CHUNK + b * BLOCK;
-                        let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
-                        stream.fill(start, u);
-                        quantise.block(start, vs, u, fields);
-                        coder.push(fields);
-                    }
-                    coder.finish()
-                },
-            )
+            simd::wide!({
+                let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
+                let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
+                for (b, vs) in vals.chunks(BLOCK).enumerate() {
+                    let start = c * CHUNK + b * BLOCK;
+                    let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
+                    stream.fill(start, u);
+                    quantise.block(start, vs, u, fields);
+                    coder.push(fields);
+                }
+                coder.finish()
+            })
         })
         .collect();
     concat(chunks)

@@ -77,12 +77,7 @@ pub fn uniforms(rng: &mut dyn Rng, n: usize, device: &Device) -> Tensor<1> {
     values
         .par_chunks_mut(CHUNK)
         .enumerate()
-        .for_each(|(c, chunk)| {
-            simd::wide(
-                #[inline(always)]
-                || stream.fill(c * CHUNK, chunk),
-            )
-        });
+        .for_each(|(c, chunk)| simd::wide!(stream.fill(c * CHUNK, chunk)));
     Tensor::from_data(TensorData::new(values, [n]), device)
 }
 

@@ -1,7 +1,7 @@
 //! Runtime dispatch of the host kernels to the widest vector unit the CPU has.
 //!
 //! The crate is compiled for baseline x86-64 (SSE2: four f32 lanes, no 64-bit vector multiply),
-//! so a user's binary runs on any x86-64 machine. [`wide`] runs a chunk of work in a function
+//! so a user's binary runs on any x86-64 machine. [`wide!`] runs a chunk of work in a function
 //! compiled for AVX-512 (F, DQ, BW, VL) or AVX2 when the CPU has it, found once at run time:
 //! twice or four times the lanes, and SplitMix64's 64-bit multiplies in vectors (AVX-512 DQ)
 //! instead of one at a time. Other architectures run the baseline code.
@@ -46,7 +46,7 @@ pub(crate) fn detected() -> Level {
     Level::Baseline
 }
 
-/// The level [`wide`] runs at: the widest the CPU has, at most the one the environment variable
+/// The level [`wide!`] runs at: the widest the CPU has, at most the one the environment variable
 /// `KINDLING_SIMD` names (`baseline`, `avx2` or `avx512`; to compare speeds, since the results
 /// are the same).
 fn level() -> Level {
@@ -81,11 +81,26 @@ pub(crate) fn capped<R>(cap: Level, f: impl FnOnce() -> R) -> R {
     result
 }
 
-/// Runs `f` compiled for the widest vector unit the CPU has (see the module docs). `f` is
-/// inlined into a function built for that unit, so it should be one chunk's serial loop, its
-/// helpers `#[inline]`: work it hands to other functions or threads runs at the baseline.
+/// Evaluates its body (an expression or a block: one chunk's serial loop) compiled for the
+/// widest vector unit the CPU has (see the module docs), through [`run_wide`]. The body becomes
+/// an `#[inline(always)]` closure, which is what puts it inside the function built for that
+/// unit: a closure left out of line is compiled for the baseline. Its helpers should be
+/// `#[inline]`, and closures it calls `#[inline(always)]` where they are written; work it hands
+/// to other functions or threads runs at the baseline.
+macro_rules! wide {
+    ($($body:tt)*) => {
+        $crate::simd::run_wide(
+            #[inline(always)]
+            || $($body)*,
+        )
+    };
+}
+pub(crate) use wide;
+
+/// Runs `f` at the widest vector unit the CPU has; called through [`wide!`], which inlines the
+/// body into it.
 #[inline(always)]
-pub(crate) fn wide<R>(f: impl FnOnce() -> R) -> R {
+pub(crate) fn run_wide<R>(f: impl FnOnce() -> R) -> R {
     #[cfg(target_arch = "x86_64")]
     {
         #[target_feature(enable = "avx512f,avx512dq,avx512bw,avx512vl,avx2")]

@@ -370,16 +370,8 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
         merge_sorted(&above, &ties)
     } else {
         // One pass gathers the entries above the region and the region's few candidates.
-        let (kept, mut candidates) = split_positions(values, region);
-        // The `need` largest candidates (ties: lower index) by selection, not a full sort.
-        candidates.select_nth_unstable_by(need - 1, |&a, &b| {
-            abs_bits(values[b as usize])
-                .cmp(&abs_bits(values[a as usize]))
-                .then(a.cmp(&b))
-        });
-        candidates.truncate(need);
-        candidates.sort_unstable();
-        merge_sorted(&kept, &candidates)
+        let (kept, candidates) = split_positions(values, region);
+        merge_sorted(&kept, &largest(values, candidates, need))
     };
     let values = positions.iter().map(|&p| values[p as usize]).collect();
     Ok(SparseVec { positions, values })
@@ -431,7 +423,7 @@ fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, Compress
     let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
         return Ok(None);
     };
-    let mut candidates: Vec<u32> = parts.concat();
+    let candidates: Vec<u32> = parts.concat();
     if candidates.len() < k {
         return Ok(None);
     }
@@ -441,18 +433,25 @@ fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, Compress
     {
         return Err(host::non_finite(values));
     }
-    candidates.select_nth_unstable_by(k - 1, |&a, &b| {
+    let positions = largest(values, candidates, k);
+    let kept = positions.iter().map(|&p| values[p as usize]).collect();
+    Ok(Some(SparseVec {
+        positions,
+        values: kept,
+    }))
+}
+
+/// The `count ≥ 1` positions among `candidates` of largest `|v|` (ties: lower index), by
+/// selection rather than a full sort, in position order.
+fn largest(values: &[f32], mut candidates: Vec<u32>, count: usize) -> Vec<u32> {
+    candidates.select_nth_unstable_by(count - 1, |&a, &b| {
         abs_bits(values[b as usize])
             .cmp(&abs_bits(values[a as usize]))
             .then(a.cmp(&b))
     });
-    candidates.truncate(k);
+    candidates.truncate(count);
     candidates.sort_unstable();
-    let kept = candidates.iter().map(|&p| values[p as usize]).collect();
-    Ok(Some(SparseVec {
-        positions: candidates,
-        values: kept,
-    }))
+    candidates
 }
 
 /// The positions of the entries `classify` puts `Greater` and those it puts `Equal` (the rest

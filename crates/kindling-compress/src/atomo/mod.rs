@@ -229,10 +229,7 @@ pub(crate) fn sample_host(lambda: &[f32], s: f64, total: f64, stream: Stream) ->
         .enumerate()
         .flat_map_iter(|(ci, chunk)| {
             let mut u = vec![0f32; chunk.len()];
-            simd::wide(
-                #[inline(always)]
-                || stream.fill(ci * CHUNK, &mut u),
-            );
+            simd::wide!(stream.fill(ci * CHUNK, &mut u));
             chunk
                 .iter()
                 .zip(u)

@@ -254,16 +254,13 @@ fn g_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32>
     y.par_chunks_mut(l)
         .zip(g.par_chunks(cols))
         .for_each(|(y_row, g_row)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    for (&gij, x_row) in g_row.iter().zip(x.chunks(l)) {
-                        for (yt, &xt) in y_row.iter_mut().zip(x_row) {
-                            *yt += gij * xt;
-                        }
+            simd::wide!({
+                for (&gij, x_row) in g_row.iter().zip(x.chunks(l)) {
+                    for (yt, &xt) in y_row.iter_mut().zip(x_row) {
+                        *yt += gij * xt;
                     }
-                },
-            )
+                }
+            })
         });
     y
 }
@@ -276,22 +273,19 @@ fn gt_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32
     z.par_chunks_mut(BLOCK * l)
         .enumerate()
         .for_each(|(b, z_block)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    let start = b * BLOCK;
-                    let width = z_block.len() / l;
-                    for i in 0..rows {
-                        let g_row = &g[i * cols + start..i * cols + start + width];
-                        let x_row = &x[i * l..(i + 1) * l];
-                        for (&gij, z_row) in g_row.iter().zip(z_block.chunks_mut(l)) {
-                            for (zt, &xt) in z_row.iter_mut().zip(x_row) {
-                                *zt += gij * xt;
-                            }
+            simd::wide!({
+                let start = b * BLOCK;
+                let width = z_block.len() / l;
+                for i in 0..rows {
+                    let g_row = &g[i * cols + start..i * cols + start + width];
+                    let x_row = &x[i * l..(i + 1) * l];
+                    for (&gij, z_row) in g_row.iter().zip(z_block.chunks_mut(l)) {
+                        for (zt, &xt) in z_row.iter_mut().zip(x_row) {
+                            *zt += gij * xt;
                         }
                     }
-                },
-            )
+                }
+            })
         });
     z
 }
@@ -485,21 +479,18 @@ fn decode_host<S: Sink>(
     out.par_chunks_mut(cols).enumerate().for_each_init(
         || vec![0f32; cols],
         |acc, (i, row)| {
-            simd::wide(
-                #[inline(always)]
-                || {
-                    acc.fill(0.0);
-                    for atom in &atoms {
-                        let w = atom[0] * atom[1 + i];
-                        for (a, &v) in acc.iter_mut().zip(&atom[rows + 1..]) {
-                            *a += w * v;
-                        }
+            simd::wide!({
+                acc.fill(0.0);
+                for atom in &atoms {
+                    let w = atom[0] * atom[1 + i];
+                    for (a, &v) in acc.iter_mut().zip(&atom[rows + 1..]) {
+                        *a += w * v;
                     }
-                    for (slot, &v) in row.iter_mut().zip(acc.iter()) {
-                        sink.put(slot, v);
-                    }
-                },
-            )
+                }
+                for (slot, &v) in row.iter_mut().zip(acc.iter()) {
+                    sink.put(slot, v);
+                }
+            })
         },
     );
     Ok(())
