@@ -803,6 +803,15 @@ mod tests {
         assert!(sampled_top_k(&vec![1.5; n], 1000).unwrap().is_none());
         // Too few entries to sample.
         assert!(sampled_top_k(&spread[..1000], 10).unwrap().is_none());
+        // The bound undershoots: only the 3 125 sampled entries are large, so fewer than k pass.
+        let spiky: Vec<f32> = (0..n)
+            .map(|i| if i % 64 == 0 { 100.0 } else { 1.0 })
+            .collect();
+        assert!(sampled_top_k(&spiky, 5000).unwrap().is_none());
+        assert_eq!(
+            top_k(&spiky, 5000).unwrap().positions,
+            reference(&spiky, 5000)
+        );
         let mut poisoned = spread.clone();
         poisoned[12_345] = f32::NAN;
         assert!(matches!(
