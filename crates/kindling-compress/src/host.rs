@@ -201,76 +201,56 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
     Ok(f32::from_bits(bits))
 }
 
-/// `(max|v|, ‖v‖₂, ‖v‖₁)` in one parallel pass, or [`CompressError::NonFinite`]: each chunk
-/// (in cache) is read for its max, then for `Σ|v|` and `Σ(v/m_c)²` with its own max `m_c`;
-/// chunks combine as `M²·Σ_c (m_c/M)²·s_c`. Computed this way tiny entries do not underflow
-/// and huge ones do not overflow when squared.
+/// `(max|v|, ‖v‖₂, ‖v‖₁)` in one parallel pass, or [`CompressError::NonFinite`]. The sums
+/// run in f64, where the square of any finite f32 is a normal number (`(2⁻¹⁴⁹)² ≈ 2·10⁻⁹⁰`,
+/// `(3.4·10³⁸)² ≈ 1.2·10⁷⁷`) and 2²⁸ of them cannot overflow: tiny entries do not underflow and
+/// huge ones do not overflow.
 pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
-    let part = |chunk: &[f32]| {
-        simd::wide!({
-            let bits = max_abs_bits(chunk);
-            if bits >= 0x7F80_0000 {
-                return (f32::INFINITY, 0.0, 0.0);
-            }
-            let m = f32::from_bits(bits);
-            let l2 = scaled_l2(chunk, m);
-            let squares = if m > 0.0 {
-                (l2 / m as f64).powi(2)
-            } else {
-                0.0
-            };
-            (m, squares, sum_abs(chunk))
-        })
-    };
-    let parts: Vec<(f32, f64, f64)> = if values.len() <= CHUNK {
-        vec![part(values)]
+    let parts = if values.len() <= CHUNK {
+        simd::wide!(chunk_norms(values))
     } else {
-        values.par_chunks(CHUNK).map(part).collect()
+        values
+            .par_chunks(CHUNK)
+            .map(|c| simd::wide!(chunk_norms(c)))
+            .reduce(
+                || (0, 0.0, 0.0),
+                |a, b| (a.0.max(b.0), a.1 + b.1, a.2 + b.2),
+            )
     };
-    let max = parts.iter().fold(0f32, |a, &(m, _, _)| a.max(m));
-    if !max.is_finite() {
+    let (bits, squares, l1) = parts;
+    if bits >= 0x7F80_0000 {
         return Err(non_finite(values));
     }
-    let l1 = parts.iter().map(|p| p.2).sum();
-    if max == 0.0 {
-        return Ok((0.0, 0.0, l1));
-    }
-    let squares: f64 = parts
-        .iter()
-        .map(|&(m, s, _)| (m as f64 / max as f64).powi(2) * s)
-        .sum();
-    Ok((max, squares.sqrt() * max as f64, l1))
+    Ok((f32::from_bits(bits), squares.sqrt(), l1))
 }
 
-/// `m·‖v/m‖₂` with `m = max|v|` (given), so tiny entries do not underflow and huge ones do not
-/// overflow when squared; in f64.
-pub(crate) fn scaled_l2(values: &[f32], max: f32) -> f64 {
-    if max == 0.0 {
-        return 0.0;
-    }
-    let inv = 1.0 / max as f64;
-    let sum = |chunk: &[f32]| {
-        let mut lanes = [0f64; 8];
-        let mut blocks = chunk.chunks_exact(8);
-        for block in &mut blocks {
-            for (lane, &v) in lanes.iter_mut().zip(block) {
-                let x = v as f64 * inv;
-                *lane += x * x;
-            }
+/// `(max abs_bits, Σv², Σ|v|)` of a chunk, the sums in f64, in one read (sixteen lanes, so it
+/// vectorises; the lanes and their order do not depend on the vector unit).
+#[inline(always)]
+fn chunk_norms(chunk: &[f32]) -> (u32, f64, f64) {
+    let mut max = [0u32; 16];
+    let mut squares = [0f64; 16];
+    let mut l1 = [0f64; 16];
+    let mut blocks = chunk.chunks_exact(16);
+    for block in &mut blocks {
+        for k in 0..16 {
+            let v = block[k];
+            max[k] = max[k].max(abs_bits(v));
+            let x = v.abs() as f64;
+            squares[k] += x * x;
+            l1[k] += x;
         }
-        let tail: f64 = blocks
-            .remainder()
-            .iter()
-            .map(|&v| (v as f64 * inv).powi(2))
-            .sum();
-        lanes.iter().sum::<f64>() + tail
-    };
-    let sq: f64 = if values.len() > CHUNK {
-        values.par_chunks(CHUNK).map(|c| simd::wide!(sum(c))).sum()
-    } else {
-        sum(values)
-    };
-    sq.sqrt() * max as f64
+    }
+    let mut tail = (0u32, 0f64, 0f64);
+    for &v in blocks.remainder() {
+        let x = v.abs() as f64;
+        tail = (tail.0.max(abs_bits(v)), tail.1 + x * x, tail.2 + x);
+    }
+    (
+        max.into_iter().fold(tail.0, u32::max),
+        squares.iter().sum::<f64>() + tail.1,
+        l1.iter().sum::<f64>() + tail.2,
+    )
 }
 
 /// Bytes of a fixed-width packed chunk of `CHUNK` fields of `width` bits.
@@ -458,20 +438,56 @@ fn le_word(bytes: &[u8], pos: usize) -> u32 {
 /// state), else through a [`FieldWriter`].
 #[inline(always)]
 pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
-    if width <= 8 {
-        for (group, dst) in fields.chunks(8).zip(out.chunks_mut(width as usize)) {
-            let word = group
-                .iter()
-                .enumerate()
-                .fold(0u64, |w, (k, &f)| w | (f as u64) << (k as u32 * width));
-            dst.copy_from_slice(&word.to_le_bytes()[..dst.len()]);
+    match width {
+        1 => pack_groups::<1>(fields, out),
+        2 => pack_groups::<2>(fields, out),
+        3 => pack_groups::<3>(fields, out),
+        4 => pack_groups::<4>(fields, out),
+        5 => pack_groups::<5>(fields, out),
+        6 => pack_groups::<6>(fields, out),
+        7 => pack_groups::<7>(fields, out),
+        8 => pack_groups::<8>(fields, out),
+        _ => {
+            let mut writer = FieldWriter::new(out);
+            for &f in fields {
+                writer.push(f, width);
+            }
+            writer.finish();
         }
+    }
+}
+
+/// Groups of eight `W`-bit fields whose eight-byte word lies inside `len` bytes.
+#[inline(always)]
+const fn whole_words<const W: usize>(len: usize, fields: usize) -> usize {
+    let groups = if len >= 8 { (len - 8) / W + 1 } else { 0 };
+    if groups < fields / 8 {
+        groups
     } else {
-        let mut writer = FieldWriter::new(out);
-        for &f in fields {
-            writer.push(f, width);
-        }
-        writer.finish();
+        fields / 8
+    }
+}
+
+/// [`pack_fields`] for a width `W ≤ 8` known when compiled: group `g` is one eight-byte store at
+/// byte `g·W` (its high bytes are zero and overwritten by the next group), so the shifts run
+/// as one vector operation; groups near the end are copied byte by byte.
+#[inline(always)]
+fn pack_groups<const W: usize>(fields: &[u32], out: &mut [u8]) {
+    let word = |group: &[u32]| {
+        group
+            .iter()
+            .enumerate()
+            .fold(0u64, |w, (k, &f)| w | (f as u64) << (k * W))
+    };
+    let whole = whole_words::<W>(out.len(), fields.len());
+    for (g, group) in fields[..8 * whole].chunks_exact(8).enumerate() {
+        out[g * W..g * W + 8].copy_from_slice(&word(group).to_le_bytes());
+    }
+    for (group, dst) in fields[8 * whole..]
+        .chunks(8)
+        .zip(out[W * whole..].chunks_mut(W))
+    {
+        dst.copy_from_slice(&word(group).to_le_bytes()[..dst.len()]);
     }
 }
 
@@ -479,30 +495,58 @@ pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
 /// for `width ≤ 8` eight at a time from `width` bytes.
 #[inline(always)]
 pub(crate) fn unpack_fields(bytes: &[u8], width: u32, out: &mut [u32]) {
-    let mask = (1u64 << width) - 1;
-    if width <= 8 {
-        for (group, src) in out.chunks_mut(8).zip(bytes.chunks(width as usize)) {
-            let mut word = [0u8; 8];
-            word[..src.len()].copy_from_slice(src);
-            let word = u64::from_le_bytes(word);
-            for (k, f) in group.iter_mut().enumerate() {
-                *f = ((word >> (k as u32 * width)) & mask) as u32;
+    match width {
+        1 => unpack_groups::<1>(bytes, out),
+        2 => unpack_groups::<2>(bytes, out),
+        3 => unpack_groups::<3>(bytes, out),
+        4 => unpack_groups::<4>(bytes, out),
+        5 => unpack_groups::<5>(bytes, out),
+        6 => unpack_groups::<6>(bytes, out),
+        7 => unpack_groups::<7>(bytes, out),
+        8 => unpack_groups::<8>(bytes, out),
+        _ => {
+            let mask = (1u64 << width) - 1;
+            let mut pos = 0;
+            let mut acc = 0u64;
+            let mut filled = 0u32;
+            for slot in out {
+                if filled < width {
+                    acc |= (le_word(bytes, pos) as u64) << filled;
+                    filled += 32;
+                    pos += 4;
+                }
+                *slot = (acc & mask) as u32;
+                acc >>= width;
+                filled -= width;
             }
         }
-        return;
     }
-    let mut pos = 0;
-    let mut acc = 0u64;
-    let mut filled = 0u32;
-    for slot in out {
-        if filled < width {
-            acc |= (le_word(bytes, pos) as u64) << filled;
-            filled += 32;
-            pos += 4;
+}
+
+/// [`unpack_fields`] for a width `W ≤ 8` known when compiled: group `g` is one eight-byte load
+/// at byte `g·W`, so the shifts run as one vector operation; groups near the end are read
+/// through a zero-padded copy.
+#[inline(always)]
+fn unpack_groups<const W: usize>(bytes: &[u8], out: &mut [u32]) {
+    let mask = (1u64 << W) - 1;
+    let split = |word: u64, group: &mut [u32]| {
+        for (k, f) in group.iter_mut().enumerate() {
+            *f = ((word >> (k * W)) & mask) as u32;
         }
-        *slot = (acc & mask) as u32;
-        acc >>= width;
-        filled -= width;
+    };
+    let whole = whole_words::<W>(bytes.len(), out.len());
+    let (head, tail) = out.split_at_mut(8 * whole);
+    for (g, group) in head.chunks_exact_mut(8).enumerate() {
+        let word = u64::from_le_bytes(bytes[g * W..g * W + 8].try_into().expect("8 bytes"));
+        split(word, group);
+    }
+    let rest = bytes.get(W * whole..).unwrap_or(&[]);
+    for (g, group) in tail.chunks_mut(8).enumerate() {
+        let mut word = [0u8; 8];
+        let src = rest.get(g * W..).unwrap_or(&[]);
+        let len = src.len().min(W);
+        word[..len].copy_from_slice(&src[..len]);
+        split(u64::from_le_bytes(word), group);
     }
 }
 
@@ -604,11 +648,10 @@ mod tests {
             .map(|&v| (v as f64).powi(2))
             .sum::<f64>()
             .sqrt();
-        assert!((scaled_l2(&values, max) - l2).abs() < 1e-9 * l2);
         let (m, two, one) = norms(&values).unwrap();
         assert_eq!(m, max);
         assert!((two - l2).abs() < 1e-9 * l2 && (one - l1).abs() < 1e-9 * l1);
-        // Scaled per chunk: neither 1e-30 nor 1e30 entries under- or overflow.
+        // Summed in f64: neither 1e-30 nor 1e30 entries under- or overflow when squared.
         for scale in [1e-30f32, 1e30] {
             let scaled: Vec<f32> = values.iter().map(|v| v * scale).collect();
             let (_, two, _) = norms(&scaled).unwrap();

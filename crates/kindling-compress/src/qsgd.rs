@@ -255,17 +255,38 @@ impl Quantiser<'_> {
                     let a = v * factor;
                     let x = a.abs() + u;
                     // x ≥ 0: ⌊x⌋ capped at s. One or two levels count thresholds (as the device
-                    // path does; much cheaper than a float-to-integer conversion), more clamp in
-                    // f32, then truncate.
+                    // path does), more clamp in f32 and take the floor through the bits.
                     let level = match s {
                         1 => (x >= 1.0) as u32,
                         2 => (x >= 1.0) as u32 + (x >= 2.0) as u32,
-                        _ => x.min(s as f32) as i32 as u32,
+                        _ => floor_small(x.min(s as f32)),
                     };
                     *field = level << 1 | (a < 0.0) as u32;
                 }
             },
         );
+    }
+}
+
+/// `⌊x⌋` for `0 ≤ x < 2²²`, exactly, in vector-friendly steps: `x + 2²³` rounds to the nearest
+/// integer `y` (the float's low mantissa bits), which is one too large when `y > x`. (Rust's
+/// saturating `x as u32` stays scalar on x86-64.)
+#[inline(always)]
+fn floor_small(x: f32) -> u32 {
+    const MAGIC: f32 = 8_388_608.0;
+    let shifted = x + MAGIC;
+    let nearest = shifted - MAGIC;
+    (shifted.to_bits() - MAGIC.to_bits()) - (nearest > x) as u32
+}
+
+impl Quantiser<'_> {
+    /// [`block`](Self::block) with the uniforms of `stream` at entries `start ..`, drawn into
+    /// `u`.
+    #[inline(always)]
+    fn drawn(&self, stream: Stream, start: usize, vs: &[f32], u: &mut [f32], fields: &mut [u32]) {
+        let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
+        stream.fill(start, u);
+        self.block(start, vs, u, fields);
     }
 }
 
@@ -293,60 +314,6 @@ fn buckets(n: usize, bucket: Option<usize>) -> usize {
 /// Bits of the Elias-gamma code of `m ≥ 1`: `2⌊log₂ m⌋ + 1`.
 fn gamma_len(m: u32) -> u64 {
     2 * (31 - m.leading_zeros()) as u64 + 1
-}
-
-#[derive(Default)]
-struct BitWriter {
-    bytes: Vec<u8>,
-    acc: u64,
-    filled: u32,
-    bits: u64,
-}
-
-impl BitWriter {
-    /// Appends the low `len ≤ 32` bits of `value`, least significant first.
-    fn push(&mut self, value: u64, len: u32) {
-        self.acc |= value << self.filled;
-        self.filled += len;
-        self.bits += len as u64;
-        if self.filled >= 32 {
-            self.bytes
-                .extend_from_slice(&(self.acc as u32).to_le_bytes());
-            self.acc >>= 32;
-            self.filled -= 32;
-        }
-    }
-
-    /// Appends another stream's bits, 32 at a time.
-    fn append(&mut self, other: &EliasStream) {
-        let whole = (other.bits / 8) as usize;
-        let mut words = other.bytes[..whole].chunks_exact(4);
-        for word in &mut words {
-            self.push(
-                u32::from_le_bytes(word.try_into().expect("4 bytes")) as u64,
-                32,
-            );
-        }
-        for &byte in words.remainder() {
-            self.push(byte as u64, 8);
-        }
-        let rest = (other.bits % 8) as u32;
-        if rest > 0 {
-            self.push(other.bytes[whole] as u64 & ((1 << rest) - 1), rest);
-        }
-    }
-
-    fn finish(mut self) -> EliasStream {
-        while self.filled > 0 {
-            self.bytes.push(self.acc as u8);
-            self.acc >>= 8;
-            self.filled = self.filled.saturating_sub(8);
-        }
-        EliasStream {
-            bytes: self.bytes,
-            bits: self.bits,
-        }
-    }
 }
 
 impl Compressor for Qsgd {
@@ -617,11 +584,152 @@ fn decode_host<S: Sink>(
     Ok(())
 }
 
-/// An Elias-gamma level stream, validated, with the bit position of every chunk's first entry
-/// so that chunks decode in parallel.
+/// An Elias-gamma level stream, validated, cut into segments that decode in parallel.
 struct EliasLevels<'a> {
     bytes: &'a [u8],
-    starts: Vec<u64>,
+    /// `(bit position, first entry)` of each segment, in stream order, from `(0, 0)`.
+    segments: Vec<(u64, usize)>,
+    /// Entries in the stream.
+    n: usize,
+}
+
+/// Stream bits per segment of the parallel validation.
+const SEGMENT_BITS: u64 = 1 << 15;
+
+/// Code boundaries a segment's walk records at its start, to be joined up with the true
+/// boundaries its predecessor ends on.
+const MARKS: usize = 64;
+
+/// One segment of the stream walked from a bit position that need not be a code boundary.
+struct Walk {
+    /// The first [`MARKS`] codes: `(bit position, |level|)`.
+    marks: Vec<(u64, u32)>,
+    /// Codes after the marks.
+    codes: usize,
+    /// Largest `|level|` after the marks.
+    max: u32,
+    /// The first code boundary at or after the segment's end.
+    end: u64,
+}
+
+/// Walks segments `from .. to` two at a time: each code by code for its first [`MARKS`]
+/// codes, then both a window at a time in one loop (two independent chains of lookups keep the
+/// core busier than one), then code by code to the end. `None` when a code after the marks is
+/// malformed. A malformed code among the first is taken as a sign of a start out of step: the
+/// marks start again one bit further on.
+fn walk_pair(bytes: &[u8], segments: [(u64, u64); 2]) -> Option<[Walk; 2]> {
+    let one = |cursor: &mut Cursor<'_>| {
+        cursor.refill();
+        cursor.level().ok().map(i32::unsigned_abs)
+    };
+    let mut walks = segments.map(|(from, to)| {
+        let mut cursor = Cursor::at(bytes, from);
+        let mut marks = Vec::with_capacity(MARKS);
+        while marks.len() < MARKS && cursor.pos < to {
+            let pos = cursor.pos;
+            match one(&mut cursor) {
+                Some(level) => marks.push((pos, level)),
+                // Out of step (say, inside a long code's zeros): start again one bit on.
+                None => {
+                    marks.clear();
+                    cursor = Cursor::at(bytes, pos + 1);
+                }
+            }
+        }
+        let walk = Walk {
+            marks,
+            codes: 0,
+            max: 0,
+            end: cursor.pos,
+        };
+        (walk, to)
+    });
+    let table = steps();
+    let [(first, first_to), (second, second_to)] = &mut walks;
+    let mut runs = [
+        Run::new(bytes, first, *first_to),
+        Run::new(bytes, second, *second_to),
+    ];
+    {
+        let [a, b] = &mut runs;
+        while a.live() && b.live() {
+            a.group(table)?;
+            b.group(table)?;
+        }
+        for run in [a, b] {
+            while run.live() {
+                run.group(table)?;
+            }
+        }
+    }
+    for (run, (walk, to)) in runs.iter().zip(&mut walks) {
+        let mut cursor = Cursor::at(bytes, run.bits.as_ref().map_or(walk.end, Bits::pos));
+        let (mut codes, mut max) = (run.codes, run.max);
+        while cursor.pos < *to {
+            max = max.max(one(&mut cursor)?);
+            codes += 1;
+        }
+        (walk.codes, walk.max, walk.end) = (codes, max, cursor.pos);
+    }
+    Some(walks.map(|(walk, _)| walk))
+}
+
+/// The windowed part of a [`Walk`]: codes and largest level from a code boundary on.
+struct Run<'a> {
+    /// `None` when the stream has no eight bytes to read at the start.
+    bits: Option<Bits<'a>>,
+    to: u64,
+    codes: usize,
+    max: u32,
+}
+
+impl<'a> Run<'a> {
+    fn new(bytes: &'a [u8], walk: &Walk, to: u64) -> Self {
+        Self {
+            bits: Bits::at(bytes, walk.end),
+            to,
+            codes: 0,
+            max: 0,
+        }
+    }
+
+    /// Whether a refill and the bits after it (at most 63) stay before `to`.
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.bits
+            .as_ref()
+            .is_some_and(|b| b.pos() + 64 <= self.to && b.can_refill())
+    }
+
+    /// One refill, then a run of at least [`STEP_BITS`] zero levels, one long code, or up to
+    /// four lookups; `None` on a malformed code.
+    #[inline(always)]
+    fn group(&mut self, table: &[Step]) -> Option<()> {
+        let bits = self.bits.as_mut()?;
+        bits.refill();
+        let step = |bits: &Bits<'_>| table[(bits.buf & ((1 << STEP_BITS) - 1)) as usize];
+        let ones = bits.ones();
+        if ones >= STEP_BITS {
+            bits.consume(ones);
+            self.codes += ones as usize;
+        } else if step(bits).codes == 0 {
+            let (level, len) = elias_level(bits.buf).ok()?;
+            self.max = self.max.max(level.unsigned_abs());
+            bits.consume(len as u32);
+            self.codes += 1;
+        } else {
+            for _ in 0..4 {
+                let step = step(bits);
+                if step.codes == 0 {
+                    break;
+                }
+                self.max = self.max.max(step.max_level as u32);
+                bits.consume(step.bits as u32);
+                self.codes += step.codes as usize;
+            }
+        }
+        Some(())
+    }
 }
 
 /// 64 stream bits from bit `pos` on (zeros past the end).
@@ -686,6 +794,69 @@ impl<'a> Cursor<'a> {
         let (level, len) = elias_level(self.bits)?;
         self.skip(len as u32);
         Ok(level)
+    }
+}
+
+/// A branch-free bit reader for the hot loops (after F. Giesen's "bit reader variant 4"): a
+/// refill loads eight bytes and leaves 56 to 63 bits ready, so that a long code or four lookups
+/// of [`STEP_BITS`] bits follow without a check, and the load does not wait on the bits
+/// before it. It needs eight readable bytes at `next`; callers fall back to a [`Cursor`] near
+/// the end of the stream.
+struct Bits<'a> {
+    bytes: &'a [u8],
+    /// The next byte to load.
+    next: usize,
+    /// The stream from [`pos`](Self::pos) on, least significant bit first.
+    buf: u64,
+    /// Bits of `buf` ready to read.
+    count: u32,
+}
+
+impl<'a> Bits<'a> {
+    /// A reader at bit `pos`, if eight bytes can be read there.
+    fn at(bytes: &'a [u8], pos: u64) -> Option<Self> {
+        let mut bits = Self {
+            bytes,
+            next: (pos / 8) as usize,
+            buf: 0,
+            count: 0,
+        };
+        bits.can_refill().then(|| {
+            bits.refill();
+            bits.consume((pos % 8) as u32);
+            bits
+        })
+    }
+
+    fn pos(&self) -> u64 {
+        8 * self.next as u64 - self.count as u64
+    }
+
+    #[inline(always)]
+    fn can_refill(&self) -> bool {
+        self.next + 8 <= self.bytes.len()
+    }
+
+    /// Tops `buf` up to at least 56 ready bits (needs [`can_refill`](Self::can_refill)). Bits
+    /// above `count` already in `buf` are the stream's own, so ORing them in again is harmless.
+    #[inline(always)]
+    fn refill(&mut self) {
+        let word = &self.bytes[self.next..self.next + 8];
+        self.buf |= u64::from_le_bytes(word.try_into().expect("8 bytes")) << self.count;
+        self.next += ((63 - self.count) >> 3) as usize;
+        self.count |= 56;
+    }
+
+    #[inline(always)]
+    fn consume(&mut self, len: u32) {
+        self.buf >>= len;
+        self.count -= len;
+    }
+
+    /// Consecutive zero levels (one `1` bit each) ready at the front.
+    #[inline(always)]
+    fn ones(&self) -> u32 {
+        self.buf.trailing_ones().min(self.count)
     }
 }
 
@@ -760,16 +931,84 @@ fn steps() -> &'static [Step] {
 }
 
 impl<'a> EliasLevels<'a> {
-    /// Walks the whole stream once (serially: code boundaries are only known by reading),
-    /// checking every code and recording where each chunk starts. A run of zero levels (one
-    /// `1` bit each) is taken a window at a time.
+    /// Checks every code of the stream (well formed, `|level| ≤ s`, exactly `n` of them ending
+    /// on bit `bits`) and finds code boundaries to decode from in parallel.
+    ///
+    /// Code boundaries are only known by reading from the start, so the stream is walked in
+    /// segments of [`SEGMENT_BITS`] in parallel, each from its first bit as if a code began
+    /// there. A prefix code falls into step with the true boundaries within a few codes, so the
+    /// walks are then joined in order: from the true boundary on which segment `t − 1` ends,
+    /// codes are read until one starts on a boundary segment `t` recorded among its first
+    /// [`MARKS`]; from there on the walk of `t` is the true one. Anything short of a clean join
+    /// and a valid stream (a walk that never falls into step, any malformed code, a wrong count)
+    /// falls back to one serial walk, which also names the first error.
     fn validate(bytes: &'a [u8], bits: u64, n: usize, s: u32) -> Result<Self, DecodeError> {
-        let mut starts = Vec::with_capacity(n.div_ceil(CHUNK));
+        match Self::joined(bytes, bits, n, s) {
+            Some(segments) => Ok(Self { bytes, segments, n }),
+            None => Self::serial(bytes, bits, n, s),
+        }
+    }
+
+    /// The segments of the parallel walk, or `None` to fall back to [`serial`](Self::serial).
+    fn joined(bytes: &[u8], bits: u64, n: usize, s: u32) -> Option<Vec<(u64, usize)>> {
+        let parts = (bits / SEGMENT_BITS) as usize;
+        if parts < 2 {
+            return None;
+        }
+        let bound = |t: usize| bits * t as u64 / parts as u64;
+        // Segment `parts` (when `parts` is odd) is empty and dropped.
+        let mut walks = (0..parts.div_ceil(2))
+            .into_par_iter()
+            .map(|p| {
+                let segment = |t: usize| (bound(t.min(parts)), bound((t + 1).min(parts)));
+                walk_pair(bytes, [segment(2 * p), segment(2 * p + 1)])
+            })
+            .collect::<Option<Vec<[Walk; 2]>>>()?
+            .into_iter()
+            .flatten()
+            .collect::<Vec<_>>();
+        walks.truncate(parts);
+        let mut segments = Vec::with_capacity(parts);
+        let (mut start, mut first) = (0u64, 0usize);
+        for w in &walks {
+            // Read the true codes from `start` until one starts on a recorded boundary.
+            let mut cursor = Cursor::at(bytes, start);
+            let (mut j, mut joining) = (0, 0);
+            loop {
+                while w.marks.get(j).is_some_and(|&(pos, _)| pos < cursor.pos) {
+                    j += 1;
+                }
+                match w.marks.get(j) {
+                    None => return None,
+                    Some(&(pos, _)) if pos == cursor.pos => break,
+                    Some(_) => {}
+                }
+                cursor.refill();
+                if cursor.level().ok()?.unsigned_abs() > s {
+                    return None;
+                }
+                joining += 1;
+            }
+            if w.max > s || w.marks[j..].iter().any(|&(_, level)| level > s) {
+                return None;
+            }
+            segments.push((start, first));
+            first += joining + (w.marks.len() - j) + w.codes;
+            start = w.end;
+        }
+        (first == n && start == bits).then_some(segments)
+    }
+
+    /// Walks the whole stream once, serially, checking every code and recording where each
+    /// chunk of [`CHUNK`] entries starts; the first error is the one returned. A run of zero
+    /// levels (one `1` bit each) is taken a window at a time.
+    fn serial(bytes: &'a [u8], bits: u64, n: usize, s: u32) -> Result<Self, DecodeError> {
+        let mut segments = Vec::with_capacity(n.div_ceil(CHUNK));
         let mut cursor = Cursor::at(bytes, 0);
         let mut i = 0;
         while i < n {
-            if i % CHUNK == 0 && starts.len() == i / CHUNK {
-                starts.push(cursor.pos);
+            if i % CHUNK == 0 && segments.len() == i / CHUNK {
+                segments.push((cursor.pos, i));
             }
             let room = (n - i).min(CHUNK - i % CHUNK);
             let ones = cursor.zero_run(room);
@@ -803,52 +1042,157 @@ impl<'a> EliasLevels<'a> {
                 extra: ((bits - cursor.pos) as usize).div_ceil(8),
             });
         }
-        Ok(Self { bytes, starts })
+        Ok(Self { bytes, segments, n })
     }
 
-    /// Writes `level_i · scales[i / bucket]` through `sink`, chunks in parallel: each chunk's
-    /// levels are decoded into a buffer, several codes per lookup of [`decode_steps`] (a run of
-    /// zero levels a window at a time), then scaled bucket by bucket.
+    /// Writes `level_i · scales[i / bucket]` through `sink`, segments in parallel, two to a
+    /// task: each segment's levels are decoded into a buffer, the two segments' windowed loops
+    /// in one (independent chains of lookups), several codes per lookup of [`decode_steps`];
+    /// then the levels are scaled bucket by bucket.
     fn decode<S: Sink>(&self, out: &mut [f32], scales: &[f32], bucket: usize, sink: S) {
         let table = decode_steps();
-        out.par_chunks_mut(CHUNK)
-            .zip(&self.starts)
-            .enumerate()
-            .for_each_init(Vec::new, |levels: &mut Vec<i16>, (c, (vals, &start))| {
-                let n = vals.len();
-                levels.resize(n, 0);
-                let mut cursor = Cursor::at(self.bytes, start);
-                let mut j = 0;
-                while j < n {
-                    let ones = cursor.zero_run(n - j);
-                    if ones >= DECODE_CODES {
-                        levels[j..j + ones].fill(0);
-                        cursor.skip(ones as u32);
-                        j += ones;
-                        continue;
-                    }
-                    let step = table[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
-                    if step.codes > 0 && j + DECODE_CODES <= n {
-                        // All slots are written; those past the codes are written again next.
-                        for (slot, &level) in
-                            levels[j..j + DECODE_CODES].iter_mut().zip(&step.levels)
-                        {
-                            *slot = level as i16;
+        let mut parts = Vec::with_capacity(self.segments.len());
+        let mut rest = &mut out[..self.n];
+        for (t, &(start, first)) in self.segments.iter().enumerate() {
+            let next = self.segments.get(t + 1).map_or(self.n, |&(_, next)| next);
+            let (vals, tail) = rest.split_at_mut(next - first);
+            parts.push((start, first, vals));
+            rest = tail;
+        }
+        parts.par_chunks_mut(2).for_each_init(
+            || [Vec::new(), Vec::new()],
+            |buffers: &mut [Vec<i16>; 2], pair| {
+                simd::wide!({
+                    let mut decoders: Vec<SegmentDecoder<'_, '_>> = pair
+                        .iter()
+                        .zip(buffers.iter_mut())
+                        .map(|((start, _, vals), levels)| {
+                            levels.resize(vals.len(), 0);
+                            SegmentDecoder::new(self.bytes, *start, levels)
+                        })
+                        .collect();
+                    if let [a, b] = &mut decoders[..] {
+                        while a.live() && b.live() {
+                            a.group(table);
+                            b.group(table);
                         }
-                        cursor.skip(step.bits as u32);
-                        j += step.codes as usize;
-                    } else {
-                        levels[j] = cursor.level().expect("validated") as i16;
-                        j += 1;
                     }
+                    for (decoder, (_, first, vals)) in decoders.iter_mut().zip(pair.iter_mut()) {
+                        while decoder.live() {
+                            decoder.group(table);
+                        }
+                        decoder.finish(table);
+                        let levels = &decoder.levels;
+                        for_bucket_runs(*first, vals.len(), bucket, |b, run| {
+                            let scale = scales[b];
+                            for (slot, &level) in vals[run.clone()].iter_mut().zip(&levels[run]) {
+                                sink.put(slot, level as f32 * scale);
+                            }
+                        });
+                    }
+                })
+            },
+        );
+    }
+}
+
+/// Decodes one segment of a validated stream into `levels` (its length is the segment's).
+struct SegmentDecoder<'a, 'b> {
+    bytes: &'a [u8],
+    /// `None` when the stream has no eight bytes to read at the start.
+    bits: Option<Bits<'a>>,
+    start: u64,
+    levels: &'b mut [i16],
+    /// Levels decoded.
+    j: usize,
+}
+
+impl<'a, 'b> SegmentDecoder<'a, 'b> {
+    fn new(bytes: &'a [u8], start: u64, levels: &'b mut [i16]) -> Self {
+        Self {
+            bytes,
+            bits: Bits::at(bytes, start),
+            start,
+            levels,
+            j: 0,
+        }
+    }
+
+    /// Whether a refill and four lookups (at most 16 slots) fit.
+    #[inline(always)]
+    fn live(&self) -> bool {
+        self.j + 4 * DECODE_CODES <= self.levels.len()
+            && self.bits.as_ref().is_some_and(Bits::can_refill)
+    }
+
+    /// One refill, then a run of at least [`STEP_BITS`] zero levels, one long code, or up to
+    /// four lookups.
+    #[inline(always)]
+    fn group(&mut self, table: &[DecodeStep]) {
+        let Some(bits) = self.bits.as_mut() else {
+            return;
+        };
+        let (levels, j) = (&mut *self.levels, &mut self.j);
+        bits.refill();
+        let step = |bits: &Bits<'_>| table[(bits.buf & ((1 << STEP_BITS) - 1)) as usize];
+        let ones = bits.ones();
+        if ones >= STEP_BITS {
+            let ones = (ones as usize).min(levels.len() - *j);
+            levels[*j..*j + ones].fill(0);
+            bits.consume(ones as u32);
+            *j += ones;
+        } else if step(bits).codes == 0 {
+            let (level, len) = elias_level(bits.buf).expect("validated");
+            levels[*j] = level as i16;
+            bits.consume(len as u32);
+            *j += 1;
+        } else {
+            for _ in 0..4 {
+                let step = step(bits);
+                if step.codes == 0 {
+                    break;
                 }
-                for_bucket_runs(c * CHUNK, n, bucket, |b, run| {
-                    let scale = scales[b];
-                    for (slot, &level) in vals[run.clone()].iter_mut().zip(&levels[run]) {
-                        sink.put(slot, level as f32 * scale);
-                    }
-                });
-            });
+                // All four slots are written; those past the codes again next.
+                for (slot, &level) in levels[*j..*j + DECODE_CODES].iter_mut().zip(&step.levels) {
+                    *slot = level as i16;
+                }
+                bits.consume(step.bits as u32);
+                *j += step.codes as usize;
+            }
+        }
+    }
+
+    /// The levels after the windowed loop, one lookup or code at a time.
+    fn finish(&mut self, table: &[DecodeStep]) {
+        let pos = self.bits.as_ref().map_or(self.start, Bits::pos);
+        let mut cursor = Cursor::at(self.bytes, pos);
+        let n = self.levels.len();
+        let levels = &mut *self.levels;
+        let mut j = self.j;
+        while j < n {
+            // Runs shorter than a window go through the table, four at a time (branching on
+            // every run would mispredict).
+            let ones = cursor.zero_run(n - j);
+            if ones >= STEP_BITS as usize || ones == n - j {
+                levels[j..j + ones].fill(0);
+                cursor.skip(ones as u32);
+                j += ones;
+                continue;
+            }
+            let step = table[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
+            if step.codes > 0 && j + DECODE_CODES <= n {
+                // All slots are written; those past the codes are written again.
+                for (slot, &level) in levels[j..j + DECODE_CODES].iter_mut().zip(&step.levels) {
+                    *slot = level as i16;
+                }
+                cursor.skip(step.bits as u32);
+                j += step.codes as usize;
+            } else {
+                levels[j] = cursor.level().expect("validated") as i16;
+                j += 1;
+            }
+        }
+        self.j = j;
     }
 }
 
@@ -922,37 +1266,133 @@ fn elias_codes(s: u32) -> Vec<(u64, u32)> {
         .collect()
 }
 
-/// One chunk's Elias-gamma bit stream, written from fields `level << 1 | sign` a block at a
-/// time.
-///
-/// A zero level is the code "1" with no sign bit. Every entry ORs its bits into a 64-bit
-/// accumulator, which is stored whole and advanced by the bytes it completed: no branch on the
-/// level (QSGD's levels are as unpredictable as coin flips), except that 16 zero levels in a row
-/// go in as one 16-bit run (long runs are common at small s), and several codes are ORed together
-/// before they go in (as many as fit 57 bits). A code with its sign is at most
-/// 2·⌊log₂(s+1)⌋ + 2 ≤ 48 bits (fields are at most 24 bits wide), so at most 64 bits are ever
-/// pending. `out` grows a block at a time and keeps 8 bytes of slack for the last store.
-struct ChunkCoder<'a> {
-    codes: &'a [(u64, u32)],
-    s: u32,
+/// What the [`ChunkCoder`]s of one encoding share: the code words of levels `0..=s`, and how
+/// they are joined.
+struct EliasCodes {
+    /// By level: the code's bits in stream order and its length.
+    codes: Vec<(u64, u32)>,
+    /// The longest code with its sign bit.
     longest: usize,
-    out: Vec<u8>,
-    at: usize,
-    acc: u64,
-    filled: u32,
+    /// Codes joined per store: 4, 2 or 1.
+    join: usize,
+    /// For `s ≤ 127`: each field's code with its sign, looked up whole.
+    by_field: Option<Box<FieldCodes>>,
 }
 
-impl<'a> ChunkCoder<'a> {
-    fn new(codes: &'a [(u64, u32)], capacity: usize) -> Self {
+impl EliasCodes {
+    fn new(s: u32) -> Self {
+        let codes = elias_codes(s);
         let longest = codes
             .iter()
             .map(|&(_, len)| len as usize + 1)
             .max()
             .unwrap_or(1);
         Self {
-            codes,
-            s: codes.len() as u32 - 1,
+            by_field: FieldCodes::new(&codes),
+            join: [4, 2, 1]
+                .into_iter()
+                .find(|j| j * longest <= 57)
+                .unwrap_or(1),
             longest,
+            codes,
+        }
+    }
+
+    /// The codes of up to sixteen fields through `e`.
+    #[inline(always)]
+    fn group(&self, group: &[u32], e: &mut Emitter<'_>) {
+        if group.len() == 16 && group.iter().fold(0, |any, &f| any | f) >> 1 == 0 {
+            e.emit(0xFFFF, 16);
+            return;
+        }
+        if let (Some(table), Ok(group)) = (&self.by_field, <&[u32; 16]>::try_from(group)) {
+            // s ≤ 127: four codes of at most 14 bits are joined per store.
+            let code = |f: u32| {
+                let f = (f & 0xFF) as usize;
+                (table.bits[f], table.lens[f])
+            };
+            for four in group.chunks_exact(4) {
+                let (b0, l0) = code(four[0]);
+                let (b1, l1) = code(four[1]);
+                let (b2, l2) = code(four[2]);
+                let (b3, l3) = code(four[3]);
+                let low = b0 | b1 << l0;
+                let high = b2 | b3 << l2;
+                e.emit(low | high << (l0 + l1), l0 + l1 + l2 + l3);
+            }
+            return;
+        }
+        // Lanes past the group's end stay empty (no bits, length 0).
+        let s = self.codes.len() as u32 - 1;
+        let (mut bits, mut lens) = ([0u64; 16], [0u32; 16]);
+        for ((b, l), &field) in bits.iter_mut().zip(&mut lens).zip(group) {
+            let level = (field >> 1).min(s);
+            let (code, len) = self.codes[level as usize];
+            let nonzero = (level != 0) as u32;
+            *b = code | ((field & nonzero) as u64) << len;
+            *l = len + nonzero;
+        }
+        let mut lanes = 16;
+        while lanes > 16 / self.join {
+            lanes /= 2;
+            for k in 0..lanes {
+                bits[k] = bits[2 * k] | bits[2 * k + 1] << lens[2 * k];
+                lens[k] = lens[2 * k] + lens[2 * k + 1];
+            }
+        }
+        for (&b, &l) in bits[..lanes].iter().zip(&lens[..lanes]) {
+            e.emit(b, l);
+        }
+    }
+}
+
+/// One chunk's Elias-gamma bit stream, written from fields `level << 1 | sign` a block at a
+/// time.
+///
+/// A zero level is the code "1" with no sign bit. Sixteen fields at a time become sixteen codes
+/// with their signs ([`EliasCodes::group`]; no branch on the level: QSGD's levels are as
+/// unpredictable as coin flips): for `s ≤ 127` looked up whole by field and joined four to a
+/// store, else built from the code table and joined pairwise in lanes, twice when four of the longest codes fit 57 bits, once
+/// when two do. Each joined code goes through an [`Emitter`]. Sixteen zero levels in a row go in
+/// as one 16-bit run (long runs are common at small s). A code with its sign is at most
+/// 2·⌊log₂(s+1)⌋ + 2 ≤ 32 bits (s ≤ 32767). `out` grows a block at a time and keeps 8 bytes of
+/// slack for the last store.
+struct ChunkCoder<'a> {
+    codes: &'a EliasCodes,
+    out: Vec<u8>,
+    at: usize,
+    acc: u64,
+    filled: u32,
+}
+
+/// The write position of a [`ChunkCoder`] in locals (so that it stays in registers, not re-read
+/// after each store into `out`): bits are ORed into a 64-bit accumulator, which is stored whole
+/// and advanced by the bytes it completed. At most 64 bits are ever pending.
+struct Emitter<'o> {
+    out: &'o mut [u8],
+    at: usize,
+    acc: u64,
+    filled: u32,
+}
+
+impl Emitter<'_> {
+    /// ORs `len ≤ 57` bits into the accumulator, stores it whole, advances.
+    #[inline(always)]
+    fn emit(&mut self, bits: u64, len: u32) {
+        self.acc |= bits << self.filled;
+        self.filled += len;
+        self.out[self.at..self.at + 8].copy_from_slice(&self.acc.to_le_bytes());
+        let done = self.filled >> 3;
+        self.at += done as usize;
+        self.acc >>= 8 * done;
+        self.filled &= 7;
+    }
+}
+
+impl<'a> ChunkCoder<'a> {
+    fn new(codes: &'a EliasCodes, capacity: usize) -> Self {
+        Self {
+            codes,
             out: vec![0u8; capacity + 8],
             at: 0,
             acc: 0,
@@ -961,49 +1401,22 @@ impl<'a> ChunkCoder<'a> {
     }
 
     /// Appends the codes of `fields`.
+    #[inline(always)]
     fn push(&mut self, fields: &[u32]) {
-        let need = self.at + (fields.len() * self.longest).div_ceil(8) + 8;
+        let need = self.at + (fields.len() * self.codes.longest).div_ceil(8) + 8;
         if self.out.len() < need {
             self.out.resize(need.max(2 * self.out.len()), 0);
         }
-        let (codes, s) = (self.codes, self.s);
-        let per_emit = (57 / self.longest).max(1);
-        let Self {
-            out,
-            at,
-            acc,
-            filled,
-            ..
-        } = self;
-        // ORs `len` bits into the accumulator, stores it whole, advances.
-        let mut emit = |bits: u64, len: u32| {
-            *acc |= bits << *filled;
-            *filled += len;
-            out[*at..*at + 8].copy_from_slice(&acc.to_le_bytes());
-            let done = *filled >> 3;
-            *at += done as usize;
-            *acc >>= 8 * done;
-            *filled &= 7;
+        let mut e = Emitter {
+            out: &mut self.out[..],
+            at: self.at,
+            acc: self.acc,
+            filled: self.filled,
         };
         for group in fields.chunks(16) {
-            if group.len() == 16 && group.iter().all(|&f| f >> 1 == 0) {
-                emit(0xFFFF, 16);
-                continue;
-            }
-            // Several codes are joined first, as many as fit the accumulator with 7 bits
-            // pending.
-            for joined in group.chunks(per_emit) {
-                let (mut bits, mut length) = (0u64, 0u32);
-                for &field in joined {
-                    let level = (field >> 1).min(s);
-                    let (code, len) = codes[level as usize];
-                    let nonzero = (level != 0) as u32;
-                    bits |= (code | ((field & nonzero & 1) as u64) << len) << length;
-                    length += len + nonzero;
-                }
-                emit(bits, length);
-            }
+            self.codes.group(group, &mut e);
         }
+        (self.at, self.acc, self.filled) = (e.at, e.acc, e.filled);
     }
 
     fn finish(mut self) -> EliasStream {
@@ -1015,20 +1428,120 @@ impl<'a> ChunkCoder<'a> {
     }
 }
 
-/// The chunks' streams, concatenated.
-fn concat(chunks: Vec<EliasStream>) -> EliasStream {
-    let mut out = BitWriter::default();
-    for chunk in chunks {
-        out.append(&chunk);
+/// Every field's code with its sign bit when `s ≤ 127` (fields below 256), by field.
+struct FieldCodes {
+    bits: [u64; 256],
+    lens: [u32; 256],
+}
+
+impl FieldCodes {
+    fn new(codes: &[(u64, u32)]) -> Option<Box<Self>> {
+        if codes.len() > 128 {
+            return None;
+        }
+        let mut table = Box::new(Self {
+            bits: [0; 256],
+            lens: [0; 256],
+        });
+        for (field, (bits, lens)) in table.bits.iter_mut().zip(&mut table.lens).enumerate() {
+            let level = (field >> 1).min(codes.len() - 1);
+            let (code, len) = codes[level];
+            let nonzero = (level != 0) as u32;
+            *bits = code | ((field as u32 & nonzero) as u64) << len;
+            *lens = len + nonzero;
+        }
+        Some(table)
     }
-    out.finish()
+}
+
+/// The chunks' streams, concatenated, in parallel: each chunk shifts its bits into the bytes
+/// that hold only its own, then the byte at each seam is joined from both sides. Every chunk but
+/// the last holds at least 8 bits (it has [`CHUNK`] entries), so no byte holds bits of three
+/// chunks.
+fn concat(chunks: Vec<EliasStream>) -> EliasStream {
+    if chunks.len() == 1 {
+        return chunks.into_iter().next().expect("one chunk");
+    }
+    let offsets: Vec<u64> = chunks
+        .iter()
+        .scan(0, |at, c| {
+            let start = *at;
+            *at += c.bits;
+            Some(start)
+        })
+        .collect();
+    let bits = offsets.last().copied().unwrap_or(0) + chunks.last().map_or(0, |c| c.bits);
+    let mut bytes = vec![0u8; bits.div_ceil(8) as usize];
+    // Chunk c alone holds bytes base_c + 1 .. base_{c+1}, base_c = ⌊offset_c / 8⌋.
+    let mut owned = Vec::with_capacity(chunks.len());
+    let (mut rest, mut at) = (&mut bytes[..], 0);
+    for (c, &offset) in offsets.iter().enumerate() {
+        let from = (offset / 8) as usize + 1;
+        let end = offsets
+            .get(c + 1)
+            .map_or(at + rest.len(), |&next| (next / 8) as usize)
+            .max(from);
+        let (_, tail) = std::mem::take(&mut rest).split_at_mut(from - at);
+        let (mine, tail) = tail.split_at_mut(end - from);
+        owned.push(mine);
+        (rest, at) = (tail, end);
+    }
+    owned
+        .into_par_iter()
+        .zip(chunks.par_iter().zip(&offsets))
+        .for_each(|(mine, (chunk, &offset))| {
+            // Output byte base + 1 + m holds source bits 8(m + 1) − shift onwards: eight at a
+            // time from nine source bytes, then one at a time near the end.
+            let shift = (offset % 8) as u32;
+            let src = &chunk.bytes;
+            let mut words = mine.chunks_exact_mut(8);
+            let mut m = 0;
+            for word in &mut words {
+                let Some(nine) = src.get(m..m + 9) else {
+                    break;
+                };
+                let mut wide = [0u8; 16];
+                wide[..9].copy_from_slice(nine);
+                let shifted = (u128::from_le_bytes(wide) >> (8 - shift)) as u64;
+                word.copy_from_slice(&shifted.to_le_bytes());
+                m += 8;
+            }
+            for (k, byte) in mine[m..].iter_mut().enumerate() {
+                let at = |i: usize| src.get(i).copied().unwrap_or(0);
+                let pair = u16::from_le_bytes([at(m + k), at(m + k + 1)]);
+                *byte = (pair >> (8 - shift)) as u8;
+            }
+        });
+    for (c, chunk) in chunks.iter().enumerate() {
+        let base = (offsets[c] / 8) as usize;
+        let shift = (offsets[c] % 8) as u32;
+        let head = chunk.bytes.first().copied().unwrap_or(0) << shift;
+        // The previous chunk's last `shift` bits open the byte.
+        let tail = match c {
+            0 => 0,
+            _ if shift == 0 => 0,
+            _ => {
+                let prev = &chunks[c - 1];
+                let at = prev.bits - shift as u64;
+                let pair = u16::from_le_bytes([
+                    prev.bytes[(at / 8) as usize],
+                    prev.bytes.get((at / 8) as usize + 1).copied().unwrap_or(0),
+                ]);
+                ((pair >> (at % 8)) as u8) & ((1u16 << shift) - 1) as u8
+            }
+        };
+        if let Some(byte) = bytes.get_mut(base) {
+            *byte = tail | head;
+        }
+    }
+    EliasStream { bytes, bits }
 }
 
 /// Elias-gamma stream of `n` levels read from the packed fixed-width fields (`level << 1 |
 /// sign`): per entry `γ(level + 1)`, then the sign bit when `level > 0`. Chunks are coded in
 /// parallel and their bit streams concatenated.
 fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
-    let codes = elias_codes(s);
+    let codes = EliasCodes::new(s);
     let chunks: Vec<EliasStream> = (0..n.div_ceil(CHUNK))
         .into_par_iter()
         .map(|c| {
@@ -1058,7 +1571,7 @@ fn elias_stream(fixed: &[u8], n: usize, width: u32, s: u32) -> EliasStream {
 /// by block with the uniforms of `stream`, without fixed-width fields in between: the same
 /// levels, so the same bytes, as [`elias_stream`] of the packed fields.
 fn elias_direct(values: &[f32], stream: Stream, s: u32, quantise: &Quantiser<'_>) -> EliasStream {
-    let codes = elias_codes(s);
+    let codes = EliasCodes::new(s);
     let chunks: Vec<EliasStream> = values
         .par_chunks(CHUNK)
         .enumerate()
@@ -1067,11 +1580,8 @@ fn elias_direct(values: &[f32], stream: Stream, s: u32, quantise: &Quantiser<'_>
                 let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
                 let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
                 for (b, vs) in vals.chunks(BLOCK).enumerate() {
-                    let start = c * CHUNK + b * BLOCK;
-                    let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
-                    stream.fill(start, u);
-                    quantise.block(start, vs, u, fields);
-                    coder.push(fields);
+                    quantise.drawn(stream, c * CHUNK + b * BLOCK, vs, &mut u, &mut fields);
+                    coder.push(&fields[..vs.len()]);
                 }
                 coder.finish()
             })
@@ -1091,6 +1601,60 @@ pub fn elias_gamma_bits(levels: &[u32]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[derive(Default)]
+    struct BitWriter {
+        bytes: Vec<u8>,
+        acc: u64,
+        filled: u32,
+        bits: u64,
+    }
+
+    impl BitWriter {
+        /// Appends the low `len ≤ 32` bits of `value`, least significant first.
+        fn push(&mut self, value: u64, len: u32) {
+            self.acc |= value << self.filled;
+            self.filled += len;
+            self.bits += len as u64;
+            if self.filled >= 32 {
+                self.bytes
+                    .extend_from_slice(&(self.acc as u32).to_le_bytes());
+                self.acc >>= 32;
+                self.filled -= 32;
+            }
+        }
+
+        /// Appends another stream's bits, 32 at a time (the reference for [`concat`]).
+        fn append(&mut self, other: &EliasStream) {
+            let whole = (other.bits / 8) as usize;
+            let mut words = other.bytes[..whole].chunks_exact(4);
+            for word in &mut words {
+                self.push(
+                    u32::from_le_bytes(word.try_into().expect("4 bytes")) as u64,
+                    32,
+                );
+            }
+            for &byte in words.remainder() {
+                self.push(byte as u64, 8);
+            }
+            let rest = (other.bits % 8) as u32;
+            if rest > 0 {
+                self.push(other.bytes[whole] as u64 & ((1 << rest) - 1), rest);
+            }
+        }
+
+        fn finish(mut self) -> EliasStream {
+            while self.filled > 0 {
+                self.bytes.push(self.acc as u8);
+                self.acc >>= 8;
+                self.filled = self.filled.saturating_sub(8);
+            }
+            EliasStream {
+                bytes: self.bytes,
+                bits: self.bits,
+            }
+        }
+    }
 
     /// A stream of `levels` (signed) as the encoder writes it.
     fn stream(levels: &[i32]) -> EliasStream {
@@ -1164,6 +1728,110 @@ mod tests {
                 .decode(&mut out, &scales, bucket, Set);
             for (i, (o, l)) in out.iter().zip(&levels).enumerate() {
                 assert_eq!(*o, *l as f32 * scales[i / bucket], "s = {s}, entry {i}");
+            }
+        }
+    }
+
+    /// The parallel concatenation is the bit-by-bit one: seams at every bit offset, a chunk
+    /// that ends on a byte, and a last chunk shorter than a byte.
+    #[test]
+    fn concat_matches_appending_bit_by_bit() {
+        let mut state = 0x1234_5678_9abc_def1u64;
+        let mut chunk = |bits: u64| {
+            let bytes: Vec<u8> = (0..bits.div_ceil(8))
+                .map(|i| {
+                    state ^= state << 13;
+                    state ^= state >> 7;
+                    state ^= state << 17;
+                    let keep = (bits - 8 * i).min(8);
+                    (state as u8) & ((1u16 << keep) - 1) as u8
+                })
+                .collect();
+            EliasStream { bytes, bits }
+        };
+        for lengths in [
+            vec![64, 3],
+            vec![100, 77, 5],
+            vec![129, 130, 131, 132, 133, 134, 135, 8, 1],
+            vec![1000, 1001, 17],
+            vec![8, 16, 24, 7],
+        ] {
+            let chunks: Vec<EliasStream> = lengths.iter().map(|&b| chunk(b)).collect();
+            let mut reference = BitWriter::default();
+            for c in &chunks {
+                reference.append(c);
+            }
+            let want = reference.finish();
+            let got = concat(chunks);
+            assert_eq!(
+                (got.bits, &got.bytes),
+                (want.bits, &want.bytes),
+                "{lengths:?}"
+            );
+        }
+    }
+
+    /// Random signed levels: mostly small, some zero runs, now and then `s`.
+    fn random_levels(n: usize, s: u32, seed: u64) -> Vec<i32> {
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                let level = match state % 16 {
+                    0..=7 => 0,
+                    8..=11 => 1,
+                    12 | 13 => 2.min(s),
+                    14 => (state >> 8) as u32 % (s + 1),
+                    _ => s,
+                } as i32;
+                match (i % 5000 < 100, state >> 63) {
+                    (true, _) => 0,
+                    (false, 1) => -level,
+                    _ => level,
+                }
+            })
+            .collect()
+    }
+
+    /// The parallel validation joins its segments (it does not fall back) on long streams, and
+    /// decodes what the serial walk decodes; every error it finds is the serial walk's.
+    #[test]
+    fn joined_validation_agrees_with_the_serial_walk() {
+        for (s, seed) in [(1u32, 1u64), (16, 2), (1000, 3), (32767, 4)] {
+            let n = 3 * CHUNK + 4321;
+            let levels = random_levels(n, s, seed);
+            let st = stream(&levels);
+            let segments = EliasLevels::joined(&st.bytes, st.bits, n, s);
+            assert!(segments.as_ref().is_some_and(|g| g.len() > 4), "s = {s}");
+            let joined = EliasLevels::validate(&st.bytes, st.bits, n, s).unwrap();
+            let serial = EliasLevels::serial(&st.bytes, st.bits, n, s).unwrap();
+            let want: Vec<f32> = levels.iter().map(|&l| l as f32).collect();
+            for reader in [joined, serial] {
+                let mut out = vec![f32::NAN; n];
+                reader.decode(&mut out, &[1.0], n, Set);
+                assert!(out == want, "s = {s}");
+            }
+            // A level above s deep inside, a count off by one, a stream cut short: the same
+            // error as the serial walk's.
+            let mut bad = levels.clone();
+            bad[2 * CHUNK + 17] = s as i32 + 1;
+            let bad = stream(&bad);
+            let mut cases = vec![
+                (bad.bytes.clone(), bad.bits, n, s),
+                (st.bytes.clone(), st.bits, n - 1, s),
+                (st.bytes.clone(), st.bits, n + 1, s),
+                (st.bytes.clone(), st.bits - 1, n, s),
+            ];
+            if s > 1 {
+                cases.push((st.bytes.clone(), st.bits, n, s - 1));
+            }
+            for (bytes, bits, count, levels_s) in cases {
+                let got = EliasLevels::validate(&bytes, bits, count, levels_s).map(|_| ());
+                let want = EliasLevels::serial(&bytes, bits, count, levels_s).map(|_| ());
+                assert!(got.is_err(), "s = {s}, n = {count}, bits = {bits}");
+                assert_eq!(got, want, "s = {s}");
             }
         }
     }
@@ -1266,6 +1934,21 @@ mod tests {
                 let expected: Vec<usize> = (start..start + 40).map(|i| i / size).collect();
                 assert_eq!(runs, expected);
             }
+        }
+    }
+
+    #[test]
+    fn floor_through_the_bits_is_the_floor() {
+        // Every f32 in [0, 2¹⁶] at its own spacing near integers, and a sweep with step 2⁻¹⁰.
+        let mut xs: Vec<f32> = (0..=1u32 << 16)
+            .flat_map(|k| {
+                let k = k as f32;
+                [k, k.next_down().max(0.0), k.next_up(), k + 0.5]
+            })
+            .collect();
+        xs.extend((0..1u32 << 20).map(|i| i as f32 / 1024.0));
+        for x in xs {
+            assert_eq!(floor_small(x), x.floor() as u32, "x = {x}");
         }
     }
 }
