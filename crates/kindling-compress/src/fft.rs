@@ -17,10 +17,13 @@ use std::f64::consts::PI;
 
 use rayon::prelude::*;
 
-use crate::simd;
+use crate::{host, simd};
 
 /// Columns per strip: one 64-byte cache line of f32 per row.
 const STRIP: usize = 16;
+
+/// Strips of input columns one task of the first four-step pass reads together.
+const GROUP: usize = 4;
 
 /// Transforms of fewer points than this run in one piece.
 const FOUR_STEP_MIN: usize = 1 << 10;
@@ -287,6 +290,21 @@ fn two_stages(re: &mut [f32], im: &mut [f32], lanes: usize, h: usize, stages: &S
     }
 }
 
+/// Column `b` of the row-major [`STRIP`] × [`STRIP`] block `src` into row `rows_of[b]` of
+/// `dst` (rows of [`STRIP`] lanes).
+#[inline(always)]
+fn transpose_into(src: &[f32], rows_of: &[usize], dst: &mut [f32]) {
+    let mut block = [[0f32; STRIP]; STRIP];
+    for (j, row) in src.chunks_exact(STRIP).enumerate() {
+        for (b, &v) in row.iter().enumerate() {
+            block[b][j] = v;
+        }
+    }
+    for (column, &row) in block.iter().zip(rows_of) {
+        copy_lanes(&mut dst[row * STRIP..(row + 1) * STRIP], column);
+    }
+}
+
 /// `dst ← src`, inlined for a strip's width.
 #[inline(always)]
 fn copy_lanes(dst: &mut [f32], src: &[f32]) {
@@ -434,8 +452,8 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
     let cols = len / rows;
     let powers = Powers::new(len);
     // Step 1: the column transforms of the rows × cols matrix z[n₁·cols + n₂], times
-    // e^{−2πi·n₂k₁/M}, into t[n₂][k₁] (cols × rows): one strip of input columns fills a
-    // contiguous block of t.
+    // e^{−2πi·n₂k₁/M}, in place in t: strip s of input columns (n₂ = 16s + b) fills the
+    // contiguous block t[s][k₁][b].
     let mut t = Split::pooled(len);
     {
         let (stages, rev) = (Stages::new(rows), bit_reversal(rows));
@@ -448,29 +466,39 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
                 lane_roots.im[k1 * STRIP + b] = s as f32;
             }
         }
-        t.re.par_chunks_mut(STRIP * rows)
-            .zip(t.im.par_chunks_mut(STRIP * rows))
+        // A task takes GROUP strips, so that each input row is read GROUP·STRIP entries at a
+        // time (fewer pages touched per row), then transforms them strip by strip.
+        t.re.par_chunks_mut(GROUP * STRIP * rows)
+            .zip(t.im.par_chunks_mut(GROUP * STRIP * rows))
             .enumerate()
-            .for_each(|(strip, (tre, tim))| {
-                with_scratch(
-                    rows * STRIP,
-                    #[inline(always)]
-                    |buf, _| {
-                        let first = strip * STRIP;
-                        for (n1, &row) in rev.iter().enumerate() {
+            .for_each(|(group, (gre, gim))| {
+                simd::wide!({
+                    let first = group * GROUP * STRIP;
+                    for (n1, &row) in rev.iter().enumerate() {
+                        for (g, (tre, tim)) in gre
+                            .chunks_exact_mut(STRIP * rows)
+                            .zip(gim.chunks_exact_mut(STRIP * rows))
+                            .enumerate()
+                        {
                             let lanes = row * STRIP..(row + 1) * STRIP;
                             source.load(
-                                n1 * cols + first,
-                                &mut buf.re[lanes.clone()],
-                                &mut buf.im[lanes],
+                                n1 * cols + first + g * STRIP,
+                                &mut tre[lanes.clone()],
+                                &mut tim[lanes],
                             );
                         }
-                        butterflies(&mut buf.re, &mut buf.im, STRIP, &stages);
+                    }
+                    for (g, (tre, tim)) in gre
+                        .chunks_exact_mut(STRIP * rows)
+                        .zip(gim.chunks_exact_mut(STRIP * rows))
+                        .enumerate()
+                    {
+                        butterflies(tre, tim, STRIP, &stages);
+                        let first = first + g * STRIP;
                         // e^{−2πi·(first + b)·k₁/M} = e^{−2πi·first·k₁/M}·e^{−2πi·b·k₁/M}.
-                        for (k1, ((xr, xi), (lr, li))) in buf
-                            .re
+                        for (k1, ((xr, xi), (lr, li))) in tre
                             .chunks_exact_mut(STRIP)
-                            .zip(buf.im.chunks_exact_mut(STRIP))
+                            .zip(tim.chunks_exact_mut(STRIP))
                             .zip(
                                 lane_roots
                                     .re
@@ -488,27 +516,14 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
                                 (*xr, *xi) = (*xr * wr - *xi * wi, *xr * wi + *xi * wr);
                             }
                         }
-                        for (b, (tre, tim)) in tre
-                            .chunks_exact_mut(rows)
-                            .zip(tim.chunks_exact_mut(rows))
-                            .enumerate()
-                        {
-                            for (((tr, ti), xr), xi) in tre
-                                .iter_mut()
-                                .zip(tim.iter_mut())
-                                .zip(buf.re.iter().skip(b).step_by(STRIP))
-                                .zip(buf.im.iter().skip(b).step_by(STRIP))
-                            {
-                                (*tr, *ti) = (*xr, *xi);
-                            }
-                        }
-                    },
-                )
+                    }
+                })
             });
     }
     source.release();
-    // Step 2: the row transforms: for each strip of k₁, the cols-point transforms over n₂ of
-    // t[n₂][k₁], into strips[strip][k₂][b].
+    // Step 2: the row transforms: for each strip of k₁, the cols-point transforms over n₂, into
+    // strips[strip][k₂][b]. Its input for n₂ = 16s + b is column b of the 16 × 16 block
+    // t[s][16·strip ..][..], read whole (1 KiB) and transposed.
     let mut strips = Split::pooled(len);
     {
         let (stages, rev) = (Stages::new(cols), bit_reversal(cols));
@@ -520,11 +535,12 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
             .for_each(|(strip, (sre, sim))| {
                 simd::wide!({
                     let first = strip * STRIP;
-                    for (n2, &row) in rev.iter().enumerate() {
-                        let from = n2 * rows + first..n2 * rows + first + STRIP;
-                        let to = row * STRIP..(row + 1) * STRIP;
-                        copy_lanes(&mut sre[to.clone()], &t.re[from.clone()]);
-                        copy_lanes(&mut sim[to], &t.im[from]);
+                    for s in 0..cols / STRIP {
+                        let block = s * STRIP * rows + first * STRIP;
+                        let block = block..block + STRIP * STRIP;
+                        let rows_of = &rev[s * STRIP..(s + 1) * STRIP];
+                        transpose_into(&t.re[block.clone()], rows_of, sre);
+                        transpose_into(&t.im[block], rows_of, sim);
                     }
                     butterflies(sre, sim, STRIP, &stages);
                 })
@@ -539,10 +555,11 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
 }
 
 /// The coefficients of `x` (zero-padded to `N = 2M` entries, `N` a power of two, at least 2 and
-/// at least `x.len()`) in the orthonormal real DFT basis of [`Fourier`](crate::Fourier): with
+/// at least `x.len()`) in the orthonormal real DFT basis of [`Fourier`](crate::Fourier), with
+/// their [`host::chunk_norms`] (taken as they are written, in cache): with
 /// `X_k = Σ_j x_j·e^{−2πi·jk/N}`, `λ_0 = X_0/√N`, `λ_M = X_M/√N`, and for `0 < k < M`
 /// `λ_k = √(2/N)·Re X_k`, `λ_{M+k} = −√(2/N)·Im X_k`.
-pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> Vec<f32> {
+pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> (Vec<f32>, (u32, f64, f64)) {
     let half = big / 2;
     let z = dft(half, Pairs(x));
     // X_k = E_k − i·w^k·D_k with E = (Z_k + conj Z_{M−k})/2, D = (Z_k − conj Z_{M−k})/2 and
@@ -556,10 +573,11 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> Vec<f32> {
     let mut lambda = take(big);
     let (cos, sin) = lambda.split_at_mut(half);
     let block = z.block();
-    cos.par_chunks_mut(block * rows)
+    let parts: Vec<(u32, f64, f64)> = cos
+        .par_chunks_mut(block * rows)
         .zip(sin.par_chunks_mut(block * rows))
         .enumerate()
-        .for_each(|(g, (cos, sin))| {
+        .map(|(g, (cos, sin))| {
             with_scratch(
                 block * rows,
                 #[inline(always)]
@@ -595,15 +613,25 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> Vec<f32> {
                             *sin = -mid * (ei + wi * di - wr * dr);
                         }
                     }
+                    // The norms of what was written, while in cache; entries 0 and M are
+                    // written below.
+                    let skip = (g == 0) as usize;
+                    host::add_norms(
+                        host::chunk_norms(&cos[skip..]),
+                        host::chunk_norms(&sin[skip..]),
+                    )
                 },
             )
-        });
+        })
+        .collect();
     let z0 = z.data_at(0);
     // X_0 = Re Z_0 + Im Z_0 and X_M = Re Z_0 − Im Z_0 are real.
     lambda[0] = edge * (z0.0 + z0.1);
     lambda[half] = edge * (z0.0 - z0.1);
     z.data.recycle();
-    lambda
+    let ends = host::chunk_norms(&[lambda[0], lambda[half]]);
+    let sums = parts.into_iter().fold(ends, host::add_norms);
+    (lambda, sums)
 }
 
 /// The inverse of [`atom_coefficients`] for a sparse coefficient vector: `x_j = Σ_a λ_a·φ_a(j)`
@@ -746,19 +774,25 @@ mod tests {
         (5000, 8192),
     ];
 
-    /// Direct sizes, the smallest four-step size (rows = cols) and rows ≠ cols.
+    /// Direct sizes, the smallest four-step size (rows = cols) and rows ≠ cols; the norms
+    /// taken on the way are those of the coefficients.
     #[test]
     fn atom_coefficients_match_the_definition() {
         for (n, big) in SIZES {
             let x = signal(n, n as u64);
             let norm: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
-            let got = atom_coefficients(&x, big);
+            let (got, sums) = atom_coefficients(&x, big);
             for (a, (g, want)) in got.iter().zip(naive_atoms(&x, big)).enumerate() {
                 assert!(
                     (*g as f64 - want).abs() < 2e-6 * norm,
                     "N = {big}, atom {a}: {g} vs {want}"
                 );
             }
+            let (max, l2, l1) = host::finish_norms(sums, &got).unwrap();
+            let want = host::norms(&got).unwrap();
+            assert_eq!(max, want.0, "N = {big}");
+            assert!((l2 - want.1).abs() <= 1e-12 * want.1, "N = {big}");
+            assert!((l1 - want.2).abs() <= 1e-12 * want.2, "N = {big}");
         }
     }
 
@@ -767,7 +801,7 @@ mod tests {
     fn atom_signal_inverts_atom_coefficients() {
         for (n, big) in SIZES {
             let x = signal(n, 7 + n as u64);
-            let lambda = atom_coefficients(&x, big);
+            let (lambda, _) = atom_coefficients(&x, big);
             let energy: f64 = lambda.iter().map(|&v| (v as f64).powi(2)).sum();
             let want: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum();
             assert!(

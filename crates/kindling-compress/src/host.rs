@@ -206,18 +206,30 @@ pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
 /// `(3.4·10³⁸)² ≈ 1.2·10⁷⁷`) and 2²⁸ of them cannot overflow: tiny entries do not underflow and
 /// huge ones do not overflow.
 pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
-    let parts = if values.len() <= CHUNK {
+    let sums = if values.len() <= CHUNK {
         simd::wide!(chunk_norms(values))
     } else {
-        values
+        // Summed in chunk order, so that the sums do not depend on the thread count.
+        let parts: Vec<(u32, f64, f64)> = values
             .par_chunks(CHUNK)
             .map(|c| simd::wide!(chunk_norms(c)))
-            .reduce(
-                || (0, 0.0, 0.0),
-                |a, b| (a.0.max(b.0), a.1 + b.1, a.2 + b.2),
-            )
+            .collect();
+        parts.into_iter().fold((0, 0.0, 0.0), add_norms)
     };
-    let (bits, squares, l1) = parts;
+    finish_norms(sums, values)
+}
+
+/// Two [`chunk_norms`] combined.
+pub(crate) fn add_norms(a: (u32, f64, f64), b: (u32, f64, f64)) -> (u32, f64, f64) {
+    (a.0.max(b.0), a.1 + b.1, a.2 + b.2)
+}
+
+/// [`norms`] from the [`chunk_norms`] of all of `values` (only read to count non-finite
+/// entries).
+pub(crate) fn finish_norms(
+    (bits, squares, l1): (u32, f64, f64),
+    values: &[f32],
+) -> Result<(f32, f64, f64), CompressError> {
     if bits >= 0x7F80_0000 {
         return Err(non_finite(values));
     }
@@ -227,7 +239,7 @@ pub(crate) fn norms(values: &[f32]) -> Result<(f32, f64, f64), CompressError> {
 /// `(max abs_bits, Σv², Σ|v|)` of a chunk, the sums in f64, in one read (sixteen lanes, so it
 /// vectorises; the lanes and their order do not depend on the vector unit).
 #[inline(always)]
-fn chunk_norms(chunk: &[f32]) -> (u32, f64, f64) {
+pub(crate) fn chunk_norms(chunk: &[f32]) -> (u32, f64, f64) {
     let mut max = [0u32; 16];
     let mut squares = [0f64; 16];
     let mut l1 = [0f64; 16];
@@ -291,7 +303,10 @@ where
                 (max_abs_bits(vals), if SUM { sum_abs(vals) } else { 0.0 })
             })
         })
-        .reduce(|| (0, 0.0), |a, b| (a.0.max(b.0), a.1 + b.1))
+        .collect::<Vec<_>>()
+        .into_iter()
+        // In chunk order: the sum does not depend on the thread count.
+        .fold((0, 0.0), |a, b| (a.0.max(b.0), a.1 + b.1))
 }
 
 /// Unpacks `width`-bit fields (`width` divides 8) and stores `value(field)` through `sink`, in

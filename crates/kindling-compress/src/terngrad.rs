@@ -101,7 +101,10 @@ impl TernGrad {
                     (s + v as f64, q + (v as f64) * (v as f64))
                 })
             })
-            .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
+            .collect::<Vec<_>>()
+            .into_iter()
+            // In chunk order: the sums do not depend on the thread count.
+            .fold((0.0, 0.0), |a, b| (a.0 + b.0, a.1 + b.1));
         let n = values.len().max(1) as f64;
         let mean = sum / n;
         let bound = (c as f64 * (sq / n - mean * mean).max(0.0).sqrt()) as f32;

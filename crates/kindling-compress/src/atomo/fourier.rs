@@ -1,7 +1,7 @@
 use burn::tensor::{Device, Tensor};
 use rand::Rng;
 
-use super::{Atomo, norms, norms_host, sample, sample_host};
+use super::{Atomo, norms, sample, sample_host};
 use crate::codec::{compress_on_host, decompress_on_host, flatten, l1_norm_checked, unflatten};
 use crate::codec::{host_decoders, host_encoder};
 use crate::host::{Sink, is_host_device};
@@ -181,10 +181,15 @@ impl Atomo<Fourier> {
             SparseVec::default()
         } else {
             let big = padded_len(values.len());
-            let lambda = fft::atom_coefficients(values, big);
-            let norms = norms_host(&lambda);
-            let sparse = norms.map(|(l1, l2, linf)| {
-                sample_host(&lambda, self.budget.resolve(big, l1, l2, linf), l1, stream)
+            let (lambda, sums) = fft::atom_coefficients(values, big);
+            let norms = crate::host::finish_norms(sums, &lambda);
+            let sparse = norms.map(|(linf, l2, l1)| {
+                sample_host(
+                    &lambda,
+                    self.budget.resolve(big, l1, l2, linf as f64),
+                    l1,
+                    stream,
+                )
             });
             fft::recycle(lambda);
             sparse?
