@@ -14,9 +14,9 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef
 /// Spectral atoms: the singular vectors of the gradient's [matrix view](crate::matrix_view),
 /// `G = Σ_i σ_i u_i v_iᵀ`, atoms `u_i v_iᵀ`, `λ = σ`.
 ///
-/// The SVD is one-sided Jacobi in f64 on the host when the smaller side is at most 256 (robust on
-/// the rank-deficient gradients of networks with dead units), burn's `linalg::svd` beyond (the
-/// gradient is detached). For large matrices, [`Spectral::truncated`] uses a randomized rank-r SVD (Halko, Martinsson & Tropp
+/// The SVD runs on the host (the gradient is detached): one-sided Jacobi in f64 when the smaller
+/// side is at most 256 (robust on the rank-deficient gradients of networks with dead units),
+/// faer's divide-and-conquer SVD in f32 beyond. For large matrices, [`Spectral::truncated`] uses a randomized rank-r SVD (Halko, Martinsson & Tropp
 /// 2011: a random test matrix, power iterations with QR re-orthonormalisation, an SVD of the
 /// small projected matrix): faster, but the discarded tail makes the estimator biased.
 ///
@@ -27,7 +27,6 @@ use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef
 pub struct Spectral {
     rank: Option<usize>,
     power_iterations: usize,
-    sweeps: usize,
 }
 
 impl Default for Spectral {
@@ -35,7 +34,6 @@ impl Default for Spectral {
         Self {
             rank: None,
             power_iterations: 2,
-            sweeps: 64,
         }
     }
 }
@@ -54,7 +52,6 @@ impl Spectral {
         Ok(Self {
             rank: Some(rank),
             power_iterations,
-            sweeps: 64,
         })
     }
 
@@ -82,11 +79,7 @@ impl Spectral {
                     vt.slice([0..r, 0..cols]),
                 )
             }
-            _ if m <= JACOBI_MAX => host_svd(g),
-            _ => {
-                let (u, s, vt) = burn::linalg::svd::<2, 1>(g, self.sweeps);
-                (u, s.try_into_vec_as().expect("singular values"), vt)
-            }
+            _ => host_svd(g),
         }
     }
 }
@@ -100,19 +93,17 @@ fn to_host((u, sigma, vt): (Tensor<2>, Vec<f32>, Tensor<2>)) -> (Vec<f32>, Vec<f
     )
 }
 
-/// Matrices whose smaller side is at most this are decomposed by one-sided Jacobi on the host;
-/// larger ones by burn's `linalg::svd`.
+/// Matrices whose smaller side is at most this are decomposed by one-sided Jacobi in f64;
+/// larger ones by faer's SVD in f32.
 const JACOBI_MAX: usize = 256;
 
-/// SVD by one-sided (Hestenes) Jacobi rotations in f64 on the host: `(U, σ, Vᵀ)` with σ
-/// descending. Robust on rank-deficient gradients (dead ReLU units give exact zero singular
-/// values, where QR-iteration SVDs can fail to converge); a zero singular value gets a zero
-/// singular vector, which ATOMO never sends (its probability is 0).
+/// The full SVD of a detached gradient on the host, read from any device: `(U, σ, Vᵀ)` as
+/// tensors on its device (see [`full_svd`]).
 fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
     let [rows, cols] = g.dims();
     let device = g.device();
-    let values: Vec<f64> = g.try_into_vec_as::<f64>().expect("gradient values");
-    let (u, sigma, vt) = jacobi_svd(&values, rows, cols);
+    let values: Vec<f32> = g.try_into_vec_as::<f32>().expect("gradient values");
+    let (u, sigma, vt) = full_svd(&values, rows, cols);
     let k = sigma.len();
     (
         Tensor::from_data(TensorData::new(u, [rows, k]), &device),
@@ -121,7 +112,48 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
     )
 }
 
-/// [`host_svd`] of a row-major `rows × cols` matrix: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
+/// The full SVD of a row-major `rows × cols` matrix: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
+/// `k = min(rows, cols)`, σ descending, row-major f32. Up to [`JACOBI_MAX`] on the smaller side
+/// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]): robust on rank-deficient
+/// gradients (dead ReLU units give exact zero singular values, where QR-iteration SVDs can fail
+/// to converge); a zero singular value gets a zero singular vector, which ATOMO never sends (its
+/// probability is 0). Larger matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi
+/// is cubic per sweep), with Jacobi as the fallback should it not converge.
+fn full_svd(g: &[f32], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+    let jacobi = || {
+        let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
+        jacobi_svd(&values, rows, cols)
+    };
+    if rows.min(cols) <= JACOBI_MAX {
+        return jacobi();
+    }
+    let a = faer::MatRef::from_row_major_slice(g, rows, cols);
+    let Ok(svd) = a.thin_svd() else {
+        return jacobi();
+    };
+    let k = rows.min(cols);
+    let (u, s, v) = (svd.U(), svd.S().column_vector(), svd.V());
+    let mut order: Vec<usize> = (0..k).collect();
+    order.sort_by(|&x, &y| s[y].total_cmp(&s[x]));
+    let u_rows: Vec<f32> = (0..rows)
+        .flat_map(|r| order.iter().map(move |&j| u[(r, j)]))
+        .collect();
+    let vt: Vec<f32> = order
+        .iter()
+        .flat_map(|&j| (0..cols).map(move |c| v[(c, j)]))
+        .collect();
+    // Singular values below the f32 rounding of the matrix itself (max(rows, cols)·ε·σ₁, the
+    // usual numerical-rank cut) are zeros the decomposition did not resolve: zero, as Jacobi
+    // leaves exact zeros, so ATOMO never sends their noise directions.
+    let floor = rows.max(cols) as f32 * f32::EPSILON * s[order[0]];
+    let sigma = order
+        .iter()
+        .map(|&j| if s[j] > floor { s[j] } else { 0.0 })
+        .collect();
+    (u_rows, sigma, vt)
+}
+
+/// [`full_svd`] by one-sided Jacobi in f64: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
 /// `k = min(rows, cols)`, row-major f32.
 fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     // Work on the orientation with at least as many rows as columns: A = G or Gᵀ, m ≥ n.
@@ -341,8 +373,8 @@ impl Compressor for Atomo<Spectral> {
             w.u32(0);
             return Ok(w.finish());
         }
-        // Host devices: the whole decomposition on host memory (Jacobi, or the randomized SVD
-        // with host matmuls); burn's SVD only for a full SVD beyond JACOBI_MAX.
+        // Host devices: the whole decomposition on host memory (the full SVD, or the randomized
+        // SVD with host matmuls).
         let device = grad.device();
         let (u, sigma, vt) = if is_host_device(&device) {
             let host = HostGrad::read(grad);
@@ -352,15 +384,7 @@ impl Compressor for Atomo<Spectral> {
                 Some(r) if r + 5 < rows.min(cols) => {
                     randomized_host(g, rows, cols, r, self.atoms.power_iterations, rng)
                 }
-                _ if rows.min(cols) <= JACOBI_MAX => {
-                    let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-                    jacobi_svd(&values, rows, cols)
-                }
-                _ => {
-                    let t =
-                        Tensor::<2>::from_data(TensorData::new(g.to_vec(), [rows, cols]), &device);
-                    to_host(self.atoms.decompose(t, rng))
-                }
+                _ => full_svd(g, rows, cols),
             }
         } else {
             l1_norm_checked(&grad)?;
