@@ -448,28 +448,60 @@ fn le_word(bytes: &[u8], pos: usize) -> u32 {
     }
 }
 
+/// `$small` with the constant `$w` bound to `width` when `width ≤ 8` (one instantiation per
+/// width, so its shifts are known when compiled), else `$other`.
+macro_rules! by_width {
+    ($width:expr, $w:ident => $small:expr, $other:block) => {
+        match $width {
+            1 => {
+                const $w: usize = 1;
+                $small
+            }
+            2 => {
+                const $w: usize = 2;
+                $small
+            }
+            3 => {
+                const $w: usize = 3;
+                $small
+            }
+            4 => {
+                const $w: usize = 4;
+                $small
+            }
+            5 => {
+                const $w: usize = 5;
+                $small
+            }
+            6 => {
+                const $w: usize = 6;
+                $small
+            }
+            7 => {
+                const $w: usize = 7;
+                $small
+            }
+            8 => {
+                const $w: usize = 8;
+                $small
+            }
+            _ => $other,
+        }
+    };
+}
+
 /// Packs `fields` of `width ≤ 24` bits into `out` (`packed_len(fields.len(), width)` bytes):
 /// for `width ≤ 8` eight fields at a time into `width` bytes (independent groups, no carried
 /// state), else through a [`FieldWriter`].
 #[inline(always)]
 pub(crate) fn pack_fields(fields: &[u32], width: u32, out: &mut [u8]) {
-    match width {
-        1 => pack_groups::<1>(fields, out),
-        2 => pack_groups::<2>(fields, out),
-        3 => pack_groups::<3>(fields, out),
-        4 => pack_groups::<4>(fields, out),
-        5 => pack_groups::<5>(fields, out),
-        6 => pack_groups::<6>(fields, out),
-        7 => pack_groups::<7>(fields, out),
-        8 => pack_groups::<8>(fields, out),
-        _ => {
-            let mut writer = FieldWriter::new(out);
-            for &f in fields {
-                writer.push(f, width);
-            }
-            writer.finish();
+    by_width!(width, W => pack_groups::<W>(fields, out), {
+        let mut writer = FieldWriter::new(out);
+        for &f in fields {
+            writer.push(f, width);
         }
-    }
+        writer.finish();
+    })
 }
 
 /// Groups of eight `W`-bit fields whose eight-byte word lies inside `len` bytes.
@@ -510,32 +542,22 @@ fn pack_groups<const W: usize>(fields: &[u32], out: &mut [u8]) {
 /// for `width ≤ 8` eight at a time from `width` bytes.
 #[inline(always)]
 pub(crate) fn unpack_fields(bytes: &[u8], width: u32, out: &mut [u32]) {
-    match width {
-        1 => unpack_groups::<1>(bytes, out),
-        2 => unpack_groups::<2>(bytes, out),
-        3 => unpack_groups::<3>(bytes, out),
-        4 => unpack_groups::<4>(bytes, out),
-        5 => unpack_groups::<5>(bytes, out),
-        6 => unpack_groups::<6>(bytes, out),
-        7 => unpack_groups::<7>(bytes, out),
-        8 => unpack_groups::<8>(bytes, out),
-        _ => {
-            let mask = (1u64 << width) - 1;
-            let mut pos = 0;
-            let mut acc = 0u64;
-            let mut filled = 0u32;
-            for slot in out {
-                if filled < width {
-                    acc |= (le_word(bytes, pos) as u64) << filled;
-                    filled += 32;
-                    pos += 4;
-                }
-                *slot = (acc & mask) as u32;
-                acc >>= width;
-                filled -= width;
+    by_width!(width, W => unpack_groups::<W>(bytes, out), {
+        let mask = (1u64 << width) - 1;
+        let mut pos = 0;
+        let mut acc = 0u64;
+        let mut filled = 0u32;
+        for slot in out {
+            if filled < width {
+                acc |= (le_word(bytes, pos) as u64) << filled;
+                filled += 32;
+                pos += 4;
             }
+            *slot = (acc & mask) as u32;
+            acc >>= width;
+            filled -= width;
         }
-    }
+    })
 }
 
 /// [`unpack_fields`] for a width `W ≤ 8` known when compiled: group `g` is one eight-byte load

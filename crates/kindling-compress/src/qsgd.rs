@@ -707,7 +707,7 @@ impl<'a> Run<'a> {
     fn group(&mut self, table: &[Step]) -> Option<()> {
         let bits = self.bits.as_mut()?;
         bits.refill();
-        let step = |bits: &Bits<'_>| table[(bits.buf & ((1 << STEP_BITS) - 1)) as usize];
+        let step = |bits: &Bits<'_>| table[window_index(bits.buf)];
         let ones = bits.ones();
         if ones >= STEP_BITS {
             bits.consume(ones);
@@ -886,6 +886,12 @@ fn elias_level(w: u64) -> Result<(i32, u64), DecodeError> {
 /// Bits the validation looks up at once.
 const STEP_BITS: u32 = 12;
 
+/// The lookup-table index of the next [`STEP_BITS`] stream bits at the front of `bits`.
+#[inline(always)]
+fn window_index(bits: u64) -> usize {
+    (bits & ((1 << STEP_BITS) - 1)) as usize
+}
+
 /// What the next [`STEP_BITS`] bits of an Elias-gamma stream hold: how many complete codes,
 /// their bits and their largest level (codes: 0 when the first code is longer).
 #[derive(Clone, Copy, Default)]
@@ -1012,7 +1018,7 @@ impl<'a> EliasLevels<'a> {
             }
             let room = (n - i).min(CHUNK - i % CHUNK);
             let ones = cursor.zero_run(room);
-            let step = steps()[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
+            let step = steps()[window_index(cursor.bits)];
             if ones >= STEP_BITS as usize || ones == room {
                 cursor.skip(ones as u32);
                 i += ones;
@@ -1134,7 +1140,7 @@ impl<'a, 'b> SegmentDecoder<'a, 'b> {
         };
         let (levels, j) = (&mut *self.levels, &mut self.j);
         bits.refill();
-        let step = |bits: &Bits<'_>| table[(bits.buf & ((1 << STEP_BITS) - 1)) as usize];
+        let step = |bits: &Bits<'_>| table[window_index(bits.buf)];
         let ones = bits.ones();
         if ones >= STEP_BITS {
             let ones = (ones as usize).min(levels.len() - *j);
@@ -1152,10 +1158,7 @@ impl<'a, 'b> SegmentDecoder<'a, 'b> {
                 if step.codes == 0 {
                     break;
                 }
-                // All four slots are written; those past the codes again next.
-                for (slot, &level) in levels[*j..*j + DECODE_CODES].iter_mut().zip(&step.levels) {
-                    *slot = level as i16;
-                }
+                step.write(&mut levels[*j..]);
                 bits.consume(step.bits as u32);
                 *j += step.codes as usize;
             }
@@ -1179,12 +1182,9 @@ impl<'a, 'b> SegmentDecoder<'a, 'b> {
                 j += ones;
                 continue;
             }
-            let step = table[(cursor.bits & ((1 << STEP_BITS) - 1)) as usize];
+            let step = table[window_index(cursor.bits)];
             if step.codes > 0 && j + DECODE_CODES <= n {
-                // All slots are written; those past the codes are written again.
-                for (slot, &level) in levels[j..j + DECODE_CODES].iter_mut().zip(&step.levels) {
-                    *slot = level as i16;
-                }
+                step.write(&mut levels[j..]);
                 cursor.skip(step.bits as u32);
                 j += step.codes as usize;
             } else {
@@ -1207,6 +1207,17 @@ struct DecodeStep {
     levels: [i8; DECODE_CODES],
     codes: u8,
     bits: u8,
+}
+
+impl DecodeStep {
+    /// Writes all [`DECODE_CODES`] levels at the start of `levels` (slots past the codes are
+    /// written again by the next step).
+    #[inline(always)]
+    fn write(&self, levels: &mut [i16]) {
+        for (slot, &level) in levels[..DECODE_CODES].iter_mut().zip(&self.levels) {
+            *slot = level as i16;
+        }
+    }
 }
 
 /// The decoder's lookup table, indexed by the next [`STEP_BITS`] bits. A level in it is at most
@@ -1656,6 +1667,36 @@ mod tests {
         }
     }
 
+    /// One xorshift64 step: the tests' reproducible bits.
+    fn xorshift(state: &mut u64) -> u64 {
+        *state ^= *state << 13;
+        *state ^= *state >> 7;
+        *state ^= *state << 17;
+        *state
+    }
+
+    /// Random signed levels: mostly small, some zero runs, now and then `s`.
+    fn random_levels(n: usize, s: u32, seed: u64) -> Vec<i32> {
+        let mut state = seed;
+        (0..n)
+            .map(|i| {
+                let state = xorshift(&mut state);
+                let level = match state % 16 {
+                    0..=7 => 0,
+                    8..=11 => 1,
+                    12 | 13 => 2.min(s),
+                    14 => (state >> 8) as u32 % (s + 1),
+                    _ => s,
+                } as i32;
+                match (i % 5000 < 100, state >> 63) {
+                    (true, _) => 0,
+                    (false, 1) => -level,
+                    _ => level,
+                }
+            })
+            .collect()
+    }
+
     /// A stream of `levels` (signed) as the encoder writes it.
     fn stream(levels: &[i32]) -> EliasStream {
         let mut w = BitWriter::default();
@@ -1679,27 +1720,7 @@ mod tests {
         for s in [1u32, 16, 1000] {
             let width = 32 - s.leading_zeros() + 1;
             let n = 2 * CHUNK + 777;
-            let mut state = 0x2545_f491_4f6c_dd1du64;
-            let levels: Vec<i32> = (0..n)
-                .map(|i| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    let level = match state % 8 {
-                        0..=3 => 0,
-                        4 | 5 => 1,
-                        6 => (state >> 8) as u32 % (s + 1),
-                        _ => s,
-                    } as i32;
-                    if i % 1000 < 40 {
-                        0
-                    } else if state >> 63 == 1 {
-                        -level
-                    } else {
-                        level
-                    }
-                })
-                .collect();
+            let levels = random_levels(n, s, 0x2545_f491_4f6c_dd1d);
             let fields: Vec<u32> = levels
                 .iter()
                 .map(|&l| l.unsigned_abs() << 1 | (l < 0) as u32)
@@ -1740,9 +1761,7 @@ mod tests {
         let mut chunk = |bits: u64| {
             let bytes: Vec<u8> = (0..bits.div_ceil(8))
                 .map(|i| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
+                    let state = xorshift(&mut state);
                     let keep = (bits - 8 * i).min(8);
                     (state as u8) & ((1u16 << keep) - 1) as u8
                 })
@@ -1769,30 +1788,6 @@ mod tests {
                 "{lengths:?}"
             );
         }
-    }
-
-    /// Random signed levels: mostly small, some zero runs, now and then `s`.
-    fn random_levels(n: usize, s: u32, seed: u64) -> Vec<i32> {
-        let mut state = seed;
-        (0..n)
-            .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                let level = match state % 16 {
-                    0..=7 => 0,
-                    8..=11 => 1,
-                    12 | 13 => 2.min(s),
-                    14 => (state >> 8) as u32 % (s + 1),
-                    _ => s,
-                } as i32;
-                match (i % 5000 < 100, state >> 63) {
-                    (true, _) => 0,
-                    (false, 1) => -level,
-                    _ => level,
-                }
-            })
-            .collect()
     }
 
     /// The parallel validation joins its segments (it does not fall back) on long streams, and
@@ -1878,9 +1873,7 @@ mod tests {
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
         let g: Vec<f32> = (0..n)
             .map(|i| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
+                let state = xorshift(&mut state);
                 let x = (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
                 if i % 977 == 0 { 40.0 * x } else { x }
             })
