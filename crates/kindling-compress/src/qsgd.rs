@@ -130,66 +130,84 @@ impl Qsgd {
         let s = self.levels;
         let nb = buckets(n, self.bucket);
         let b = self.bucket.unwrap_or(n).min(n).max(1);
-        // Buckets are normed in parallel, each sequentially (in cache): (‖v‖₂, ‖v‖₁).
-        let norm_of = |bucket: &[f32]| -> Result<(f32, f64), CompressError> {
-            let (_, norm, l1) = host::norms(bucket)?;
-            if norm > f32::MAX as f64 {
-                return Err(CompressError::Overflow);
-            }
-            Ok((norm as f32, l1))
-        };
-        let sums: Vec<(f32, f64)> = if nb == 1 {
-            vec![norm_of(values)?]
-        } else {
-            values
-                .par_chunks(b)
-                .map(norm_of)
-                .collect::<Result<_, _>>()
-                .map_err(|e| match e {
-                    CompressError::NonFinite { .. } => host::max_abs(values).err().unwrap_or(e),
-                    e => e,
-                })?
-        };
-        let norms: Vec<f32> = sums.iter().map(|&(norm, _)| norm).collect();
         let width = self.field_width();
         let fixed_len = packed_len(n, width);
+        let non_finite = |e| match e {
+            CompressError::NonFinite { .. } => host::max_abs(values).err().unwrap_or(e),
+            e => e,
+        };
+        // Elias-gamma straight from the gradient, the norms taken chunk by chunk in the same
+        // pass, when it is asked for, or when the smallest coding is asked for and Elias-gamma's
+        // expected size is well below the fixed width's even for the flattest buckets (the
+        // fields are then only packed should the stream still come out longer).
+        let fused = nb > 1
+            && CHUNK.is_multiple_of(b)
+            && match self.coding {
+                LevelCoding::Fixed => false,
+                LevelCoding::EliasGamma => true,
+                LevelCoding::Smallest => {
+                    64.0 + flattest_elias_bits(n, b, s) <= 0.9 * 8.0 * fixed_len as f64
+                }
+            };
+        let (norms, stream, direct) = if fused {
+            let stream = Stream::new(rng);
+            let (norms, levels) = elias_fused(values, stream, s, b).map_err(non_finite)?;
+            (norms, stream, Some(levels))
+        } else {
+            // Buckets are normed in parallel, each sequentially (in cache): (‖v‖₂, ‖v‖₁).
+            let sums: Vec<(f32, f64)> = if nb == 1 {
+                vec![bucket_norm(values)?]
+            } else {
+                values
+                    .par_chunks(b)
+                    .map(bucket_norm)
+                    .collect::<Result<_, _>>()
+                    .map_err(non_finite)?
+            };
+            let norms: Vec<f32> = sums.iter().map(|&(norm, _)| norm).collect();
+            let stream = Stream::new(rng);
+            // Elias-gamma straight from the gradient when it is asked for, or when the smallest
+            // coding is asked for and a bound on its expected size is well below the fixed
+            // width's.
+            let direct = match self.coding {
+                LevelCoding::Fixed => false,
+                LevelCoding::EliasGamma => true,
+                LevelCoding::Smallest => {
+                    64.0 + expected_elias_bits(&sums, n, b, s) <= 0.9 * 8.0 * fixed_len as f64
+                }
+            };
+            let levels = direct.then(|| {
+                let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
+                let quantise = Quantiser {
+                    factors: &factors,
+                    bucket: b,
+                    levels: s,
+                };
+                elias_direct(values, stream, s, &quantise)
+            });
+            (norms, stream, levels)
+        };
         let mut w = Writer::new(CodecId::Qsgd, 0, shape, 8 + 4 * nb + fixed_len)?;
         w.u32(s);
         w.u32(self.bucket.unwrap_or(0) as u32);
         w.f32s(&norms);
         let body_start = w.len();
-        // a_i = g_i·(s/‖v‖) as on the device; level ⌊|a| + u⌋ ≤ s, field level << 1 | (a < 0).
-        let factors: Vec<f32> = norms
-            .iter()
-            .map(|&m| (1.0 / if m == 0.0 { 1.0 } else { m }) * s as f32)
-            .collect();
-        let stream = Stream::new(rng);
+        if let Some(levels) = &direct
+            && (self.coding == LevelCoding::EliasGamma
+                || 8 + levels.bits.div_ceil(8) < fixed_len as u64)
+        {
+            w.set_flags(ELIAS);
+            w.u64(levels.bits);
+            w.bytes(&levels.bytes);
+            return Ok(w.finish());
+        }
+        let direct = direct.is_some();
+        let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
         let quantise = Quantiser {
             factors: &factors,
             bucket: b,
             levels: s,
         };
-        // Elias-gamma straight from the gradient when it is asked for, or when the smallest
-        // coding is asked for and a bound on Elias-gamma's expected size is well below the fixed
-        // width's (the fields are then only packed should the stream still come out longer).
-        let direct = match self.coding {
-            LevelCoding::Fixed => false,
-            LevelCoding::EliasGamma => true,
-            LevelCoding::Smallest => {
-                64.0 + expected_elias_bits(&sums, n, b, s) <= 0.9 * 8.0 * fixed_len as f64
-            }
-        };
-        if direct {
-            let levels = elias_direct(values, stream, s, &quantise);
-            if self.coding == LevelCoding::EliasGamma
-                || 8 + levels.bits.div_ceil(8) < fixed_len as u64
-            {
-                w.set_flags(ELIAS);
-                w.u64(levels.bits);
-                w.bytes(&levels.bytes);
-                return Ok(w.finish());
-            }
-        }
         let nonzero = {
             let body = w.zeroed(fixed_len);
             let per_block = BLOCK * width as usize / 8;
@@ -224,6 +242,21 @@ impl Qsgd {
         }
         Ok(w.finish())
     }
+}
+
+/// A bucket's `(‖v‖₂, ‖v‖₁)`, or the error of a non-finite entry or a norm beyond f32.
+fn bucket_norm(bucket: &[f32]) -> Result<(f32, f64), CompressError> {
+    let (_, norm, l1) = host::norms(bucket)?;
+    if norm > f32::MAX as f64 {
+        return Err(CompressError::Overflow);
+    }
+    Ok((norm as f32, l1))
+}
+
+/// The quantiser's factor `s/‖v‖` of a bucket of norm `norm` (`s` for a zero bucket), as on
+/// the device.
+fn factor(norm: f32, s: u32) -> f32 {
+    (1.0 / if norm == 0.0 { 1.0 } else { norm }) * s as f32
 }
 
 /// QSGD's quantiser on host values: `a_i = g_i·(s/‖v‖)` with the bucket's factor `s/‖v‖`, as on
@@ -1264,6 +1297,19 @@ fn expected_elias_bits(sums: &[(f32, f64)], n: usize, bucket: usize, s: u32) -> 
         .sum()
 }
 
+/// [`expected_elias_bits`] for the flattest buckets of `n` entries in buckets of `bucket`, the
+/// largest it can be whatever the values: `‖v‖₁ ≤ √m·‖v‖₂` makes `Σa_i ≤ s·√m`. Known before
+/// any norm is taken.
+fn flattest_elias_bits(n: usize, bucket: usize, s: u32) -> f64 {
+    let bound = |m: usize| {
+        let m = m as f64;
+        let total = s as f64 * m.sqrt();
+        m + 2.0 * m * (1.0 + total / m).log2() + total.min(m)
+    };
+    let (full, last) = (n / bucket, n % bucket);
+    full as f64 * bound(bucket) + if last > 0 { bound(last) } else { 0.0 }
+}
+
 /// The Elias-gamma code words by level, bits in stream order (the γ code's leading zeros are the
 /// low bits), with their lengths.
 fn elias_codes(s: u32) -> Vec<(u64, u32)> {
@@ -1601,6 +1647,51 @@ fn elias_direct(values: &[f32], stream: Stream, s: u32, quantise: &Quantiser<'_>
     concat(chunks)
 }
 
+/// [`elias_direct`] with the bucket norms taken in the same pass: each chunk (whole buckets:
+/// `bucket` divides [`CHUNK`]) is normed bucket by bucket, then quantised and coded while it is
+/// still in cache, so the gradient is read from memory once. Returns the bucket norms (as
+/// [`bucket_norm`] gives them) and the stream, or the first error in chunk order.
+fn elias_fused(
+    values: &[f32],
+    stream: Stream,
+    s: u32,
+    bucket: usize,
+) -> Result<(Vec<f32>, EliasStream), CompressError> {
+    debug_assert!(CHUNK.is_multiple_of(bucket));
+    let codes = EliasCodes::new(s);
+    let chunks: Vec<(Vec<f32>, EliasStream)> = values
+        .par_chunks(CHUNK)
+        .enumerate()
+        .map(|(c, vals)| {
+            let norms = vals
+                .chunks(bucket)
+                .map(|v| bucket_norm(v).map(|(norm, _)| norm))
+                .collect::<Result<Vec<f32>, _>>()?;
+            let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
+            let quantise = Quantiser {
+                factors: &factors,
+                bucket,
+                levels: s,
+            };
+            let coded = simd::wide!({
+                let mut coder = ChunkCoder::new(&codes, vals.len() / 4);
+                let (mut u, mut fields) = ([0f32; BLOCK], [0u32; BLOCK]);
+                for (b, vs) in vals.chunks(BLOCK).enumerate() {
+                    let (u, fields) = (&mut u[..vs.len()], &mut fields[..vs.len()]);
+                    // The chunk's uniforms, its own buckets' factors.
+                    stream.fill(c * CHUNK + b * BLOCK, u);
+                    quantise.block(b * BLOCK, vs, u, fields);
+                    coder.push(fields);
+                }
+                coder.finish()
+            });
+            Ok((norms, coded))
+        })
+        .collect::<Result<_, CompressError>>()?;
+    let (norms, streams): (Vec<Vec<f32>>, Vec<EliasStream>) = chunks.into_iter().unzip();
+    Ok((norms.concat(), concat(streams)))
+}
+
 /// Exact Elias-gamma bit count for the given levels (for tests and budgeting).
 pub fn elias_gamma_bits(levels: &[u32]) -> u64 {
     levels
@@ -1915,6 +2006,19 @@ mod tests {
                 &fixed
             };
             assert_eq!(&smallest, want, "s = {levels}, bucket {bucket:?}");
+            // The same norms too (taken chunk by chunk when the buckets divide the chunks):
+            // both decode to the same values (a fixed-width field keeps the sign of a zero level,
+            // so only as floats, −0 = +0).
+            let decode = |bytes: &[u8]| {
+                let payload = Payload::from_bytes(bytes.to_vec()).unwrap();
+                let mut out = vec![0.0f32; n];
+                codec.decode_into(&payload.borrow(), &mut out).unwrap();
+                out
+            };
+            assert!(
+                decode(&fixed) == decode(&elias),
+                "s = {levels}, bucket {bucket:?}"
+            );
         }
     }
 
