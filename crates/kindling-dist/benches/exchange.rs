@@ -6,7 +6,14 @@
 //! rows run the bucketed protocols with one collective per tensor (buckets of 1 byte) instead of
 //! one per 25 MiB bucket.
 //!
-//! `cargo bench -p kindling-dist`; the ratios to `dense` are the figures to report.
+//! Every row runs at three links: `memory` (the plain group: collectives cost their copies), and
+//! `10gbit` and `1gbit` (an emulated link, [`run_workers_emulating`], 50 µs latency: each
+//! collective also takes the time that link would take to move its bytes, during which encoding
+//! and decoding go on). In memory a codec's work has no wire time to win back; on a link it
+//! pays when its encoding and decoding take less than the dense bytes' wire time.
+//!
+//! `cargo bench -p kindling-dist`; the ratios to `dense` at the same link are the figures to
+//! report.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -26,53 +33,100 @@ const TENSORS: usize = 20;
 const ROWS: usize = 50;
 const COLS: usize = 1000;
 const TIMEOUT: Duration = Duration::from_secs(120);
+/// The links every row runs at.
+const LINKS: [&str; 3] = ["memory", "10gbit", "1gbit"];
+
+// ANCHOR: emulated
+/// The emulated link called `name` (`None`: in memory).
+fn link(name: &str) -> Option<NetworkModel> {
+    let bits = match name {
+        "memory" => return None,
+        "10gbit" => 10e9,
+        "1gbit" => 1e9,
+        other => panic!("no link {other}"),
+    };
+    Some(NetworkModel::new(WORKERS, bits, 50e-6, Topology::AllGather).expect("a valid link"))
+}
+
+/// `work` on a fresh group of [`WORKERS`], on `link`.
+fn run<T: Send + 'static>(
+    link: Option<NetworkModel>,
+    work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
+) -> Vec<T> {
+    match link {
+        None => run_workers(WORKERS, TIMEOUT, work),
+        Some(link) => run_workers_emulating(link, TIMEOUT, work),
+    }
+    .expect("exchange")
+}
+// ANCHOR_END: emulated
 
 fn main() {
-    overlap_report();
+    for name in LINKS {
+        overlap_report(name);
+    }
     divan::main();
 }
 
-/// Rank 0's step time against its encode + decode time and its time in collectives (the
-/// exchange runs on a communication thread, overlapped with encoding and decoding), median of
-/// 5 steps, one line per protocol:
-/// `overlap protocol=NAME step_ms=… encode_decode_ms=… exchange_ms=… step_over_max=…`.
-fn overlap_report() {
-    fn report<R: Reducer + 'static>(name: &str, make: impl Fn() -> R + Send + Sync + 'static) {
+/// Rank 0's step time against its encode + decode time and the step's wire time (its counted
+/// traffic on the link, [`NetworkModel::seconds_sent`]; in memory, its time in collectives),
+/// median of 5 steps, one line per protocol and link (the exchange runs on a communication
+/// thread, overlapped with encoding and decoding):
+/// `overlap link=… protocol=NAME step_ms=… encode_decode_ms=… wire_ms=… step_over_max=…`.
+fn overlap_report(link_name: &str) {
+    fn report<R: Reducer + 'static>(
+        link_name: &str,
+        name: &str,
+        make: impl Fn() -> R + Send + Sync + 'static,
+    ) {
         let (layers, grads) = setup();
         let (layers, grads, make) = (Arc::new(layers), Arc::new(grads), Arc::new(make));
+        let model = link(link_name);
         let mut samples: Vec<(f64, f64, f64)> = (0..5)
             .map(|_| {
                 let (layers, grads, make) = (layers.clone(), grads.clone(), make.clone());
-                run_workers(WORKERS, TIMEOUT, move |mut group| {
+                run(model, move |mut group| {
                     let rank = group.rank();
                     let mut g = GradientsParams::new();
                     for (layer, grad) in layers.iter().zip(&grads[rank]) {
                         g.register(layer.weight.id, grad.clone());
                     }
                     let mut rng = ChaCha8Rng::seed_from_u64(rank as u64);
+                    let before = group.traffic();
                     let start = std::time::Instant::now();
                     let (_, stats) = make().reduce(&*layers, g, &mut group, &mut rng)?;
                     let step = start.elapsed().as_secs_f64() * 1e3;
+                    let after = group.traffic();
                     let coding = (stats.encode + stats.decode).as_secs_f64() * 1e3;
-                    Ok((step, coding, stats.exchange.as_secs_f64() * 1e3))
-                })
-                .expect("exchange")[0]
+                    let (sent, rounds) = (after.sent - before.sent, after.rounds - before.rounds);
+                    let wire = match model {
+                        Some(link) => link.seconds_sent(sent, rounds) * 1e3,
+                        None => stats.exchange.as_secs_f64() * 1e3,
+                    };
+                    Ok((step, coding, wire))
+                })[0]
             })
             .collect();
         samples.sort_by(|a, b| a.0.total_cmp(&b.0));
         let (step, coding, wire) = samples[2];
         println!(
-            "overlap protocol={name} step_ms={step:.2} encode_decode_ms={coding:.2} \
-             exchange_ms={wire:.2} step_over_max={:.2}",
+            "overlap link={link_name} protocol={name} step_ms={step:.2} \
+             encode_decode_ms={coding:.2} wire_ms={wire:.2} step_over_max={:.2}",
             step / coding.max(wire)
         );
     }
-    report("qsgd_s16_b512", || {
+    report(link_name, "dense", Dense::new);
+    report(link_name, "qsgd_s16_b512", || {
         Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap())
     });
-    report("terngrad_shared", || TernGradShared::new(TernGrad::new()));
-    report("majority_vote", MajorityVote::new);
-    report("ef_top_k_1pct", || {
+    report(link_name, "terngrad_shared", || {
+        TernGradShared::new(TernGrad::new())
+    });
+    report(link_name, "majority_vote", MajorityVote::new);
+    report(link_name, "powersgd_rank2", || {
+        PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+    });
+    report(link_name, "ef_top_k_1pct", || {
         Gathered::new(ErrorFeedback::new(
             TopK::new(Count::Fraction(0.01)).unwrap(),
         ))
@@ -99,14 +153,15 @@ fn setup() -> (Vec<Linear>, Vec<Vec<Tensor<2>>>) {
     (layers, grads)
 }
 
-/// One exchange on a fresh group; returns rank 0's wire bytes.
+/// One exchange on a fresh group on `link`; returns rank 0's wire bytes.
 fn exchange<R: Reducer + 'static>(
+    link: Option<NetworkModel>,
     layers: &Arc<Vec<Linear>>,
     grads: &Arc<Vec<Vec<Tensor<2>>>>,
     make: &Arc<impl Fn() -> R + Send + Sync + 'static>,
 ) -> u64 {
     let (layers, grads, make) = (layers.clone(), grads.clone(), make.clone());
-    let wire = run_workers(WORKERS, TIMEOUT, move |mut group| {
+    let wire = run(link, move |mut group| {
         let rank = group.rank();
         let mut g = GradientsParams::new();
         for (layer, grad) in layers.iter().zip(&grads[rank]) {
@@ -119,70 +174,75 @@ fn exchange<R: Reducer + 'static>(
             out.device().sync().expect("sync");
         }
         Ok(stats.wire_bytes)
-    })
-    .expect("exchange");
+    });
     wire[0]
 }
 
-fn bench<R: Reducer + 'static>(b: divan::Bencher, make: impl Fn() -> R + Send + Sync + 'static) {
+fn bench<R: Reducer + 'static>(
+    b: divan::Bencher,
+    link_name: &str,
+    make: impl Fn() -> R + Send + Sync + 'static,
+) {
     let (layers, grads) = setup();
     let (layers, grads, make) = (Arc::new(layers), Arc::new(grads), Arc::new(make));
-    b.bench_local(|| exchange(&layers, &grads, &make));
+    let model = link(link_name);
+    b.bench_local(|| exchange(model, &layers, &grads, &make));
 }
 
-#[divan::bench(sample_count = 10)]
-fn spawn_only(b: divan::Bencher) {
-    b.bench_local(|| {
-        run_workers(WORKERS, TIMEOUT, |mut group| group.barrier()).expect("barrier");
-    });
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn spawn_only(b: divan::Bencher, link_name: &str) {
+    let model = link(link_name);
+    b.bench_local(|| run(model, |mut group| group.barrier()));
 }
 
-#[divan::bench(sample_count = 10)]
-fn dense(b: divan::Bencher) {
-    bench(b, Dense::new);
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn dense(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, Dense::new);
 }
 
-#[divan::bench(sample_count = 10)]
-fn dense_per_tensor(b: divan::Bencher) {
-    bench(b, || Dense::new().with_bucket_bytes(1).unwrap());
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn dense_per_tensor(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || Dense::new().with_bucket_bytes(1).unwrap());
 }
 
-#[divan::bench(sample_count = 10)]
-fn qsgd_s16_b512_per_tensor(b: divan::Bencher) {
-    bench(b, || {
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn qsgd_s16_b512_per_tensor(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || {
         Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap())
             .with_bucket_bytes(1)
             .unwrap()
     });
 }
 
-#[divan::bench(sample_count = 10)]
-fn qsgd_s16_b512(b: divan::Bencher) {
-    bench(b, || {
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn qsgd_s16_b512(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || {
         Gathered::new(Qsgd::new(16).unwrap().with_bucket(512).unwrap())
     });
 }
 
-#[divan::bench(sample_count = 10)]
-fn terngrad_shared(b: divan::Bencher) {
-    bench(b, || TernGradShared::new(TernGrad::new()));
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn terngrad_shared(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || TernGradShared::new(TernGrad::new()));
 }
 
-#[divan::bench(sample_count = 10)]
-fn majority_vote(b: divan::Bencher) {
-    bench(b, MajorityVote::new);
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn majority_vote(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, MajorityVote::new);
 }
 
-#[divan::bench(sample_count = 10)]
-fn ef_top_k_1pct(b: divan::Bencher) {
-    bench(b, || {
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn ef_top_k_1pct(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || {
         Gathered::new(ErrorFeedback::new(
             TopK::new(Count::Fraction(0.01)).unwrap(),
         ))
     });
 }
 
-#[divan::bench(sample_count = 10)]
-fn powersgd_rank2(b: divan::Bencher) {
-    bench(b, || PowerSgd::new(PowerSgdConfig::new(2).unwrap()));
+#[divan::bench(sample_count = 10, args = LINKS)]
+fn powersgd_rank2(b: divan::Bencher, link_name: &str) {
+    bench(b, link_name, || {
+        PowerSgd::new(PowerSgdConfig::new(2).unwrap())
+    });
 }

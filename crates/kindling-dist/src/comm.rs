@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::DistError;
+use crate::{DistError, NetworkModel};
 
 /// Exact byte counts of one rank's traffic.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -287,6 +287,8 @@ struct Round {
     slots: Vec<Option<Arc<Vec<u8>>>>,
     floats: Vec<Option<Arc<Vec<f32>>>>,
     failed: Option<String>,
+    /// When the last rank deposited: the emulated link starts moving the round's data then.
+    completed: Instant,
 }
 
 struct Shared {
@@ -294,6 +296,8 @@ struct Shared {
     changed: Condvar,
     timeout: Duration,
     world: usize,
+    /// The emulated link, if any ([`LocalGroup::emulating`]).
+    link: Option<NetworkModel>,
 }
 
 /// W workers as threads of one process, each with its own handle (and its own burn `Device`).
@@ -306,6 +310,15 @@ struct Shared {
 /// collectives (an all-gather against an all-reduce, different roots or lengths, one rank a
 /// collective ahead) get a [`DistError::Protocol`] naming rank 0's call and the first rank
 /// whose call differs, on every rank, and no data is combined.
+///
+/// **Emulated links.** A group made with [`emulating`](LocalGroup::emulating) also takes, for
+/// every collective, the time a real link would: each rank returns no earlier than
+/// [`NetworkModel::seconds_sent`] of the collective's busiest link (the most bytes any rank
+/// sends or receives in it, as [`Traffic`] counts them, plus one latency per round) after the
+/// last rank joined. The waiting sleeps, as a NIC's transfer leaves the CPU free, so encoding
+/// and decoding overlap the emulated wire as they would a real one: a protocol's step time on
+/// one machine then shows what it would be on a cluster with that link (as far as the machine
+/// has a core per worker).
 pub struct LocalGroup {
     rank: usize,
     shared: Arc<Shared>,
@@ -323,6 +336,22 @@ impl LocalGroup {
     /// Handles for `world` ranks (hand one to each worker thread). `timeout` bounds how long a
     /// collective waits for the slowest rank.
     pub fn new(world: usize, timeout: Duration) -> Result<Vec<LocalGroup>, DistError> {
+        Self::group(world, timeout, None)
+    }
+
+    /// Handles for `link.workers` ranks whose collectives take the time `link` gives them (see
+    /// [Emulated links](LocalGroup#emulated-links)); the topology is not used, the group's own
+    /// traffic counts are charged. `timeout` bounds the wait for the slowest rank, as in
+    /// [`new`](Self::new).
+    pub fn emulating(link: NetworkModel, timeout: Duration) -> Result<Vec<LocalGroup>, DistError> {
+        Self::group(link.workers, timeout, Some(link))
+    }
+
+    fn group(
+        world: usize,
+        timeout: Duration,
+        link: Option<NetworkModel>,
+    ) -> Result<Vec<LocalGroup>, DistError> {
         if world == 0 {
             return Err(DistError::InvalidConfig(
                 "a group needs at least one worker".into(),
@@ -337,10 +366,12 @@ impl LocalGroup {
                 slots: vec![None; world],
                 floats: vec![None; world],
                 failed: None,
+                completed: Instant::now(),
             }),
             changed: Condvar::new(),
             timeout,
             world,
+            link,
         });
         Ok((0..world)
             .map(|rank| LocalGroup {
@@ -404,14 +435,14 @@ impl Aborter {
 impl LocalGroup {
     /// Deposits this rank's contribution, waits for all, checks that every rank made the same
     /// call, and lets `read` see every rank's contribution (in rank order) before the round is
-    /// released.
+    /// released. Also returns when the last rank joined.
     fn exchange<T>(
         &self,
         kind: Kind,
         bytes: Option<Vec<u8>>,
         floats: Option<Vec<f32>>,
         read: impl FnOnce(&Round) -> T,
-    ) -> Result<T, DistError> {
+    ) -> Result<(T, Instant), DistError> {
         let tag = Tag {
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             kind,
@@ -438,6 +469,7 @@ impl LocalGroup {
         round.deposited += 1;
         if round.deposited == shared.world {
             round.generation += 1;
+            round.completed = Instant::now();
             shared.changed.notify_all();
         }
         while round.generation == generation && round.failed.is_none() {
@@ -450,7 +482,7 @@ impl LocalGroup {
             return Err(DistError::PeerFailed(reason));
         }
         let mismatch = check_tags(&round.tags).err();
-        let out = mismatch.is_none().then(|| read(&round));
+        let out = mismatch.is_none().then(|| (read(&round), round.completed));
         round.read += 1;
         if round.read == shared.world {
             round.read = 0;
@@ -463,6 +495,19 @@ impl LocalGroup {
         match (mismatch, out) {
             (Some(e), _) => Err(e),
             (None, out) => Ok(out.expect("read when every rank made the same call")),
+        }
+    }
+
+    /// On an emulated link, sleeps until the link would have delivered a collective of `kind`
+    /// that the last rank joined at `joined` and whose busiest link carried `bytes`.
+    fn wire(&self, kind: Kind, joined: Instant, bytes: u64) {
+        if let Some(link) = &self.shared.link {
+            let seconds = link.seconds_sent(bytes, rounds(kind, self.shared.world));
+            let done = joined + Duration::from_secs_f64(seconds);
+            let now = Instant::now();
+            if done > now {
+                std::thread::sleep(done - now);
+            }
         }
     }
 }
@@ -529,7 +574,7 @@ impl Communicator for LocalGroup {
         // every rank holds bit-identical sums (the tags checked the lengths).
         let (n, world) = (values.len(), self.shared.world);
         let kind = Kind::AllReduce { len: n as u64 };
-        let all = self.exchange(kind, None, Some(values.to_vec()), |round| {
+        let (all, joined) = self.exchange(kind, None, Some(values.to_vec()), |round| {
             round.floats.clone()
         })?;
         let share = |r: usize| r * n / world..(r + 1) * n / world;
@@ -541,14 +586,16 @@ impl Communicator for LocalGroup {
             }
         }
         drop(all);
-        let kind = Kind::AllReduceShares { len: n as u64 };
-        let shares = self.exchange(kind, None, Some(sum), |round| round.floats.clone())?;
+        let shares_kind = Kind::AllReduceShares { len: n as u64 };
+        let (shares, _) =
+            self.exchange(shares_kind, None, Some(sum), |round| round.floats.clone())?;
         for (r, part) in shares.iter().enumerate() {
             if let Some(part) = part {
                 values[share(r)].copy_from_slice(part);
             }
         }
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
+        self.wire(kind, joined, ring);
         self.sent.fetch_add(ring, Ordering::Relaxed);
         self.received.fetch_add(ring, Ordering::Relaxed);
         Ok(())
@@ -563,7 +610,7 @@ impl Communicator for LocalGroup {
             round.slots.clone()
         });
         // Copied outside the lock, every rank at once.
-        if let Ok(slots) = &outcome {
+        if let Ok((slots, _)) = &outcome {
             gathered.clear();
             ends.clear();
             for slot in slots {
@@ -572,12 +619,20 @@ impl Communicator for LocalGroup {
             }
         }
         (self.gathered, self.ends) = (gathered, ends);
-        outcome?;
+        let (_, joined) = outcome?;
         let all = Received {
             bytes: &self.gathered,
             starts: None,
             ends: &self.ends,
         };
+        let busiest = (0..all.world_size())
+            .map(|r| {
+                let (sent, received) = all_gather_traffic(&all, r);
+                sent.max(received)
+            })
+            .max()
+            .unwrap_or(0);
+        self.wire(Kind::AllGather, joined, busiest);
         let (sent, received) = all_gather_traffic(&all, self.rank);
         self.sent.fetch_add(sent, Ordering::Relaxed);
         self.received.fetch_add(received, Ordering::Relaxed);
@@ -595,11 +650,14 @@ impl Communicator for LocalGroup {
             )));
         }
         let mine = (self.rank == root).then_some(bytes);
-        let out = self
-            .exchange(Kind::Broadcast { root: root as u64 }, mine, None, |round| {
-                round.slots[root].clone()
-            })?
-            .map_or_else(Vec::new, |b| b.as_ref().clone());
+        let kind = Kind::Broadcast { root: root as u64 };
+        let (out, joined) = self.exchange(kind, mine, None, |round| round.slots[root].clone())?;
+        let out = out.map_or_else(Vec::new, |b| b.as_ref().clone());
+        self.wire(
+            kind,
+            joined,
+            out.len() as u64 * (self.shared.world as u64 - 1),
+        );
         if self.rank == root {
             self.sent.fetch_add(
                 out.len() as u64 * (self.shared.world as u64 - 1),
@@ -612,7 +670,9 @@ impl Communicator for LocalGroup {
     }
 
     fn barrier(&mut self) -> Result<(), DistError> {
-        self.exchange(Kind::Barrier, None, None, |_| ())
+        let ((), joined) = self.exchange(Kind::Barrier, None, None, |_| ())?;
+        self.wire(Kind::Barrier, joined, 0);
+        Ok(())
     }
 
     fn traffic(&self) -> Traffic {

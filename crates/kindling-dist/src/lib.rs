@@ -15,7 +15,8 @@
 //!   codec: all-gather, decode, mean), [`MajorityVote`] (1-bit signs), [`TernGradShared`] (shared
 //!   scale), [`PowerSgd`] (two all-reduce rounds, error feedback, warm start). After every step
 //!   every rank holds bit-identical parameters.
-//! * [`DataParallel`] is one rank's trainer for a plain loop, [`run_workers`] spawns a group, and
+//! * [`DataParallel`] is one rank's trainer for a plain loop, [`run_workers`] spawns a group
+//!   ([`run_workers_emulating`] one whose collectives take a modelled link's time), and
 //!   [`NetworkModel`] turns byte counts into modelled cluster time; [`ReducerCheckpoint`] saves
 //!   a rank's exchange state.
 //! * `CompressedDdp` (feature `train`, on by default) is a burn-train `TrainingStrategy::Custom`
@@ -69,7 +70,9 @@ pub use error::DistError;
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]
 pub use mpi_transport::Mpi;
 pub use network::{NetworkModel, Topology};
-pub use parallel::{DataParallel, broadcast_module, fingerprint, run_workers};
+pub use parallel::{
+    DataParallel, broadcast_module, fingerprint, run_workers, run_workers_emulating,
+};
 pub use reduce::{
     DEFAULT_BUCKET_BYTES, Dense, Gathered, MajorityVote, PowerSgd, Reducer, StepStats,
     TernGradShared,

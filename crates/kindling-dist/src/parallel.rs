@@ -10,7 +10,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-use crate::{Communicator, DistError, LocalGroup, Reducer, ReducerCheckpoint, StepStats};
+use crate::{
+    Communicator, DistError, LocalGroup, NetworkModel, Reducer, ReducerCheckpoint, StepStats,
+};
 
 /// Runs `work(group)` on `world` threads, one [`LocalGroup`] handle each, and returns every
 /// rank's result in rank order.
@@ -34,9 +36,43 @@ pub fn run_workers<T: Send + 'static>(
     timeout: Duration,
     work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
 ) -> Result<Vec<T>, DistError> {
-    let group = spawn_group((0..world).map(|_| ()).collect(), timeout, move |g, ()| {
-        work(g)
-    })?;
+    run_group(LocalGroup::new(world, timeout)?, timeout, work)
+}
+
+/// [`run_workers`] on `link.workers` threads whose collectives take the time `link` gives them
+/// ([`LocalGroup::emulating`]): a protocol's step on one machine as it would run over that link,
+/// with encoding and decoding overlapping the emulated wire. The same bounds on failure hold.
+///
+/// ```
+/// use std::time::Duration;
+/// use kindling_dist::{Communicator, NetworkModel, Topology, run_workers_emulating};
+///
+/// // 4 workers on a 100 Mb/s link with 1 ms latency: all-gathering 125 kB each takes
+/// // 3 · 125 kB · 8 / 100 Mb/s + 3 · 1 ms = 33 ms.
+/// let link = NetworkModel::new(4, 100e6, 1e-3, Topology::AllGather).unwrap();
+/// let took = run_workers_emulating(link, Duration::from_secs(30), |mut group| {
+///     let start = std::time::Instant::now();
+///     group.all_gather_borrowed(&vec![0u8; 125_000])?;
+///     Ok(start.elapsed())
+/// })
+/// .unwrap();
+/// assert!(took.iter().all(|t| t.as_secs_f64() >= 0.033));
+/// ```
+pub fn run_workers_emulating<T: Send + 'static>(
+    link: NetworkModel,
+    timeout: Duration,
+    work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
+) -> Result<Vec<T>, DistError> {
+    run_group(LocalGroup::emulating(link, timeout)?, timeout, work)
+}
+
+fn run_group<T: Send + 'static>(
+    groups: Vec<LocalGroup>,
+    timeout: Duration,
+    work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
+) -> Result<Vec<T>, DistError> {
+    let inputs = groups.into_iter().map(|g| (g, ())).collect();
+    let group = spawn_group(inputs, timeout, move |g, ()| work(g))?;
     if !group.stuck.is_empty() {
         // A rank that never returned explains its peers' timeouts, not a failure of their own.
         return Err(match root_cause(group.outcomes.iter()) {
@@ -66,21 +102,19 @@ fn abandoned(stuck: &[usize], timeout: Duration) -> String {
     )
 }
 
-/// Runs `work(group, input)` on one thread per input, the input at index `r` going to rank `r`
-/// of a new [`LocalGroup`], and returns every rank's outcome within the bound of
-/// [`run_workers`]: a worker that panics or errs aborts the group, and one still running after
+/// Runs `work(group, input)` on one thread per rank, each with its [`LocalGroup`] handle and
+/// input, and returns every rank's outcome within the bound of [`run_workers`]: a worker that panics or errs aborts the group, and one still running after
 /// the bound is abandoned (its thread left to run detached) with a [`DistError::Timeout`].
 pub(crate) fn spawn_group<I: Send + 'static, T: Send + 'static>(
-    inputs: Vec<I>,
+    inputs: Vec<(LocalGroup, I)>,
     timeout: Duration,
     work: impl Fn(LocalGroup, I) -> Result<T, DistError> + Send + Sync + 'static,
 ) -> Result<GroupOutcome<T>, DistError> {
     let world = inputs.len();
-    let groups = LocalGroup::new(world, timeout)?;
-    let aborter = groups[0].aborter();
+    let aborter = inputs[0].0.aborter();
     let work = Arc::new(work);
     let (sender, receiver) = mpsc::channel();
-    for (group, input) in groups.into_iter().zip(inputs) {
+    for (group, input) in inputs {
         let (work, sender) = (work.clone(), sender.clone());
         let rank = group.rank();
         std::thread::Builder::new()

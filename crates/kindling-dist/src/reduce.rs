@@ -15,11 +15,15 @@ use kindling_compress::{
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{
-    Decode, Encode, Entry, Exchanged, Part, assemble, encode_all, pipeline, walk_bucketed,
+    Decode, Encode, Entry, Exchanged, Meta, Part, assemble, decode_parallel, encode_all, pipeline,
+    walk_bucketed,
 };
 use crate::{Communicator, DistError};
 
-/// The default bucket size of the bucketed protocols: 25 MiB, as PyTorch DDP's `bucket_cap_mb`.
+/// The default bucket size of the bucketed protocols: 25 MiB of gradient, as PyTorch DDP's
+/// `bucket_cap_mb`. Buckets are measured in gradient bytes (4 per entry) whatever the codec puts
+/// on the wire, and a step's first bucket closes at 1 MiB, as DDP's, so that the wire starts
+/// early.
 pub const DEFAULT_BUCKET_BYTES: usize = 25 << 20;
 
 /// `bytes` as a bucket size, or an error naming the field.
@@ -39,9 +43,9 @@ pub struct StepStats {
     pub raw_bytes: u64,
     /// What this rank put on the wire: its payloads (or dense floats) for the step.
     pub wire_bytes: u64,
-    /// Time spent encoding.
+    /// Time spent encoding (for [`Dense`], reading the gradients into host memory).
     pub encode: Duration,
-    /// Time spent decoding and averaging.
+    /// Time spent decoding and averaging (for [`Dense`], making the averaged tensors).
     pub decode: Duration,
     /// Time spent in collectives (waiting for the others included).
     pub exchange: Duration,
@@ -176,8 +180,9 @@ impl Dense {
         Self::default()
     }
 
-    /// Buckets of `bytes` (a bucket closes once it holds that many bytes; a larger tensor is a
-    /// bucket of its own, so 1 means one all-reduce per tensor). Zero is rejected.
+    /// Buckets of `bytes` of gradient (a bucket closes once its tensors hold that many bytes; a
+    /// larger tensor is a bucket of its own, so 1 means one all-reduce per tensor; the first
+    /// closes at 1 MiB if that is smaller). Zero is rejected.
     pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
         self.bucket_bytes = bucket_size(bytes)?;
         Ok(self)
@@ -190,7 +195,7 @@ struct DenseOp {
 
 impl Encode for DenseOp {
     fn encode<const D: usize>(&mut self, _: usize, grad: Tensor<D>) -> Result<Part, DistError> {
-        let values = host(grad);
+        let values = timed(&mut self.stats.encode, || host(grad));
         let bytes = 4 * values.len() as u64;
         self.stats.raw_bytes += bytes;
         self.stats.wire_bytes += bytes;
@@ -210,7 +215,7 @@ impl Decode for DenseOp {
             unreachable!("dense parts are floats")
         };
         let n = mean.len();
-        Ok(tensor(mean, [n], device))
+        Ok(timed(&mut self.stats.decode, || tensor(mean, [n], device)))
     }
 }
 
@@ -340,8 +345,10 @@ impl<C: Compressor + Clone + Send> Gathered<C> {
         }
     }
 
-    /// Buckets of `bytes` of payload (a bucket closes once it holds that many bytes; a larger
-    /// payload is a bucket of its own, so 1 means one all-gather per tensor). Zero is rejected.
+    /// Buckets of `bytes` of gradient (a bucket closes once its tensors hold that many bytes of
+    /// f32 gradient, whatever their payloads weigh; a larger tensor is a bucket of its own, so 1
+    /// means one all-gather per tensor; the first closes at 1 MiB if that is smaller). Zero is
+    /// rejected.
     pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
         self.bucket_bytes = bucket_size(bytes)?;
         Ok(self)
@@ -376,7 +383,7 @@ impl<C: Compressor + Clone> Encode for GatherOp<'_, C> {
     }
 }
 
-impl<C: Compressor + Clone> Decode for GatherOp<'_, C> {
+impl<C: Compressor + Clone + Send + Sync> Decode for GatherOp<'_, C> {
     fn decode(
         &mut self,
         index: usize,
@@ -392,9 +399,25 @@ impl<C: Compressor + Clone> Decode for GatherOp<'_, C> {
             decode_mean(codec, &payloads, index, dims, device)
         })
     }
+
+    fn decode_bucket<'a>(
+        &mut self,
+        parts: Vec<(&Meta, Exchanged<'a>)>,
+    ) -> Result<Vec<Tensor<1>>, DistError> {
+        let codecs = &*self.codecs;
+        timed(&mut self.stats.decode, || {
+            decode_parallel(parts, |meta, exchanged| {
+                let Exchanged::Gathered(payloads) = exchanged else {
+                    unreachable!("gathered parts are payloads")
+                };
+                let codec = &codecs[&meta.index];
+                decode_mean(codec, &payloads, meta.index, &meta.dims, &meta.device)
+            })
+        })
+    }
 }
 
-impl<C: Compressor + Clone + Send + core::fmt::Debug> Reducer for Gathered<C> {
+impl<C: Compressor + Clone + Send + Sync + core::fmt::Debug> Reducer for Gathered<C> {
     fn name(&self) -> String {
         self.name.clone()
     }
@@ -503,7 +526,8 @@ impl MajorityVote {
         Self::default()
     }
 
-    /// Buckets of `bytes` of payload (1 means one all-gather per tensor). Zero is rejected.
+    /// Buckets of `bytes` of gradient, as [`Gathered::with_bucket_bytes`] (1 means one
+    /// all-gather per tensor). Zero is rejected.
     pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
         self.bucket_bytes = bucket_size(bytes)?;
         Ok(self)
@@ -684,7 +708,8 @@ impl TernGradShared {
         }
     }
 
-    /// Buckets of `bytes` of payload (1 means one all-gather per tensor). Zero is rejected.
+    /// Buckets of `bytes` of gradient, as [`Gathered::with_bucket_bytes`] (1 means one
+    /// all-gather per tensor). Zero is rejected.
     pub fn with_bucket_bytes(mut self, bytes: usize) -> Result<Self, DistError> {
         self.bucket_bytes = bucket_size(bytes)?;
         Ok(self)
@@ -731,6 +756,22 @@ impl Decode for TernDecode<'_> {
         let n = dims.iter().product::<usize>();
         timed(&mut self.stats.decode, || {
             decode_mean(self.codec, &payloads, index, &[n], device)
+        })
+    }
+
+    fn decode_bucket<'a>(
+        &mut self,
+        parts: Vec<(&Meta, Exchanged<'a>)>,
+    ) -> Result<Vec<Tensor<1>>, DistError> {
+        let codec = self.codec;
+        timed(&mut self.stats.decode, || {
+            decode_parallel(parts, |meta, exchanged| {
+                let Exchanged::Gathered(payloads) = exchanged else {
+                    unreachable!("TernGrad's parts are payloads")
+                };
+                let n = meta.dims.iter().product::<usize>();
+                decode_mean(codec, &payloads, meta.index, &[n], &meta.device)
+            })
         })
     }
 }

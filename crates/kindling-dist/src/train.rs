@@ -35,8 +35,8 @@ use burn::train::{
 
 use crate::parallel::spawn_group;
 use crate::{
-    Communicator, DataParallel, DistError, Reducer, ReducerCheckpoint, StepStats, broadcast_module,
-    fingerprint,
+    Communicator, DataParallel, DistError, LocalGroup, Reducer, ReducerCheckpoint, StepStats,
+    broadcast_module, fingerprint,
 };
 
 /// Where the workers of a [`CompressedDdp`] run.
@@ -399,8 +399,9 @@ fn fit_local<M: LearnerModel, R: Reducer + Clone + 'static>(
         })
         .collect::<Result<Vec<_>, DistError>>()
         .map_err(|e| vec![fail(0, e)])?;
+    let groups = LocalGroup::new(inputs.len(), timeout).map_err(|e| vec![fail(0, e)])?;
     let group = spawn_group(
-        inputs,
+        groups.into_iter().zip(inputs).collect(),
         timeout,
         move |mut group, (device, shard, learner, reducer, duties)| {
             let is_main = duties.is_some();

@@ -43,6 +43,43 @@ pub(crate) trait Decode {
         device: &Device,
         exchanged: Exchanged<'_>,
     ) -> Result<Tensor<1>, DistError>;
+
+    /// The agreed gradients of a bucket's parameters, in the bucket's order. The default decodes
+    /// them one by one; a protocol whose decoding needs nothing but `&self` decodes them at once
+    /// (see [`decode_parallel`]).
+    fn decode_bucket<'a>(
+        &mut self,
+        parts: Vec<(&Meta, Exchanged<'a>)>,
+    ) -> Result<Vec<Tensor<1>>, DistError> {
+        parts
+            .into_iter()
+            .map(|(meta, exchanged)| self.decode(meta.index, &meta.dims, &meta.device, exchanged))
+            .collect()
+    }
+}
+
+/// Decodes a bucket's parameters with `decode`, on the host in parallel (rayon, one task per
+/// parameter; each codec's kernels then run inside the pool, with no hand-off from this thread
+/// per call), elsewhere one by one. The first error in bucket order is returned.
+pub(crate) fn decode_parallel<'a>(
+    parts: Vec<(&Meta, Exchanged<'a>)>,
+    decode: impl Fn(&Meta, Exchanged<'a>) -> Result<Tensor<1>, DistError> + Sync,
+) -> Result<Vec<Tensor<1>>, DistError> {
+    use rayon::prelude::*;
+    let on_host = parts
+        .iter()
+        .all(|(meta, _)| kindling_compress::is_host_device(&meta.device));
+    if on_host && parts.len() > 1 {
+        parts
+            .into_par_iter()
+            .map(|(meta, exchanged)| decode(meta, exchanged))
+            .collect()
+    } else {
+        parts
+            .into_iter()
+            .map(|(meta, exchanged)| decode(meta, exchanged))
+            .collect()
+    }
 }
 
 /// Where one parameter's gradient comes from.
@@ -175,7 +212,7 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 }
 
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
-/// buckets of about `bucket_bytes`, exchanged by a communication thread while the next parts are
+/// buckets of about `bucket_bytes` of gradient, exchanged by a communication thread while the next parts are
 /// encoded (see [`pipeline`]). Returns the agreed gradients and the time spent exchanging.
 pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     module: &M,
@@ -206,20 +243,32 @@ enum Incoming {
     Gathered { bytes: Vec<u8>, ends: Vec<usize> },
 }
 
-/// Packs entries into buckets and sends each full one to the communication thread.
+/// The first bucket of a step closes at 1 MiB of gradient (or the bucket size, if smaller), as
+/// PyTorch DDP's first bucket: the wire starts while most of the model is still being encoded.
+pub(crate) const FIRST_BUCKET_BYTES: usize = 1 << 20;
+
+/// Packs entries into buckets and sends each full one to the communication thread. A bucket
+/// closes once its tensors hold `bucket_bytes` of gradient (f32, whatever their parts weigh on
+/// the wire: encoding time follows the gradient's size, so buckets of equal gradient pipeline
+/// evenly for every codec); the first one at [`FIRST_BUCKET_BYTES`].
 struct Packer {
     bucket_bytes: usize,
     open: Vec<Entry>,
     open_bytes: usize,
+    sent: usize,
     in_flight: VecDeque<Vec<Meta>>,
     jobs: mpsc::Sender<Outgoing>,
 }
 
 impl Packer {
     fn push(&mut self, entry: Entry) -> Result<(), DistError> {
-        self.open_bytes += part_bytes(&entry.part);
+        self.open_bytes += 4 * entry.meta.dims.iter().product::<usize>();
         self.open.push(entry);
-        if self.open_bytes >= self.bucket_bytes {
+        let limit = match self.sent {
+            0 => self.bucket_bytes.min(FIRST_BUCKET_BYTES),
+            _ => self.bucket_bytes,
+        };
+        if self.open_bytes >= limit {
             self.flush()?;
         }
         Ok(())
@@ -231,9 +280,10 @@ impl Packer {
         let Some(first) = self.open.first() else {
             return Ok(());
         };
+        let part_bytes: usize = self.open.iter().map(|e| part_bytes(&e.part)).sum();
         let outgoing = match first.part {
             Part::Floats(_) => {
-                let mut flat = Vec::with_capacity(self.open_bytes / 4);
+                let mut flat = Vec::with_capacity(part_bytes / 4);
                 for entry in &self.open {
                     let Part::Floats(v) = &entry.part else {
                         unreachable!("a protocol's parts are all of one kind")
@@ -243,7 +293,7 @@ impl Packer {
                 Outgoing::Floats(flat)
             }
             Part::Bytes(_) => {
-                let mut message = Vec::with_capacity(self.open_bytes + 4 * self.open.len());
+                let mut message = Vec::with_capacity(part_bytes + 4 * self.open.len());
                 for entry in &self.open {
                     let Part::Bytes(b) = &entry.part else {
                         unreachable!("a protocol's parts are all of one kind")
@@ -264,6 +314,7 @@ impl Packer {
         };
         let metas = self.open.drain(..).map(|e| e.meta).collect();
         self.open_bytes = 0;
+        self.sent += 1;
         self.jobs.send(outgoing).map_err(|_| {
             DistError::Protocol("the communication thread ended before the exchange".into())
         })?;
@@ -281,8 +332,8 @@ fn part_bytes(part: &Part) -> usize {
 }
 
 /// The bucketed, overlapped exchange. `produce` hands the parts to a sink in module order; they
-/// are packed into buckets of about `bucket_bytes` (a bucket closes once it holds that many
-/// bytes; a larger part is a bucket of its own), one collective per bucket. A communication
+/// are packed into buckets of about `bucket_bytes` of gradient (see [`Packer`]; a larger tensor is
+/// a bucket of its own), one collective per bucket. A communication
 /// thread runs the collectives in order while `produce` goes on encoding, so the encoding of
 /// bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i the exchange of
 /// the later ones. Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
@@ -314,6 +365,7 @@ pub(crate) fn pipeline<O: Decode>(
             bucket_bytes,
             open: Vec::new(),
             open_bytes: 0,
+            sent: 0,
             in_flight: VecDeque::new(),
             jobs,
         };
@@ -405,17 +457,16 @@ fn decode_bucket<O: Decode>(
                 .enumerate()
                 .map(|(rank, m)| split_message(m, metas, rank))
                 .collect::<Result<Vec<_>, DistError>>()?;
-            for (k, meta) in metas.iter().enumerate() {
-                let payloads = per_rank.iter().map(|parts| parts[k]).collect();
-                put(
-                    meta.index,
-                    op.decode(
-                        meta.index,
-                        &meta.dims,
-                        &meta.device,
-                        Exchanged::Gathered(payloads),
-                    )?,
-                );
+            let parts = metas
+                .iter()
+                .enumerate()
+                .map(|(k, meta)| {
+                    let payloads = per_rank.iter().map(|parts| parts[k]).collect();
+                    (meta, Exchanged::Gathered(payloads))
+                })
+                .collect();
+            for (meta, t) in metas.iter().zip(op.decode_bucket(parts)?) {
+                put(meta.index, t);
             }
         }
     }

@@ -51,6 +51,57 @@ fn collectives_and_exact_byte_counts() {
     assert_eq!(t1.rounds, 4 + 4 + 2 + 2 + 2 + 2);
 }
 
+/// On an emulated link every collective takes at least the link's time for its busiest rank's
+/// traffic (10 MB/s, 2 ms per round, 3 ranks), the data arrive unchanged, and the counters are
+/// the plain group's.
+#[test]
+fn an_emulated_link_takes_the_modelled_time() {
+    let link = NetworkModel::new(3, 80e6, 2e-3, Topology::AllGather).unwrap();
+    let took = run_workers_emulating(link, TIMEOUT, |mut g| {
+        let rank = g.rank();
+        let mut times = Vec::new();
+        let mut timed =
+            |g: &mut LocalGroup, f: &dyn Fn(&mut LocalGroup) -> Result<(), DistError>| {
+                let start = Instant::now();
+                f(g)?;
+                times.push(start.elapsed().as_secs_f64());
+                Ok::<_, DistError>(())
+            };
+        // Rank 2 sends 300 kB to 2 peers: 600 kB on its link = 60 ms, plus 2 rounds.
+        timed(&mut g, &|g| {
+            let all = g.all_gather(vec![7u8; if g.rank() == 2 { 300_000 } else { 0 }])?;
+            assert_eq!(all[2].len(), 300_000);
+            Ok(())
+        })?;
+        // A ring all-reduce of 10 000 floats: 2·2/3·40 kB = 53.3 kB = 5.3 ms, plus 4 rounds.
+        timed(&mut g, &|g| {
+            let mut v = vec![1.0f32; 10_000];
+            g.all_reduce_sum(&mut v)?;
+            assert!(v.iter().all(|&x| x == 3.0));
+            Ok(())
+        })?;
+        timed(&mut g, &|g| g.barrier())?;
+        Ok((rank, times, g.traffic()))
+    })
+    .unwrap();
+    let modelled = [0.060 + 0.004, 0.005_333 + 0.008, 0.004];
+    for (rank, times, traffic) in &took {
+        for (t, m) in times.iter().zip(modelled) {
+            assert!(
+                *t >= m,
+                "rank {rank}: a collective took {t} s, the link {m} s"
+            );
+            assert!(
+                *t < m + 1.0,
+                "rank {rank}: a collective took {t} s for {m} s"
+            );
+        }
+        assert_eq!(traffic.collectives, 3);
+    }
+    assert_eq!(took[2].2.sent, 600_000 + 53_333);
+    assert!(LocalGroup::emulating(NetworkModel { workers: 0, ..link }, TIMEOUT).is_err());
+}
+
 /// A worker stuck outside any collective (here asleep for a minute) is abandoned: its peers time
 /// out naming it, and `run_workers` returns within three timeouts with an error naming it,
 /// without joining its thread.
