@@ -340,7 +340,7 @@ impl LocalGroup {
     }
 
     /// Handles for `link.workers` ranks whose collectives take the time `link` gives them (see
-    /// [Emulated links](LocalGroup#emulated-links)); the topology is not used, the group's own
+    /// *Emulated links* in [`LocalGroup`]); the topology is not used, the group's own
     /// traffic counts are charged. `timeout` bounds the wait for the slowest rank, as in
     /// [`new`](Self::new).
     pub fn emulating(link: NetworkModel, timeout: Duration) -> Result<Vec<LocalGroup>, DistError> {
