@@ -6,13 +6,15 @@
 //! modelled time at 1 Gb/s and 10 Gb/s and against measured time, and every epoch's figures as
 //! `data-parallel-epochs.csv`
 //! (`--compare --workers 16` for a 16-worker cluster). `--learner` trains under burn-train's `Learner` with the `CompressedDdp` strategy
-//! instead of the plain loop.
+//! instead of the plain loop. `--emulate` gives the worker threads an emulated link of
+//! `--bandwidth` (`run_workers_emulating`), so the measured time is the run's on such a link.
 //!
 //! ```text
 //! cargo run --release -p data-parallel                         # QSGD, 4 workers
 //! cargo run --release -p data-parallel -- --protocol powersgd
 //! cargo run --release -p data-parallel -- --compare --workers 16 --out-dir .
 //! cargo run --release -p data-parallel -- --learner --protocol qsgd
+//! cargo run --release -p data-parallel -- --emulate --bandwidth 0.1 --protocol dense
 //! cargo build --release -p data-parallel --features mpi
 //! mpirun -np 4 target/release/data-parallel --mpi --protocol qsgd
 //! ```
@@ -96,6 +98,12 @@ struct Args {
     /// Link bandwidth for the modelled time, in Gb/s.
     #[arg(long, default_value_t = 1.0)]
     bandwidth: f64,
+    /// Give the worker threads an emulated link of --bandwidth (and 50 µs latency): every
+    /// collective also takes that link's time, overlapped with the computing as on a cluster, so
+    /// the wall seconds are what the run would take there (as far as this machine has a core per
+    /// worker).
+    #[arg(long, conflicts_with_all = ["mpi", "learner"])]
+    emulate: bool,
     /// Hidden units of the MLP.
     #[arg(long, default_value_t = 128)]
     hidden: usize,
@@ -330,9 +338,14 @@ impl WithReducer for PlainLoop<'_> {
             Transport::Threads => {
                 // Workers own what they use (a worker that hangs is abandoned, not joined).
                 let (shared, report) = (args.clone(), report.copied());
-                let epochs = run_workers(args.workers, Duration::from_secs(600), move |group| {
-                    worker(group, make(), &shared, protocol, &split, report.as_ref())
-                })?;
+                let timeout = Duration::from_secs(600);
+                let work =
+                    move |group| worker(group, make(), &shared, protocol, &split, report.as_ref());
+                let epochs = if args.emulate {
+                    run_workers_emulating(network(args.workers, args.bandwidth), timeout, work)
+                } else {
+                    run_workers(args.workers, timeout, work)
+                }?;
                 Ok(epochs.into_iter().next().expect("rank 0"))
             }
             #[cfg(feature = "mpi")]

@@ -18,4 +18,5 @@ fn bad_arguments_are_rejected_with_one_line() {
         "--out-dir",
     );
     assert_rejected(EXE, &["--compare", "--learner"], "--learner");
+    assert_rejected(EXE, &["--emulate", "--learner"], "--learner");
 }
