@@ -452,39 +452,14 @@ fn le_word(bytes: &[u8], pos: usize) -> u32 {
 /// width, so its shifts are known when compiled), else `$other`.
 macro_rules! by_width {
     ($width:expr, $w:ident => $small:expr, $other:block) => {
+        by_width!(@arms $width, $w => $small, $other; 1 2 3 4 5 6 7 8)
+    };
+    (@arms $width:expr, $w:ident => $small:expr, $other:block; $($n:literal)*) => {
         match $width {
-            1 => {
-                const $w: usize = 1;
+            $($n => {
+                const $w: usize = $n;
                 $small
-            }
-            2 => {
-                const $w: usize = 2;
-                $small
-            }
-            3 => {
-                const $w: usize = 3;
-                $small
-            }
-            4 => {
-                const $w: usize = 4;
-                $small
-            }
-            5 => {
-                const $w: usize = 5;
-                $small
-            }
-            6 => {
-                const $w: usize = 6;
-                $small
-            }
-            7 => {
-                const $w: usize = 7;
-                $small
-            }
-            8 => {
-                const $w: usize = 8;
-                $small
-            }
+            })*
             _ => $other,
         }
     };

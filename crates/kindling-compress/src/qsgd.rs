@@ -136,23 +136,23 @@ impl Qsgd {
             CompressError::NonFinite { .. } => host::max_abs(values).err().unwrap_or(e),
             e => e,
         };
-        // Elias-gamma straight from the gradient, the norms taken chunk by chunk in the same
-        // pass, when it is asked for, or when the smallest coding is asked for and Elias-gamma's
-        // expected size is well below the fixed width's even for the flattest buckets (the
-        // fields are then only packed should the stream still come out longer).
-        let fused = nb > 1
-            && CHUNK.is_multiple_of(b)
-            && match self.coding {
-                LevelCoding::Fixed => false,
-                LevelCoding::EliasGamma => true,
-                LevelCoding::Smallest => {
-                    64.0 + flattest_elias_bits(n, b, s) <= 0.9 * 8.0 * fixed_len as f64
-                }
-            };
-        let (norms, stream, direct) = if fused {
+        // Elias-gamma straight from the gradient when it is asked for, or when the smallest
+        // coding is asked for and `bound`, a bound on Elias-gamma's expected size, is well below
+        // the fixed width's (the fields are then only packed should the stream still come out
+        // longer).
+        let elias_first = |bound: &dyn Fn() -> f64| match self.coding {
+            LevelCoding::Fixed => false,
+            LevelCoding::EliasGamma => true,
+            LevelCoding::Smallest => 64.0 + bound() <= 0.9 * 8.0 * fixed_len as f64,
+        };
+        // With the norms taken chunk by chunk in the same pass when the buckets divide the
+        // chunks and the bound holds even for the flattest buckets (known before any norm).
+        let fused =
+            nb > 1 && CHUNK.is_multiple_of(b) && elias_first(&|| flattest_elias_bits(n, b, s));
+        let (norms, stream, fused_levels, direct) = if fused {
             let stream = Stream::new(rng);
             let (norms, levels) = elias_fused(values, stream, s, b).map_err(non_finite)?;
-            (norms, stream, Some(levels))
+            (norms, stream, Some(levels), true)
         } else {
             // Buckets are normed in parallel, each sequentially (in cache): (‖v‖₂, ‖v‖₁).
             let sums: Vec<(f32, f64)> = if nb == 1 {
@@ -164,35 +164,26 @@ impl Qsgd {
                     .collect::<Result<_, _>>()
                     .map_err(non_finite)?
             };
-            let norms: Vec<f32> = sums.iter().map(|&(norm, _)| norm).collect();
-            let stream = Stream::new(rng);
-            // Elias-gamma straight from the gradient when it is asked for, or when the smallest
-            // coding is asked for and a bound on its expected size is well below the fixed
-            // width's.
-            let direct = match self.coding {
-                LevelCoding::Fixed => false,
-                LevelCoding::EliasGamma => true,
-                LevelCoding::Smallest => {
-                    64.0 + expected_elias_bits(&sums, n, b, s) <= 0.9 * 8.0 * fixed_len as f64
-                }
-            };
-            let levels = direct.then(|| {
-                let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
-                let quantise = Quantiser {
-                    factors: &factors,
-                    bucket: b,
-                    levels: s,
-                };
-                elias_direct(values, stream, s, &quantise)
-            });
-            (norms, stream, levels)
+            let norms = sums.iter().map(|&(norm, _)| norm).collect();
+            let direct = elias_first(&|| expected_elias_bits(&sums, n, b, s));
+            (norms, Stream::new(rng), None, direct)
+        };
+        let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
+        let quantise = Quantiser {
+            factors: &factors,
+            bucket: b,
+            levels: s,
+        };
+        let levels = match fused_levels {
+            Some(levels) => Some(levels),
+            None => direct.then(|| elias_direct(values, stream, s, &quantise)),
         };
         let mut w = Writer::new(CodecId::Qsgd, 0, shape, 8 + 4 * nb + fixed_len)?;
         w.u32(s);
         w.u32(self.bucket.unwrap_or(0) as u32);
         w.f32s(&norms);
         let body_start = w.len();
-        if let Some(levels) = &direct
+        if let Some(levels) = &levels
             && (self.coding == LevelCoding::EliasGamma
                 || 8 + levels.bits.div_ceil(8) < fixed_len as u64)
         {
@@ -201,13 +192,6 @@ impl Qsgd {
             w.bytes(&levels.bytes);
             return Ok(w.finish());
         }
-        let direct = direct.is_some();
-        let factors: Vec<f32> = norms.iter().map(|&m| factor(m, s)).collect();
-        let quantise = Quantiser {
-            factors: &factors,
-            bucket: b,
-            levels: s,
-        };
         let nonzero = {
             let body = w.zeroed(fixed_len);
             let per_block = BLOCK * width as usize / 8;

@@ -499,10 +499,10 @@ impl LocalGroup {
     }
 
     /// On an emulated link, sleeps until the link would have delivered a collective of `kind`
-    /// that the last rank joined at `joined` and whose busiest link carried `bytes`.
-    fn wire(&self, kind: Kind, joined: Instant, bytes: u64) {
+    /// that the last rank joined at `joined` and whose busiest link carried `bytes()`.
+    fn wire(&self, kind: Kind, joined: Instant, bytes: impl FnOnce() -> u64) {
         if let Some(link) = &self.shared.link {
-            let seconds = link.seconds_sent(bytes, rounds(kind, self.shared.world));
+            let seconds = link.seconds_sent(bytes(), rounds(kind, self.shared.world));
             let done = joined + Duration::from_secs_f64(seconds);
             let now = Instant::now();
             if done > now {
@@ -595,7 +595,7 @@ impl Communicator for LocalGroup {
             }
         }
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);
-        self.wire(kind, joined, ring);
+        self.wire(kind, joined, || ring);
         self.sent.fetch_add(ring, Ordering::Relaxed);
         self.received.fetch_add(ring, Ordering::Relaxed);
         Ok(())
@@ -625,14 +625,15 @@ impl Communicator for LocalGroup {
             starts: None,
             ends: &self.ends,
         };
-        let busiest = (0..all.world_size())
-            .map(|r| {
-                let (sent, received) = all_gather_traffic(&all, r);
-                sent.max(received)
-            })
-            .max()
-            .unwrap_or(0);
-        self.wire(Kind::AllGather, joined, busiest);
+        self.wire(Kind::AllGather, joined, || {
+            (0..all.world_size())
+                .map(|r| {
+                    let (sent, received) = all_gather_traffic(&all, r);
+                    sent.max(received)
+                })
+                .max()
+                .unwrap_or(0)
+        });
         let (sent, received) = all_gather_traffic(&all, self.rank);
         self.sent.fetch_add(sent, Ordering::Relaxed);
         self.received.fetch_add(received, Ordering::Relaxed);
@@ -653,16 +654,11 @@ impl Communicator for LocalGroup {
         let kind = Kind::Broadcast { root: root as u64 };
         let (out, joined) = self.exchange(kind, mine, None, |round| round.slots[root].clone())?;
         let out = out.map_or_else(Vec::new, |b| b.as_ref().clone());
-        self.wire(
-            kind,
-            joined,
-            out.len() as u64 * (self.shared.world as u64 - 1),
-        );
+        // The root sends the bytes to every peer: its link is the busiest.
+        let root_sent = out.len() as u64 * (self.shared.world as u64 - 1);
+        self.wire(kind, joined, || root_sent);
         if self.rank == root {
-            self.sent.fetch_add(
-                out.len() as u64 * (self.shared.world as u64 - 1),
-                Ordering::Relaxed,
-            );
+            self.sent.fetch_add(root_sent, Ordering::Relaxed);
         } else {
             self.received.fetch_add(out.len() as u64, Ordering::Relaxed);
         }
@@ -671,7 +667,7 @@ impl Communicator for LocalGroup {
 
     fn barrier(&mut self) -> Result<(), DistError> {
         let ((), joined) = self.exchange(Kind::Barrier, None, None, |_| ())?;
-        self.wire(Kind::Barrier, joined, 0);
+        self.wire(Kind::Barrier, joined, || 0);
         Ok(())
     }
 

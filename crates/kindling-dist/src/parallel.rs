@@ -103,8 +103,9 @@ fn abandoned(stuck: &[usize], timeout: Duration) -> String {
 }
 
 /// Runs `work(group, input)` on one thread per rank, each with its [`LocalGroup`] handle and
-/// input, and returns every rank's outcome within the bound of [`run_workers`]: a worker that panics or errs aborts the group, and one still running after
-/// the bound is abandoned (its thread left to run detached) with a [`DistError::Timeout`].
+/// input, and returns every rank's outcome within the bound of [`run_workers`]: a worker that
+/// panics or errs aborts the group, and one still running after the bound is abandoned (its
+/// thread left to run detached) with a [`DistError::Timeout`].
 pub(crate) fn spawn_group<I: Send + 'static, T: Send + 'static>(
     inputs: Vec<(LocalGroup, I)>,
     timeout: Duration,

@@ -15,8 +15,7 @@ use kindling_compress::{
 use rand::rngs::ChaCha8Rng;
 
 use crate::walk::{
-    Decode, Encode, Entry, Exchanged, Meta, Part, assemble, decode_parallel, encode_all, pipeline,
-    walk_bucketed,
+    Decode, Encode, Entry, Exchanged, Part, assemble, encode_all, pipeline, walk_bucketed,
 };
 use crate::{Communicator, DistError};
 
@@ -204,8 +203,12 @@ impl Encode for DenseOp {
 }
 
 impl Decode for DenseOp {
+    fn decode_clock(&mut self) -> &mut Duration {
+        &mut self.stats.decode
+    }
+
     fn decode(
-        &mut self,
+        &self,
         _: usize,
         _: &[usize],
         device: &Device,
@@ -215,7 +218,7 @@ impl Decode for DenseOp {
             unreachable!("dense parts are floats")
         };
         let n = mean.len();
-        Ok(timed(&mut self.stats.decode, || tensor(mean, [n], device)))
+        Ok(tensor(mean, [n], device))
     }
 }
 
@@ -384,8 +387,12 @@ impl<C: Compressor + Clone> Encode for GatherOp<'_, C> {
 }
 
 impl<C: Compressor + Clone + Send + Sync> Decode for GatherOp<'_, C> {
+    fn decode_clock(&mut self) -> &mut Duration {
+        &mut self.stats.decode
+    }
+
     fn decode(
-        &mut self,
+        &self,
         index: usize,
         dims: &[usize],
         device: &Device,
@@ -394,26 +401,7 @@ impl<C: Compressor + Clone + Send + Sync> Decode for GatherOp<'_, C> {
         let Exchanged::Gathered(payloads) = exchanged else {
             unreachable!("gathered parts are payloads")
         };
-        let codec = &self.codecs[&index];
-        timed(&mut self.stats.decode, || {
-            decode_mean(codec, &payloads, index, dims, device)
-        })
-    }
-
-    fn decode_bucket<'a>(
-        &mut self,
-        parts: Vec<(&Meta, Exchanged<'a>)>,
-    ) -> Result<Vec<Tensor<1>>, DistError> {
-        let codecs = &*self.codecs;
-        timed(&mut self.stats.decode, || {
-            decode_parallel(parts, |meta, exchanged| {
-                let Exchanged::Gathered(payloads) = exchanged else {
-                    unreachable!("gathered parts are payloads")
-                };
-                let codec = &codecs[&meta.index];
-                decode_mean(codec, &payloads, meta.index, &meta.dims, &meta.device)
-            })
-        })
+        decode_mean(&self.codecs[&index], &payloads, index, dims, device)
     }
 }
 
@@ -590,8 +578,12 @@ impl Encode for VoteOp<'_> {
 }
 
 impl Decode for VoteOp<'_> {
+    fn decode_clock(&mut self) -> &mut Duration {
+        &mut self.stats.decode
+    }
+
     fn decode(
-        &mut self,
+        &self,
         index: usize,
         dims: &[usize],
         device: &Device,
@@ -601,25 +593,21 @@ impl Decode for VoteOp<'_> {
             unreachable!("sign parts are payloads")
         };
         let n = dims.iter().product::<usize>();
-        timed(&mut self.stats.decode, || {
-            let payloads = all
-                .iter()
-                .enumerate()
-                .map(|(rank, bytes)| {
-                    Payload::from_bytes_expecting(bytes.to_vec(), &[n]).map_err(|e| {
-                        DistError::Decode {
-                            rank,
-                            param: index,
-                            reason: e.to_string(),
-                        }
-                    })
+        let payloads = all
+            .iter()
+            .enumerate()
+            .map(|(rank, bytes)| {
+                Payload::from_bytes_expecting(bytes.to_vec(), &[n]).map_err(|e| DistError::Decode {
+                    rank,
+                    param: index,
+                    reason: e.to_string(),
                 })
-                .collect::<Result<Vec<_>, DistError>>()?;
-            majority_vote::<1>(&payloads, device).map_err(|e| DistError::Decode {
-                rank: usize::MAX,
-                param: index,
-                reason: e.to_string(),
             })
+            .collect::<Result<Vec<_>, DistError>>()?;
+        majority_vote::<1>(&payloads, device).map_err(|e| DistError::Decode {
+            rank: usize::MAX,
+            param: index,
+            reason: e.to_string(),
         })
     }
 }
@@ -743,8 +731,12 @@ struct TernDecode<'a> {
 }
 
 impl Decode for TernDecode<'_> {
+    fn decode_clock(&mut self) -> &mut Duration {
+        &mut self.stats.decode
+    }
+
     fn decode(
-        &mut self,
+        &self,
         index: usize,
         dims: &[usize],
         device: &Device,
@@ -754,25 +746,7 @@ impl Decode for TernDecode<'_> {
             unreachable!("TernGrad's parts are payloads")
         };
         let n = dims.iter().product::<usize>();
-        timed(&mut self.stats.decode, || {
-            decode_mean(self.codec, &payloads, index, &[n], device)
-        })
-    }
-
-    fn decode_bucket<'a>(
-        &mut self,
-        parts: Vec<(&Meta, Exchanged<'a>)>,
-    ) -> Result<Vec<Tensor<1>>, DistError> {
-        let codec = self.codec;
-        timed(&mut self.stats.decode, || {
-            decode_parallel(parts, |meta, exchanged| {
-                let Exchanged::Gathered(payloads) = exchanged else {
-                    unreachable!("TernGrad's parts are payloads")
-                };
-                let n = meta.dims.iter().product::<usize>();
-                decode_mean(codec, &payloads, meta.index, &[n], &meta.device)
-            })
-        })
+        decode_mean(self.codec, &payloads, index, &[n], device)
     }
 }
 

@@ -34,52 +34,45 @@ pub(crate) trait Encode {
 }
 
 /// What a protocol makes of what came back from a bucketed exchange, parameter by parameter.
-pub(crate) trait Decode {
+/// Decoding needs only `&self`, so a bucket's parameters decode in parallel (see
+/// [`decode_parallel`]).
+pub(crate) trait Decode: Sync {
     /// The agreed gradient of parameter `index` (flat; reshaped by the caller).
     fn decode(
-        &mut self,
+        &self,
         index: usize,
         dims: &[usize],
         device: &Device,
         exchanged: Exchanged<'_>,
     ) -> Result<Tensor<1>, DistError>;
 
-    /// The agreed gradients of a bucket's parameters, in the bucket's order. The default decodes
-    /// them one by one; a protocol whose decoding needs nothing but `&self` decodes them at once
-    /// (see [`decode_parallel`]).
-    fn decode_bucket<'a>(
-        &mut self,
-        parts: Vec<(&Meta, Exchanged<'a>)>,
-    ) -> Result<Vec<Tensor<1>>, DistError> {
-        parts
-            .into_iter()
-            .map(|(meta, exchanged)| self.decode(meta.index, &meta.dims, &meta.device, exchanged))
-            .collect()
-    }
+    /// The clock that the time spent decoding goes on.
+    fn decode_clock(&mut self) -> &mut Duration;
 }
 
-/// Decodes a bucket's parameters with `decode`, on the host in parallel (rayon, one task per
-/// parameter; each codec's kernels then run inside the pool, with no hand-off from this thread
-/// per call), elsewhere one by one. The first error in bucket order is returned.
-pub(crate) fn decode_parallel<'a>(
-    parts: Vec<(&Meta, Exchanged<'a>)>,
-    decode: impl Fn(&Meta, Exchanged<'a>) -> Result<Tensor<1>, DistError> + Sync,
+/// Decodes a bucket's parameters with `op`, in the bucket's order: on the host in parallel
+/// (rayon, one task per parameter; each codec's kernels then run inside the pool, with no
+/// hand-off from this thread per call), elsewhere one by one. The first error in bucket order is
+/// returned; the time goes on the op's decode clock.
+fn decode_parallel<O: Decode>(
+    op: &mut O,
+    parts: Vec<(&Meta, Exchanged<'_>)>,
 ) -> Result<Vec<Tensor<1>>, DistError> {
     use rayon::prelude::*;
+    let start = Instant::now();
     let on_host = parts
         .iter()
         .all(|(meta, _)| kindling_compress::is_host_device(&meta.device));
-    if on_host && parts.len() > 1 {
-        parts
-            .into_par_iter()
-            .map(|(meta, exchanged)| decode(meta, exchanged))
-            .collect()
+    let decode = |(meta, exchanged): (&Meta, Exchanged<'_>)| {
+        op.decode(meta.index, &meta.dims, &meta.device, exchanged)
+    };
+    let decoded = if on_host && parts.len() > 1 {
+        parts.into_par_iter().map(decode).collect()
     } else {
-        parts
-            .into_iter()
-            .map(|(meta, exchanged)| decode(meta, exchanged))
-            .collect()
-    }
+        parts.into_iter().map(decode).collect()
+    };
+    *op.decode_clock() += start.elapsed();
+    decoded
 }
 
 /// Where one parameter's gradient comes from.
@@ -212,8 +205,9 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 }
 
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
-/// buckets of about `bucket_bytes` of gradient, exchanged by a communication thread while the next parts are
-/// encoded (see [`pipeline`]). Returns the agreed gradients and the time spent exchanging.
+/// buckets of about `bucket_bytes` of gradient, exchanged by a communication thread while the
+/// next parts are encoded (see [`pipeline`]). Returns the agreed gradients and the time spent
+/// exchanging.
 pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     module: &M,
     grads: GradientsParams,
@@ -332,9 +326,9 @@ fn part_bytes(part: &Part) -> usize {
 }
 
 /// The bucketed, overlapped exchange. `produce` hands the parts to a sink in module order; they
-/// are packed into buckets of about `bucket_bytes` of gradient (see [`Packer`]; a larger tensor is
-/// a bucket of its own), one collective per bucket. A communication
-/// thread runs the collectives in order while `produce` goes on encoding, so the encoding of
+/// are packed into buckets of about `bucket_bytes` of gradient (see [`Packer`]; a larger tensor
+/// is a bucket of its own), one collective per bucket. A communication thread runs the
+/// collectives in order while `produce` goes on encoding, so the encoding of
 /// bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i the exchange of
 /// the later ones. Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
 /// the time the communication thread spent in collectives.
@@ -431,24 +425,19 @@ fn decode_bucket<O: Decode>(
     op: &mut O,
     decoded: &mut Vec<Option<Tensor<1>>>,
 ) -> Result<(), DistError> {
-    let mut put = |index: usize, t: Tensor<1>| {
-        if decoded.len() <= index {
-            decoded.resize_with(index + 1, || None);
-        }
-        decoded[index] = Some(t);
-    };
-    match incoming {
+    let decoded_bucket = match incoming {
         Incoming::Mean(flat) => {
             let mut at = 0;
-            for meta in metas {
-                let n: usize = meta.dims.iter().product();
-                let mean = flat[at..at + n].to_vec();
-                at += n;
-                put(
-                    meta.index,
-                    op.decode(meta.index, &meta.dims, &meta.device, Exchanged::Mean(mean))?,
-                );
-            }
+            let parts = metas
+                .iter()
+                .map(|meta| {
+                    let n: usize = meta.dims.iter().product();
+                    let mean = flat[at..at + n].to_vec();
+                    at += n;
+                    (meta, Exchanged::Mean(mean))
+                })
+                .collect();
+            decode_parallel(op, parts)?
         }
         Incoming::Gathered { bytes, ends } => {
             let received = Received::new(&bytes, &ends).expect("ends are the running sum");
@@ -465,10 +454,14 @@ fn decode_bucket<O: Decode>(
                     (meta, Exchanged::Gathered(payloads))
                 })
                 .collect();
-            for (meta, t) in metas.iter().zip(op.decode_bucket(parts)?) {
-                put(meta.index, t);
-            }
+            decode_parallel(op, parts)?
         }
+    };
+    for (meta, t) in metas.iter().zip(decoded_bucket) {
+        if decoded.len() <= meta.index {
+            decoded.resize_with(meta.index + 1, || None);
+        }
+        decoded[meta.index] = Some(t);
     }
     Ok(())
 }
