@@ -921,6 +921,14 @@ fn non_finite_gradients_are_refused_with_counts() {
             }),
         ),
         (
+            "qsgd, Elias-gamma, buckets of 2 (norms taken in the coding pass)",
+            Box::new(|g, r| {
+                let q = Qsgd::new(4).unwrap().with_bucket(2).unwrap();
+                let mut q = q.with_coding(LevelCoding::EliasGamma);
+                q.compress(g, r).unwrap_err()
+            }),
+        ),
+        (
             "terngrad, clipped",
             Box::new(|g, r| {
                 let t = TernGrad::new().with_clipping(2.5).unwrap();
