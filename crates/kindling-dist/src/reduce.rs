@@ -387,6 +387,8 @@ impl<C: Compressor + Clone> Encode for GatherOp<'_, C> {
 }
 
 impl<C: Compressor + Clone + Send + Sync> Decode for GatherOp<'_, C> {
+    const PARALLEL: bool = true;
+
     fn decode_clock(&mut self) -> &mut Duration {
         &mut self.stats.decode
     }
@@ -731,6 +733,8 @@ struct TernDecode<'a> {
 }
 
 impl Decode for TernDecode<'_> {
+    const PARALLEL: bool = true;
+
     fn decode_clock(&mut self) -> &mut Duration {
         &mut self.stats.decode
     }

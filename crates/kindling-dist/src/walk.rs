@@ -48,11 +48,16 @@ pub(crate) trait Decode: Sync {
 
     /// The clock that the time spent decoding goes on.
     fn decode_clock(&mut self) -> &mut Duration;
+
+    /// Whether a bucket's parameters decode in parallel on the host: worth it where decoding
+    /// runs a codec's kernels (measured: the gathered codecs gain, while dense's copies and the
+    /// vote lost 10–25% to the hand-offs).
+    const PARALLEL: bool = false;
 }
 
-/// Decodes a bucket's parameters with `op`, in the bucket's order: on the host in parallel
-/// (rayon, one task per parameter; each codec's kernels then run inside the pool, with no
-/// hand-off from this thread per call), elsewhere one by one. The first error in bucket order is
+/// Decodes a bucket's parameters with `op`, in the bucket's order: for a [`Decode::PARALLEL`]
+/// op on the host in parallel (rayon, one task per parameter; each codec's kernels then run
+/// inside the pool, with no hand-off from this thread per call), otherwise one by one. The first error in bucket order is
 /// returned; the time goes on the op's decode clock.
 fn decode_parallel<O: Decode>(
     op: &mut O,
@@ -66,7 +71,7 @@ fn decode_parallel<O: Decode>(
     let decode = |(meta, exchanged): (&Meta, Exchanged<'_>)| {
         op.decode(meta.index, &meta.dims, &meta.device, exchanged)
     };
-    let decoded = if on_host && parts.len() > 1 {
+    let decoded = if O::PARALLEL && on_host && parts.len() > 1 {
         parts.into_par_iter().map(decode).collect()
     } else {
         parts.into_iter().map(decode).collect()
