@@ -9,7 +9,8 @@
 //! 1 and all threads, then one line per codec for scripts:
 //! `result codec=NAME enc_dec_memcpy=X bits_per_entry=Y` (all threads).
 //!
-//! `KINDLING_BENCH_CODEC=NAME` limits the summary to one codec (for profiling).
+//! `KINDLING_BENCH_CODEC=NAME` limits the summary to one codec (for profiling);
+//! `KINDLING_BENCH_CODEC=spectral` runs only the matrix codecs.
 //!
 //! Each encode gets a gradient tensor that owns its buffer, as one fresh from `backward` does, so
 //! reading it costs no copy; decoding builds a new tensor.
@@ -293,9 +294,26 @@ fn main() {
     for (name, memcpys, bits) in results {
         println!("result codec={name} enc_dec_memcpy={memcpys:.2} bits_per_entry={bits:.4}");
     }
-    if only.is_some() {
+    if only.as_deref().is_some_and(|name| name != "spectral") {
         return;
     }
+    // An MLP layer's gradient, as the digits example's 64 × 256 first layer with its 2 atoms:
+    // one-sided Jacobi (preconditioned by a QR, the layer being 4× wider than tall).
+    let layer = gradient_data(64, 256);
+    let mut c = case(
+        "spectral",
+        Atomo::new(Spectral::full(), Budget::Atoms(2.0)).unwrap(),
+    );
+    let mut r = ChaCha8Rng::seed_from_u64(0);
+    let t = best(
+        || fresh(&layer),
+        |g| sync(&(c.decode)(&(c.encode)(g, &mut r))),
+        20,
+    );
+    println!(
+        "\nspectral ATOMO of a 64 × 256 MLP layer (2 atoms), full SVD, encode+decode: {:.3} ms",
+        t * 1e3
+    );
     println!("\nspectral ATOMO (budget 4 atoms) and PowerSGD, encode+decode:");
     for side in [512, 1024] {
         let m = gradient_data(side, side);

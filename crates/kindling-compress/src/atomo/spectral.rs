@@ -114,10 +114,10 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
 
 /// The full SVD of a row-major `rows × cols` matrix: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
 /// `k = min(rows, cols)`, σ descending, row-major f32. Up to [`JACOBI_MAX`] on the smaller side
-/// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]): robust on rank-deficient
-/// gradients (dead ReLU units give exact zero singular values, where QR-iteration SVDs can fail
-/// to converge); a zero singular value gets a zero singular vector, which ATOMO never sends (its
-/// probability is 0). Larger matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi
+/// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]; QR-preconditioned when one
+/// side is at least twice the other): robust on rank-deficient gradients (dead ReLU units give
+/// exact zero singular values, where QR-iteration SVDs can fail to converge); a zero singular
+/// value gets a zero singular vector, which ATOMO never sends (its probability is 0). Larger matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi
 /// is cubic per sweep), with Jacobi as the fallback should it not converge.
 fn full_svd(g: &[f32], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let jacobi = || {
@@ -175,35 +175,15 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
     let mut v: Vec<Vec<f64>> = (0..n)
         .map(|j| (0..n).map(|i| (i == j) as u8 as f64).collect())
         .collect();
-    // Each sweep takes the columns' squared norms once and updates them with each rotation;
-    // the dot products run in lanes, at the widest vector unit (the same sums on any).
+    // A tall A (m ≥ 2n, as an MLP layer's gradient or the randomized path's small B) is first
+    // reduced to its n × n triangle, A = QR (Householder): the rotations then run on columns of
+    // n entries instead of m, and A·V = Q·(R·V) afterwards (R-preconditioned Jacobi, as LAPACK's
+    // dgejsv).
     simd::wide!({
-        for _sweep in 0..60 {
-            let mut norms: Vec<f64> = a.iter().map(|col| dot(col, col)).collect();
-            let mut rotated = false;
-            for p in 0..n {
-                for q in p + 1..n {
-                    let (alpha, beta) = (norms[p], norms[q]);
-                    let gamma = dot(&a[p], &a[q]);
-                    if gamma.abs() <= 1e-15 * (alpha * beta).sqrt() || gamma == 0.0 {
-                        continue;
-                    }
-                    rotated = true;
-                    let zeta = (beta - alpha) / (2.0 * gamma);
-                    let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
-                    let t = if zeta == 0.0 { 1.0 } else { t };
-                    let c = 1.0 / (1.0 + t * t).sqrt();
-                    let s = c * t;
-                    rotate(&mut a, p, q, c, s);
-                    rotate(&mut v, p, q, c, s);
-                    let cross = 2.0 * c * s * gamma;
-                    norms[p] = c * c * alpha - cross + s * s * beta;
-                    norms[q] = s * s * alpha + cross + c * c * beta;
-                }
-            }
-            if !rotated {
-                break;
-            }
+        let reflectors = (m >= 2 * n).then(|| householder_qr(&mut a));
+        jacobi_sweeps(&mut a, &mut v);
+        if let Some(reflectors) = reflectors {
+            apply_q(&reflectors, &mut a, m);
         }
     });
     let sigma: Vec<f64> = a
@@ -241,6 +221,99 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
         .flat_map(|col| col.iter().map(|&x| x as f32))
         .collect();
     (u, order.iter().map(|&j| sigma[j] as f32).collect(), vt)
+}
+
+/// One-sided Jacobi: rotates pairs of columns of `a` (and the same pairs of `v`) until every
+/// pair is orthogonal to working precision. Each sweep takes the columns' squared norms once and
+/// updates them with each rotation; the dot products run in lanes (the same sums at any vector
+/// level).
+#[inline(always)]
+fn jacobi_sweeps(a: &mut [Vec<f64>], v: &mut [Vec<f64>]) {
+    let n = a.len();
+    for _sweep in 0..60 {
+        let mut norms: Vec<f64> = a.iter().map(|col| dot(col, col)).collect();
+        let mut rotated = false;
+        for p in 0..n {
+            for q in p + 1..n {
+                let (alpha, beta) = (norms[p], norms[q]);
+                let gamma = dot(&a[p], &a[q]);
+                if gamma.abs() <= 1e-15 * (alpha * beta).sqrt() || gamma == 0.0 {
+                    continue;
+                }
+                rotated = true;
+                let zeta = (beta - alpha) / (2.0 * gamma);
+                let t = zeta.signum() / (zeta.abs() + (1.0 + zeta * zeta).sqrt());
+                let t = if zeta == 0.0 { 1.0 } else { t };
+                let c = 1.0 / (1.0 + t * t).sqrt();
+                let s = c * t;
+                rotate(a, p, q, c, s);
+                rotate(v, p, q, c, s);
+                let cross = 2.0 * c * s * gamma;
+                norms[p] = c * c * alpha - cross + s * s * beta;
+                norms[q] = s * s * alpha + cross + c * c * beta;
+            }
+        }
+        if !rotated {
+            break;
+        }
+    }
+}
+
+/// Householder QR of the `m × n` matrix whose columns are `a` (m ≥ n): `a` becomes the columns
+/// of the `n × n` upper triangle R; returns the reflectors, `H_k = I − h_k·h_kᵀ` acting on
+/// entries `k..m` (empty where column k is already zero there: `H_k = I`), with
+/// `A = H_0·H_1·…·H_{n−1}·[R; 0]`.
+#[inline(always)]
+fn householder_qr(a: &mut [Vec<f64>]) -> Vec<Vec<f64>> {
+    let n = a.len();
+    let mut reflectors = Vec::with_capacity(n);
+    for k in 0..n {
+        let x = &a[k][k..];
+        let norm = dot(x, x).sqrt();
+        if norm == 0.0 {
+            reflectors.push(Vec::new());
+            continue;
+        }
+        // H·x = alpha·e₀ with alpha of the sign opposite to x₀ (no cancellation in h₀).
+        let alpha = if x[0] > 0.0 { -norm } else { norm };
+        let mut h = x.to_vec();
+        h[0] -= alpha;
+        let scale = (2.0 / dot(&h, &h)).sqrt();
+        h.iter_mut().for_each(|e| *e *= scale);
+        a[k][k] = alpha;
+        a[k][k + 1..].fill(0.0);
+        for col in &mut a[k + 1..] {
+            reflect(&h, &mut col[k..]);
+        }
+        reflectors.push(h);
+    }
+    for col in a.iter_mut() {
+        col.truncate(n);
+    }
+    reflectors
+}
+
+/// `y ← (I − h·hᵀ)·y`.
+#[inline(always)]
+fn reflect(h: &[f64], y: &mut [f64]) {
+    let d = dot(h, y);
+    for (y, &h) in y.iter_mut().zip(h) {
+        *y -= d * h;
+    }
+}
+
+/// Replaces each column `w` (n entries) of `cols` by `Q·[w; 0]` (m entries), Q the product of
+/// [`householder_qr`]'s reflectors.
+#[inline(always)]
+fn apply_q(reflectors: &[Vec<f64>], cols: &mut [Vec<f64>], m: usize) {
+    for w in cols.iter_mut() {
+        w.resize(m, 0.0);
+        for (k, h) in reflectors.iter().enumerate().rev() {
+            if !h.is_empty() {
+                reflect(h, &mut w[k..]);
+            }
+        }
+    }
 }
 
 /// `Σ x·y` in eight lanes, added up in lane order: it vectorises, and gives the same sum at
@@ -546,4 +619,99 @@ fn decode_host<S: Sink>(
         },
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A row-major `rows × cols` matrix of a fixed pseudo-random stream in [−1, 1).
+    fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f64> {
+        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+        (0..rows * cols)
+            .map(|_| {
+                state ^= state << 13;
+                state ^= state >> 7;
+                state ^= state << 17;
+                (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
+            })
+            .collect()
+    }
+
+    /// `jacobi_svd` against its definition: `U·diag(σ)·Vᵀ = G`, σ descending and equal to faer's,
+    /// orthonormal singular vectors where σ > 0. Tall and wide matrices take the QR-preconditioned
+    /// path (m ≥ 2n after orientation), square ones the plain rotations; the rank-deficient ones
+    /// have zero and repeated columns (dead and duplicate units), so some Householder steps meet
+    /// a column that is already zero.
+    #[test]
+    fn jacobi_svd_decomposes_tall_wide_square_and_rank_deficient_matrices() {
+        let deficient = |rows: usize, cols: usize| {
+            let mut g = matrix(rows, cols, 7);
+            for r in 0..rows {
+                g[r * cols + 1] = 0.0;
+                g[r * cols + 3] = g[r * cols];
+                g[r * cols + 5] = 2.0 * g[r * cols + 2] - g[r * cols + 4];
+            }
+            g
+        };
+        let cases = [
+            (256, 64, matrix(256, 64, 1)),
+            (64, 256, matrix(64, 256, 2)),
+            (1000, 3, matrix(1000, 3, 3)),
+            (50, 1, matrix(50, 1, 4)),
+            (48, 48, matrix(48, 48, 5)),
+            (200, 20, deficient(200, 20)),
+            (20, 200, {
+                let g = deficient(200, 20);
+                (0..20 * 200).map(|i| g[(i % 200) * 20 + i / 200]).collect()
+            }),
+            (30, 10, vec![0.0; 300]),
+        ];
+        for (rows, cols, g) in cases {
+            let (u, sigma, vt) = jacobi_svd(&g, rows, cols);
+            let k = rows.min(cols);
+            let name = format!("{rows} × {cols}");
+            assert!(
+                sigma.windows(2).all(|w| w[0] >= w[1]),
+                "{name}: σ not descending"
+            );
+            let scale = sigma[0].max(f32::MIN_POSITIVE) as f64;
+            for r in 0..rows {
+                for c in 0..cols {
+                    let x: f64 = (0..k)
+                        .map(|j| u[r * k + j] as f64 * sigma[j] as f64 * vt[j * cols + c] as f64)
+                        .sum();
+                    assert!(
+                        (x - g[r * cols + c]).abs() <= 1e-5 * scale,
+                        "{name}: entry ({r}, {c}) is {x}, not {}",
+                        g[r * cols + c]
+                    );
+                }
+            }
+            let g32: Vec<f32> = g.iter().map(|&x| x as f32).collect();
+            let faer = faer::MatRef::from_row_major_slice(&g32, rows, cols)
+                .singular_values()
+                .unwrap();
+            for (j, (&ours, &theirs)) in sigma.iter().zip(&faer).enumerate() {
+                assert!(
+                    (ours as f64 - theirs as f64).abs() <= 1e-5 * scale,
+                    "{name}: σ_{j} = {ours}, faer {theirs}"
+                );
+            }
+            let live: Vec<usize> = (0..k).filter(|&j| sigma[j] > 1e-6 * sigma[0]).collect();
+            for &p in &live {
+                for &q in &live {
+                    let uu: f64 = (0..rows)
+                        .map(|r| u[r * k + p] as f64 * u[r * k + q] as f64)
+                        .sum();
+                    let vv: f64 = (0..cols)
+                        .map(|c| vt[p * cols + c] as f64 * vt[q * cols + c] as f64)
+                        .sum();
+                    let want = (p == q) as u8 as f64;
+                    assert!((uu - want).abs() < 1e-5, "{name}: uᵀu[{p}, {q}] = {uu}");
+                    assert!((vv - want).abs() < 1e-5, "{name}: vᵀv[{p}, {q}] = {vv}");
+                }
+            }
+        }
+    }
 }
