@@ -268,19 +268,23 @@ fn householder_qr(a: &mut [Vec<f64>]) -> Vec<Vec<f64>> {
     let n = a.len();
     let mut reflectors = Vec::with_capacity(n);
     for k in 0..n {
+        // Built from x / max|x|: the reflector does not depend on x's scale, and a column of
+        // rounding residue (after the reflections of a rank-deficient matrix its entries reach
+        // ~1e-162) would otherwise square to zero and give an infinite scale.
         let x = &a[k][k..];
-        let norm = dot(x, x).sqrt();
-        if norm == 0.0 {
+        let big = x.iter().fold(0.0f64, |m, v| m.max(v.abs()));
+        if big == 0.0 {
             reflectors.push(Vec::new());
             continue;
         }
-        // H·x = alpha·e₀ with alpha of the sign opposite to x₀ (no cancellation in h₀).
-        let alpha = if x[0] > 0.0 { -norm } else { norm };
-        let mut h = x.to_vec();
+        let mut h: Vec<f64> = x.iter().map(|v| v / big).collect();
+        let norm = dot(&h, &h).sqrt();
+        // H·x = alpha·big·e₀ with alpha of the sign opposite to x₀ (no cancellation in h₀).
+        let alpha = if h[0] > 0.0 { -norm } else { norm };
         h[0] -= alpha;
         let scale = (2.0 / dot(&h, &h)).sqrt();
         h.iter_mut().for_each(|e| *e *= scale);
-        a[k][k] = alpha;
+        a[k][k] = alpha * big;
         a[k][k + 1..].fill(0.0);
         for col in &mut a[k + 1..] {
             reflect(&h, &mut col[k..]);
@@ -638,6 +642,46 @@ mod tests {
             .collect()
     }
 
+    /// `rows × cols` of rank `rank`: a product of two random factors (an outer-product sum, as a
+    /// linear layer's gradient over a batch).
+    fn low_rank(rows: usize, cols: usize, rank: usize) -> Vec<f64> {
+        let (x, y) = (matrix(rows, rank, 11), matrix(rank, cols, 12));
+        (0..rows * cols)
+            .map(|i| {
+                let (r, c) = (i / cols, i % cols);
+                (0..rank).map(|k| x[r * rank + k] * y[k * cols + c]).sum()
+            })
+            .collect()
+    }
+
+    /// A 64 × 256 linear layer's weight gradient `Xᵀ·Δ` over a batch of `batch`, summed in f32 as
+    /// a backward pass does: 29 of the 64 inputs are blank (zero, as the digits' edge pixels) and
+    /// 82 of the 256 units dead (zero deltas).
+    fn layer_gradient(batch: usize) -> Vec<f64> {
+        let (x, d) = (matrix(batch, 64, 21), matrix(batch, 256, 22));
+        let mut g = vec![0.0; 64 * 256];
+        for i in (0..64).filter(|i| i % 2 == 1 || *i < 6) {
+            for u in (0..256).filter(|u| u % 3 != 0 || *u < 12) {
+                let sum: f32 = (0..batch)
+                    .map(|b| x[b * 64 + i] as f32 * d[b * 256 + u] as f32)
+                    .sum();
+                g[i * 256 + u] = sum as f64;
+            }
+        }
+        g
+    }
+
+    /// A real one: the digits MLP's first-layer gradient (64 inputs × 256 hidden units, batch 16,
+    /// 35 blank inputs and 81 dead units) from `data-parallel --protocol atomo --hidden 256`,
+    /// little-endian f32. Its QR meets a column of rounding residue near 1e-162, on which a
+    /// reflector built without rescaling was NaN (training then failed in epoch 2).
+    fn digits_layer_gradient() -> Vec<f64> {
+        include_bytes!("../../tests/data/digits-mlp-layer-gradient-64x256.f32")
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")) as f64)
+            .collect()
+    }
+
     /// `jacobi_svd` against its definition: `U·diag(σ)·Vᵀ = G`, σ descending and equal to faer's,
     /// orthonormal singular vectors where σ > 0. Tall and wide matrices take the QR-preconditioned
     /// path (m ≥ 2n after orientation), square ones the plain rotations; the rank-deficient ones
@@ -666,11 +710,23 @@ mod tests {
                 (0..20 * 200).map(|i| g[(i % 200) * 20 + i / 200]).collect()
             }),
             (30, 10, vec![0.0; 300]),
+            // A linear layer's gradient over a batch of 16: rank 16 of 64; then also with the
+            // zero rows and columns of blank pixels and dead units, whose rounding residue
+            // after a few reflections is ~1e-162 (a reflector built from it unscaled is NaN).
+            (64, 256, low_rank(64, 256, 16)),
+            (256, 64, low_rank(256, 64, 16)),
+            (64, 256, layer_gradient(16)),
+            (64, 256, layer_gradient(4)),
+            (64, 256, digits_layer_gradient()),
         ];
         for (rows, cols, g) in cases {
             let (u, sigma, vt) = jacobi_svd(&g, rows, cols);
             let k = rows.min(cols);
             let name = format!("{rows} × {cols}");
+            assert!(
+                u.iter().chain(&sigma).chain(&vt).all(|x| x.is_finite()),
+                "{name}: non-finite output"
+            );
             assert!(
                 sigma.windows(2).all(|w| w[0] >= w[1]),
                 "{name}: σ not descending"
