@@ -728,14 +728,9 @@ mod tests {
     use super::*;
 
     fn signal(n: usize, seed: u64) -> Vec<f32> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..n)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-            })
+        crate::test_stream::xorshift(seed)
+            .take(n)
+            .map(|state| (state >> 40) as f32 / (1u64 << 24) as f32 - 0.5)
             .collect()
     }
 

@@ -83,6 +83,8 @@ mod sign;
 mod simd;
 mod sparse;
 mod terngrad;
+#[cfg(test)]
+mod test_stream;
 
 /// The `rand` the codecs take their randomness from (burn 0.22's, 0.10), re-exported so a seeded
 /// generator never needs a version matched by hand: `kindling_compress::rand::rngs::ChaCha8Rng`.

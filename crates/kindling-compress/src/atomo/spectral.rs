@@ -631,14 +631,9 @@ mod tests {
 
     /// A row-major `rows × cols` matrix of a fixed pseudo-random stream in [−1, 1).
     fn matrix(rows: usize, cols: usize, seed: u64) -> Vec<f64> {
-        let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-        (0..rows * cols)
-            .map(|_| {
-                state ^= state << 13;
-                state ^= state >> 7;
-                state ^= state << 17;
-                (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0
-            })
+        crate::test_stream::xorshift(seed)
+            .take(rows * cols)
+            .map(|state| (state >> 11) as f64 / (1u64 << 52) as f64 - 1.0)
             .collect()
     }
 
