@@ -117,8 +117,9 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
 /// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]; QR-preconditioned when one
 /// side is at least twice the other): robust on rank-deficient gradients (dead ReLU units give
 /// exact zero singular values, where QR-iteration SVDs can fail to converge); a zero singular
-/// value gets a zero singular vector, which ATOMO never sends (its probability is 0). Larger matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi
-/// is cubic per sweep), with Jacobi as the fallback should it not converge.
+/// value gets a zero singular vector, which ATOMO never sends (its probability is 0). Larger
+/// matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi is cubic per sweep), with
+/// Jacobi as the fallback should it not converge.
 fn full_svd(g: &[f32], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let jacobi = || {
         let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
@@ -179,16 +180,20 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
     // reduced to its n × n triangle, A = QR (Householder): the rotations then run on columns of
     // n entries instead of m, and A·V = Q·(R·V) afterwards (R-preconditioned Jacobi, as LAPACK's
     // dgejsv).
-    simd::wide!({
+    let residue = simd::wide!({
         let reflectors = (m >= 2 * n).then(|| householder_qr(&mut a));
-        jacobi_sweeps(&mut a, &mut v);
+        let residue = jacobi_sweeps(&mut a, &mut v);
         if let Some(reflectors) = reflectors {
             apply_q(&reflectors, &mut a, m);
         }
+        residue
     });
+    // A column left at rounding residue is a zero singular value, as the larger matrices' SVD
+    // cuts at its numerical rank: ATOMO never sends its noise direction.
     let sigma: Vec<f64> = a
         .iter()
         .map(|col| col.iter().map(|x| x * x).sum::<f64>().sqrt())
+        .map(|s| if s <= residue { 0.0 } else { s })
         .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| sigma[y].total_cmp(&sigma[x]));
@@ -227,15 +232,34 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
 /// pair is orthogonal to working precision. Each sweep takes the columns' squared norms once and
 /// updates them with each rotation; the dot products run in lanes (the same sums at any vector
 /// level).
+///
+/// A column whose norm is below the matrix's own f64 rounding (`len·ε·` the largest column norm)
+/// is rounding residue, as a rank-deficient gradient leaves (a linear layer's over a batch of 16
+/// has rank ≤ 16): it is not rotated. Rotating residue only moves residue, and took up to 16
+/// sweeps where a full-rank matrix takes 9. `A·V` stays exact (`V` is still a product of
+/// rotations). Returns that bound on a residue column's norm: the caller counts those columns'
+/// singular values as zeros.
 #[inline(always)]
-fn jacobi_sweeps(a: &mut [Vec<f64>], v: &mut [Vec<f64>]) {
+fn jacobi_sweeps(a: &mut [Vec<f64>], v: &mut [Vec<f64>]) -> f64 {
     let n = a.len();
+    let residue = {
+        let len = a.first().map_or(0, Vec::len) as f64;
+        let largest = a.iter().map(|col| dot(col, col)).fold(0.0, f64::max);
+        len * f64::EPSILON * largest.sqrt()
+    };
+    let floor = residue * residue;
     for _sweep in 0..60 {
         let mut norms: Vec<f64> = a.iter().map(|col| dot(col, col)).collect();
         let mut rotated = false;
         for p in 0..n {
+            if norms[p] <= floor {
+                continue;
+            }
             for q in p + 1..n {
                 let (alpha, beta) = (norms[p], norms[q]);
+                if beta <= floor {
+                    continue;
+                }
                 let gamma = dot(&a[p], &a[q]);
                 if gamma.abs() <= 1e-15 * (alpha * beta).sqrt() || gamma == 0.0 {
                     continue;
@@ -257,6 +281,7 @@ fn jacobi_sweeps(a: &mut [Vec<f64>], v: &mut [Vec<f64>]) {
             break;
         }
     }
+    residue
 }
 
 /// Householder QR of the `m × n` matrix whose columns are `a` (m ≥ n): `a` becomes the columns
