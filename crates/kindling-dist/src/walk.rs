@@ -57,8 +57,8 @@ pub(crate) trait Decode: Sync {
 
 /// Decodes a bucket's parameters with `op`, in the bucket's order: for a [`Decode::PARALLEL`]
 /// op on the host in parallel (rayon, one task per parameter; each codec's kernels then run
-/// inside the pool, with no hand-off from this thread per call), otherwise one by one. The first error in bucket order is
-/// returned; the time goes on the op's decode clock.
+/// inside the pool, with no hand-off from this thread per call), otherwise one by one. The first
+/// error in bucket order is returned; the time goes on the op's decode clock.
 fn decode_parallel<O: Decode>(
     op: &mut O,
     parts: Vec<(&Meta, Exchanged<'_>)>,
