@@ -6,7 +6,8 @@
 //! rows run the bucketed protocols with one collective per tensor (buckets of 1 byte) instead of
 //! one per 25 MiB bucket.
 //!
-//! Every row runs at three links: `memory` (the plain group: collectives cost their copies), and
+//! Every row runs at three links: `memory` (the plain group: collectives cost their copies, and
+//! each payload is decoded by one rank and shared, see `Communicator::shares_memory`), and
 //! `10gbit` and `1gbit` (an emulated link, [`run_workers_emulating`], 50 µs latency: each
 //! collective also takes the time that link would take to move its bytes, during which encoding
 //! and decoding go on). In memory a codec's work has no wire time to win back; on a link it

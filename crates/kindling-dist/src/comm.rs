@@ -1,6 +1,7 @@
 //! Transports: how workers exchange bytes and floats. A [`Communicator`] is one rank's handle on
 //! a group; every collective is called by every rank, in the same order.
 
+use std::any::Any;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
@@ -102,6 +103,10 @@ impl<'a> Received<'a> {
     }
 }
 
+/// A value one rank hands to the others of a group in one address space
+/// ([`Communicator::share`]); the receiver downcasts it to the type it expects.
+pub type Shared = Arc<dyn Any + Send + Sync>;
+
 /// Collectives over a group of workers (in-process threads, MPI processes, …).
 ///
 /// Byte counts follow the transport's real traffic model: all-gather sends this rank's payload to
@@ -140,6 +145,26 @@ pub trait Communicator: Send {
     /// for transports whose peers notice a departure on their own.
     fn fail(&mut self, reason: &str) {
         let _ = reason;
+    }
+
+    /// Whether every rank lives in this process's address space, so that ranks can hand each
+    /// other values with [`share`](Communicator::share) instead of sending copies. The trainers
+    /// use it to decode each payload once per group rather than once per rank. False by default;
+    /// a plain [`LocalGroup`] says true, an [emulated](LocalGroup::emulating) one false (it
+    /// keeps a cluster's costs, where every rank decodes every payload).
+    fn shares_memory(&self) -> bool {
+        false
+    }
+
+    /// Every rank's `value`, in rank order, handed over without a copy, for transports that
+    /// [share memory](Communicator::shares_memory). It is tagged and checked as a collective
+    /// (every rank must call it at the same point), but moves no bytes over a network, so it
+    /// adds nothing to [`Traffic`]. The default refuses.
+    fn share(&mut self, value: Shared) -> Result<Vec<Shared>, DistError> {
+        let _ = value;
+        Err(DistError::Protocol(
+            "this transport does not share memory between its ranks".into(),
+        ))
     }
 
     /// Element-wise mean over all ranks, in place.
@@ -184,6 +209,12 @@ impl<C: Communicator + ?Sized> Communicator for &mut C {
     fn fail(&mut self, reason: &str) {
         (**self).fail(reason)
     }
+    fn shares_memory(&self) -> bool {
+        (**self).shares_memory()
+    }
+    fn share(&mut self, value: Shared) -> Result<Vec<Shared>, DistError> {
+        (**self).share(value)
+    }
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
         (**self).broadcast(bytes, root)
     }
@@ -208,7 +239,7 @@ pub(crate) fn rounds(kind: Kind, world: usize) -> u64 {
     let hops = world.saturating_sub(1) as u64;
     match kind {
         Kind::AllReduce { .. } => 2 * hops,
-        Kind::AllReduceShares { .. } => 0,
+        Kind::AllReduceShares { .. } | Kind::Share => 0,
         Kind::AllGather | Kind::Broadcast { .. } | Kind::Barrier => hops,
     }
 }
@@ -246,6 +277,8 @@ pub(crate) enum Kind {
         root: u64,
     },
     Barrier,
+    /// Values handed over in memory ([`Communicator::share`]).
+    Share,
 }
 
 impl std::fmt::Display for Tag {
@@ -258,6 +291,7 @@ impl std::fmt::Display for Tag {
             Kind::AllGather => write!(f, "an all-gather")?,
             Kind::Broadcast { root } => write!(f, "a broadcast from rank {root}")?,
             Kind::Barrier => write!(f, "a barrier")?,
+            Kind::Share => write!(f, "a share in memory")?,
         }
         write!(f, " as its collective #{}", self.sequence)
     }
@@ -277,6 +311,14 @@ pub(crate) fn check_tags(tags: &[Option<Tag>]) -> Result<(), DistError> {
     }
 }
 
+/// What a rank puts into a [`LocalGroup`] round.
+enum Deposit {
+    Nothing,
+    Bytes(Vec<u8>),
+    Floats(Vec<f32>),
+    Value(Shared),
+}
+
 /// One collective round of a [`LocalGroup`]: every rank deposits, then every rank reads.
 struct Round {
     generation: u64,
@@ -286,12 +328,13 @@ struct Round {
     /// Shared, so that each rank copies or sums them after leaving the lock.
     slots: Vec<Option<Arc<Vec<u8>>>>,
     floats: Vec<Option<Arc<Vec<f32>>>>,
+    values: Vec<Option<Shared>>,
     failed: Option<String>,
     /// When the last rank deposited: the emulated link starts moving the round's data then.
     completed: Instant,
 }
 
-struct Shared {
+struct Rendezvous {
     round: Mutex<Round>,
     changed: Condvar,
     timeout: Duration,
@@ -311,6 +354,11 @@ struct Shared {
 /// collective ahead) get a [`DistError::Protocol`] naming rank 0's call and the first rank
 /// whose call differs, on every rank, and no data is combined.
 ///
+/// **Shared memory.** The ranks of a plain group live in one process, so they
+/// [share memory](Communicator::shares_memory): the protocols that decode codecs (the gathered
+/// ones and TernGrad) decode each tensor's payloads on one rank and hand the result to the
+/// others ([`share`](Communicator::share)), rather than every rank decoding every payload.
+///
 /// **Emulated links.** A group made with [`emulating`](LocalGroup::emulating) also takes, for
 /// every collective, the time a real link would: each rank returns no earlier than
 /// [`NetworkModel::seconds_sent`] of the collective's busiest link (the most bytes any rank
@@ -321,7 +369,7 @@ struct Shared {
 /// has a core per worker).
 pub struct LocalGroup {
     rank: usize,
-    shared: Arc<Shared>,
+    shared: Arc<Rendezvous>,
     sequence: AtomicU64,
     collectives: AtomicU64,
     rounds: AtomicU64,
@@ -357,7 +405,7 @@ impl LocalGroup {
                 "a group needs at least one worker".into(),
             ));
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Rendezvous {
             round: Mutex::new(Round {
                 generation: 0,
                 deposited: 0,
@@ -365,6 +413,7 @@ impl LocalGroup {
                 tags: vec![None; world],
                 slots: vec![None; world],
                 floats: vec![None; world],
+                values: vec![None; world],
                 failed: None,
                 completed: Instant::now(),
             }),
@@ -406,7 +455,7 @@ impl LocalGroup {
 /// Aborts a [`LocalGroup`] from outside a worker (for example after it panicked).
 pub struct Aborter {
     rank: usize,
-    shared: Arc<Shared>,
+    shared: Arc<Rendezvous>,
 }
 
 impl Aborter {
@@ -439,15 +488,15 @@ impl LocalGroup {
     fn exchange<T>(
         &self,
         kind: Kind,
-        bytes: Option<Vec<u8>>,
-        floats: Option<Vec<f32>>,
+        deposit: Deposit,
         read: impl FnOnce(&Round) -> T,
     ) -> Result<(T, Instant), DistError> {
         let tag = Tag {
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed),
             kind,
         };
-        if !matches!(kind, Kind::AllReduceShares { .. }) {
+        // An all-reduce's second round is inside its count; a share is not a network collective.
+        if !matches!(kind, Kind::AllReduceShares { .. } | Kind::Share) {
             self.collectives.fetch_add(1, Ordering::Relaxed);
         }
         self.rounds
@@ -464,8 +513,12 @@ impl LocalGroup {
         }
         let generation = round.generation;
         round.tags[self.rank] = Some(tag);
-        round.slots[self.rank] = bytes.map(Arc::new);
-        round.floats[self.rank] = floats.map(Arc::new);
+        match deposit {
+            Deposit::Nothing => {}
+            Deposit::Bytes(bytes) => round.slots[self.rank] = Some(Arc::new(bytes)),
+            Deposit::Floats(floats) => round.floats[self.rank] = Some(Arc::new(floats)),
+            Deposit::Value(value) => round.values[self.rank] = Some(value),
+        }
         round.deposited += 1;
         if round.deposited == shared.world {
             round.generation += 1;
@@ -490,6 +543,7 @@ impl LocalGroup {
             round.tags.iter_mut().for_each(|t| *t = None);
             round.slots.iter_mut().for_each(|s| *s = None);
             round.floats.iter_mut().for_each(|s| *s = None);
+            round.values.iter_mut().for_each(|s| *s = None);
             shared.changed.notify_all();
         }
         match (mismatch, out) {
@@ -513,7 +567,7 @@ impl LocalGroup {
 }
 
 fn wait<'a>(
-    shared: &Shared,
+    shared: &Rendezvous,
     guard: std::sync::MutexGuard<'a, Round>,
     deadline: Instant,
     rank: usize,
@@ -574,7 +628,7 @@ impl Communicator for LocalGroup {
         // every rank holds bit-identical sums (the tags checked the lengths).
         let (n, world) = (values.len(), self.shared.world);
         let kind = Kind::AllReduce { len: n as u64 };
-        let (all, joined) = self.exchange(kind, None, Some(values.to_vec()), |round| {
+        let (all, joined) = self.exchange(kind, Deposit::Floats(values.to_vec()), |round| {
             round.floats.clone()
         })?;
         let share = |r: usize| r * n / world..(r + 1) * n / world;
@@ -587,8 +641,9 @@ impl Communicator for LocalGroup {
         }
         drop(all);
         let shares_kind = Kind::AllReduceShares { len: n as u64 };
-        let (shares, _) =
-            self.exchange(shares_kind, None, Some(sum), |round| round.floats.clone())?;
+        let (shares, _) = self.exchange(shares_kind, Deposit::Floats(sum), |round| {
+            round.floats.clone()
+        })?;
         for (r, part) in shares.iter().enumerate() {
             if let Some(part) = part {
                 values[share(r)].copy_from_slice(part);
@@ -606,7 +661,7 @@ impl Communicator for LocalGroup {
             std::mem::take(&mut self.gathered),
             std::mem::take(&mut self.ends),
         );
-        let outcome = self.exchange(Kind::AllGather, Some(payload.to_vec()), None, |round| {
+        let outcome = self.exchange(Kind::AllGather, Deposit::Bytes(payload.to_vec()), |round| {
             round.slots.clone()
         });
         // Copied outside the lock, every rank at once.
@@ -644,15 +699,33 @@ impl Communicator for LocalGroup {
         self.abort(reason);
     }
 
+    /// True unless the group [emulates a link](LocalGroup::emulating).
+    fn shares_memory(&self) -> bool {
+        self.shared.link.is_none()
+    }
+
+    fn share(&mut self, value: Shared) -> Result<Vec<Shared>, DistError> {
+        let (values, _) = self.exchange(Kind::Share, Deposit::Value(value), |round| {
+            round.values.clone()
+        })?;
+        Ok(values
+            .into_iter()
+            .map(|v| v.expect("every rank deposits a value in a share"))
+            .collect())
+    }
+
     fn broadcast(&mut self, bytes: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
         if root >= self.shared.world {
             return Err(DistError::InvalidConfig(format!(
                 "broadcast root {root} outside the group"
             )));
         }
-        let mine = (self.rank == root).then_some(bytes);
+        let mine = match self.rank == root {
+            true => Deposit::Bytes(bytes),
+            false => Deposit::Nothing,
+        };
         let kind = Kind::Broadcast { root: root as u64 };
-        let (out, joined) = self.exchange(kind, mine, None, |round| round.slots[root].clone())?;
+        let (out, joined) = self.exchange(kind, mine, |round| round.slots[root].clone())?;
         let out = out.map_or_else(Vec::new, |b| b.as_ref().clone());
         // The root sends the bytes to every peer: its link is the busiest.
         let root_sent = out.len() as u64 * (self.shared.world as u64 - 1);
@@ -666,7 +739,7 @@ impl Communicator for LocalGroup {
     }
 
     fn barrier(&mut self) -> Result<(), DistError> {
-        let ((), joined) = self.exchange(Kind::Barrier, None, None, |_| ())?;
+        let ((), joined) = self.exchange(Kind::Barrier, Deposit::Nothing, |_| ())?;
         self.wire(Kind::Barrier, joined, || 0);
         Ok(())
     }

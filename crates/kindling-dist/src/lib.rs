@@ -64,7 +64,7 @@ mod train;
 mod walk;
 
 pub use checkpoint::ReducerCheckpoint;
-pub use comm::{Aborter, Communicator, LocalGroup, Received, Traffic};
+pub use comm::{Aborter, Communicator, LocalGroup, Received, Shared, Traffic};
 pub use error::DistError;
 #[cfg(feature = "mpi")]
 #[cfg_attr(docsrs, doc(cfg(feature = "mpi")))]

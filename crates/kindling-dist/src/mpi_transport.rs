@@ -462,6 +462,7 @@ impl Tag {
             Kind::Broadcast { root } => (3, root),
             Kind::Barrier => (4, 0),
             Kind::AllReduceShares { len } => (5, len),
+            Kind::Share => (6, 0),
         };
         [self.sequence, kind, arg, len]
     }
@@ -473,6 +474,7 @@ impl Tag {
             (3, root) => Kind::Broadcast { root },
             (4, 0) => Kind::Barrier,
             (5, len) => Kind::AllReduceShares { len },
+            (6, 0) => Kind::Share,
             _ => return None,
         };
         Some(Self {

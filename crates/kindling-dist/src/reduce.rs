@@ -327,7 +327,9 @@ fn decompress_flat<C: Compressor>(
 /// per parameter, so stateful codecs ([`ErrorFeedback`](kindling_compress::ErrorFeedback)) keep
 /// one residual per parameter. The payloads of a step travel in buckets of
 /// [`DEFAULT_BUCKET_BYTES`] (one all-gather per bucket, each payload framed by its length); the
-/// result is the same whatever the bucket size.
+/// result is the same whatever the bucket size. In a group whose ranks
+/// [share memory](Communicator::shares_memory) each tensor's payloads are decoded by one rank
+/// and the mean handed to the others, with the same bits.
 #[derive(Debug, Clone)]
 pub struct Gathered<C> {
     prototype: C,

@@ -2,14 +2,14 @@
 //! gradient encoded, the parts exchanged in buckets, the agreed gradients put back in shape.
 
 use std::collections::VecDeque;
-use std::sync::mpsc;
+use std::sync::{Arc, mpsc};
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor};
 
-use crate::{Communicator, DistError, Received};
+use crate::{Communicator, DistError, Received, Shared};
 
 /// What one rank contributes for one parameter to a bucketed exchange.
 pub(crate) enum Part {
@@ -230,17 +230,23 @@ pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     Ok((assemble(module, decoded), exchange))
 }
 
-/// A bucket on its way to the communication thread.
+/// A bucket (or this rank's decoded share of one) on its way to the communication thread.
 enum Outgoing {
     Floats(Vec<f32>),
     Bytes(Vec<u8>),
+    Share(Shared),
 }
 
 /// A bucket back from it.
 enum Incoming {
     Mean(Vec<f32>),
     Gathered { bytes: Vec<u8>, ends: Vec<usize> },
+    Shares(Vec<Shared>),
 }
+
+/// One rank's decoded share of a bucket: its parameters' gradients in bucket order, or why it
+/// could not decode them (the same error then ends the step on every rank).
+type DecodedShare = Result<Vec<Tensor<1>>, DistError>;
 
 /// The first bucket of a step closes at 1 MiB of gradient (or the bucket size, if smaller), as
 /// PyTorch DDP's first bucket: the wire starts while most of the model is still being encoded.
@@ -341,6 +347,14 @@ fn part_bytes(part: &Part) -> usize {
 /// A bucket of payloads travels as one all-gather message per rank; every rank's message is
 /// split back with bounds checked, and a message that does not hold exactly the bucket's
 /// payloads is a decode error naming its rank.
+///
+/// **Shared decoding.** Where the ranks [share memory](Communicator::shares_memory) (a plain
+/// [`LocalGroup`](crate::LocalGroup)) and a [`Decode::PARALLEL`] op decodes host tensors, each
+/// rank decodes only its share of a bucket's parameters (split by size, [`owners`]), and the
+/// decoded gradients are handed to every rank by a [`share`](Communicator::share) queued after
+/// the step's buckets: each payload is decoded once per group instead of once per rank, and the
+/// result is the same bits. A rank that cannot decode its share puts the error in it, so every
+/// rank ends the step with the same error.
 pub(crate) fn pipeline<O: Decode>(
     comm: &mut dyn Communicator,
     op: &mut O,
@@ -351,6 +365,8 @@ pub(crate) fn pipeline<O: Decode>(
         &mut dyn FnMut(Entry) -> Result<(), DistError>,
     ) -> Result<(), DistError>,
 ) -> Result<Vec<Option<Tensor<1>>>, DistError> {
+    let (rank, world) = (comm.rank(), comm.world_size());
+    let shares = O::PARALLEL && world > 1 && comm.shares_memory();
     std::thread::scope(|scope| {
         let (jobs, queue) = mpsc::channel::<Outgoing>();
         let (done, results) = mpsc::channel::<Result<Incoming, DistError>>();
@@ -372,15 +388,35 @@ pub(crate) fn pipeline<O: Decode>(
         let Packer {
             in_flight, jobs, ..
         } = packer;
-        // No more buckets: the thread ends after the ones in flight.
-        drop(jobs);
         let mut decoded: Vec<Option<Tensor<1>>> = Vec::new();
+        let receive = || {
+            results
+                .recv()
+                .map_err(|_| DistError::Protocol("the communication thread ended early".into()))?
+        };
         let outcome = produced.and_then(|()| {
+            let mut sharing = VecDeque::new();
             for metas in in_flight {
-                let incoming = results.recv().map_err(|_| {
-                    DistError::Protocol("the communication thread ended early".into())
-                })??;
-                decode_bucket(&metas, incoming, op, &mut decoded)?;
+                match receive()? {
+                    Incoming::Gathered { bytes, ends } if shares && on_host(&metas) => {
+                        let owners = owners(&metas, world);
+                        let mine: DecodedShare =
+                            decode_share(&metas, &owners, rank, bytes, &ends, op);
+                        jobs.send(Outgoing::Share(Arc::new(mine))).map_err(|_| {
+                            DistError::Protocol("the communication thread ended early".into())
+                        })?;
+                        sharing.push_back((metas, owners));
+                    }
+                    incoming => decode_bucket(&metas, incoming, op, &mut decoded)?,
+                }
+            }
+            // No more jobs: the thread ends after the ones in flight.
+            drop(jobs);
+            for (metas, owners) in sharing {
+                let Incoming::Shares(all) = receive()? else {
+                    unreachable!("shares come back after the step's buckets")
+                };
+                place_shares(&metas, &owners, &all, &mut decoded)?;
             }
             Ok(())
         });
@@ -413,6 +449,7 @@ fn serve(
                 let (bytes, ends) = all.to_parts();
                 Incoming::Gathered { bytes, ends }
             }),
+            Outgoing::Share(mine) => comm.share(mine).map(Incoming::Shares),
         };
         spent += start.elapsed();
         let failed = result.is_err();
@@ -421,6 +458,92 @@ fn serve(
         }
     }
     spent
+}
+
+/// Whether every parameter of a bucket lives on a host device.
+fn on_host(metas: &[Meta]) -> bool {
+    metas
+        .iter()
+        .all(|meta| kindling_compress::is_host_device(&meta.device))
+}
+
+/// Which rank decodes each parameter of a bucket in a shared decode: the largest first, each to
+/// the rank with the fewest entries so far (the lowest such rank on ties), so the ranks' shares
+/// weigh about the same. The same on every rank.
+fn owners(metas: &[Meta], world: usize) -> Vec<usize> {
+    let entries = |k: usize| metas[k].dims.iter().product::<usize>();
+    let mut order: Vec<usize> = (0..metas.len()).collect();
+    order.sort_by_key(|&k| (std::cmp::Reverse(entries(k)), k));
+    let mut load = vec![0usize; world];
+    let mut owners = vec![0; metas.len()];
+    for k in order {
+        let least = (0..world).min_by_key(|&r| (load[r], r)).expect("a rank");
+        owners[k] = least;
+        load[least] += entries(k);
+    }
+    owners
+}
+
+/// Rank `rank`'s share of a gathered bucket: every rank's message split (so a malformed one is
+/// found by every rank alike), then the parameters `owners` gives this rank decoded.
+fn decode_share<O: Decode>(
+    metas: &[Meta],
+    owners: &[usize],
+    rank: usize,
+    bytes: Vec<u8>,
+    ends: &[usize],
+    op: &mut O,
+) -> DecodedShare {
+    let received = Received::new(&bytes, ends).expect("ends are the running sum");
+    let per_rank = received
+        .iter()
+        .enumerate()
+        .map(|(sender, m)| split_message(m, metas, sender))
+        .collect::<Result<Vec<_>, DistError>>()?;
+    let parts = metas
+        .iter()
+        .enumerate()
+        .filter(|&(k, _)| owners[k] == rank)
+        .map(|(k, meta)| {
+            let payloads = per_rank.iter().map(|parts| parts[k]).collect();
+            (meta, Exchanged::Gathered(payloads))
+        })
+        .collect();
+    decode_parallel(op, parts)
+}
+
+/// Every rank's decoded share of a bucket put in `decoded`; the first rank's error (in rank
+/// order) if any share holds one, so that every rank returns the same error.
+fn place_shares(
+    metas: &[Meta],
+    owners: &[usize],
+    all: &[Shared],
+    decoded: &mut Vec<Option<Tensor<1>>>,
+) -> Result<(), DistError> {
+    let shares = all
+        .iter()
+        .map(|share| {
+            share.downcast_ref::<DecodedShare>().ok_or_else(|| {
+                DistError::Protocol("a rank shared something other than decoded gradients".into())
+            })
+        })
+        .collect::<Result<Vec<_>, DistError>>()?;
+    let mut tensors = Vec::with_capacity(shares.len());
+    for share in shares {
+        tensors.push(share.as_ref().map_err(Clone::clone)?.iter());
+    }
+    for (meta, &owner) in metas.iter().zip(owners) {
+        let t = tensors[owner].next().ok_or_else(|| {
+            DistError::Protocol(format!(
+                "rank {owner} shared fewer decoded gradients than it owns"
+            ))
+        })?;
+        if decoded.len() <= meta.index {
+            decoded.resize_with(meta.index + 1, || None);
+        }
+        decoded[meta.index] = Some(t.clone());
+    }
+    Ok(())
 }
 
 /// Decodes each parameter of one bucket into `decoded` (grown as needed).
@@ -444,6 +567,7 @@ fn decode_bucket<O: Decode>(
                 .collect();
             decode_parallel(op, parts)?
         }
+        Incoming::Shares(_) => unreachable!("shares are placed by place_shares"),
         Incoming::Gathered { bytes, ends } => {
             let received = Received::new(&bytes, &ends).expect("ends are the running sum");
             let per_rank = received

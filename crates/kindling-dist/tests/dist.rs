@@ -877,3 +877,107 @@ fn a_corrupt_shared_scale_names_its_sender() {
         );
     }
 }
+
+/// QSGD that counts the payloads it decodes (shared by its clones).
+#[derive(Debug, Clone)]
+struct Counted {
+    inner: Qsgd,
+    decodes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Counted {
+    fn count(&self) {
+        self.decodes
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+impl kindling_compress::Compressor for Counted {
+    fn codec(&self) -> kindling_compress::CodecId {
+        self.inner.codec()
+    }
+    fn is_unbiased(&self) -> bool {
+        self.inner.is_unbiased()
+    }
+    fn compress<const D: usize>(
+        &mut self,
+        grad: Tensor<D>,
+        rng: &mut dyn kindling_compress::rand::Rng,
+    ) -> Result<kindling_compress::Payload, kindling_compress::CompressError> {
+        self.inner.compress(grad, rng)
+    }
+    fn decompress<const D: usize>(
+        &self,
+        payload: &kindling_compress::Payload,
+        device: &burn::tensor::Device,
+    ) -> Result<Tensor<D>, kindling_compress::DecodeError> {
+        self.count();
+        self.inner.decompress(payload, device)
+    }
+    fn decode_into(
+        &self,
+        payload: &kindling_compress::PayloadRef<'_>,
+        out: &mut [f32],
+    ) -> Result<(), kindling_compress::DecodeError> {
+        self.count();
+        self.inner.decode_into(payload, out)
+    }
+    fn decode_add(
+        &self,
+        payload: &kindling_compress::PayloadRef<'_>,
+        weight: f32,
+        out: &mut [f32],
+    ) -> Result<(), kindling_compress::DecodeError> {
+        self.count();
+        self.inner.decode_add(payload, weight, out)
+    }
+}
+
+/// In a group that shares memory (a plain `LocalGroup`) each payload is decoded by one rank
+/// and handed to the others, so a step decodes W payloads per parameter instead of W²; the
+/// replicas are the same bits as a cluster's, where every rank decodes every payload (an
+/// emulated link), for a gathered codec and for TernGrad.
+#[test]
+fn a_shared_memory_group_decodes_each_payload_once() {
+    const WORLD: usize = 4;
+    const STEPS: usize = 3;
+    fn train<R: Reducer + 'static>(
+        emulated: bool,
+        make: impl Fn() -> R + Send + Sync + 'static,
+    ) -> Vec<Vec<u64>> {
+        let (data, test) = shards(WORLD);
+        let work = move |g: LocalGroup| {
+            assert_eq!(g.shares_memory(), !emulated);
+            train_rank(g, make(), &data, &test, STEPS, 0.1, sgd(), no_tamper).map(|r| r.0)
+        };
+        let link = NetworkModel::new(WORLD, 1e12, 0.0, Topology::AllGather).unwrap();
+        match emulated {
+            false => run_workers(WORLD, TIMEOUT, work),
+            true => run_workers_emulating(link, TIMEOUT, work),
+        }
+        .unwrap()
+    }
+    // The MLP's two weights and two biases.
+    let params = 4;
+    let mut prints = Vec::new();
+    for (emulated, decodes_per_param) in [(false, WORLD), (true, WORLD * WORLD)] {
+        let decodes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = decodes.clone();
+        let qsgd = train(emulated, move || {
+            Gathered::new(Counted {
+                inner: Qsgd::new(4).unwrap(),
+                decodes: counted.clone(),
+            })
+        });
+        assert!(qsgd.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+        assert_eq!(
+            decodes.load(std::sync::atomic::Ordering::Relaxed),
+            STEPS * params * decodes_per_param,
+            "emulated: {emulated}"
+        );
+        let terngrad = train(emulated, || TernGradShared::new(TernGrad::new()));
+        assert!(terngrad.windows(2).all(|w| w[0] == w[1]), "replicas differ");
+        prints.push((qsgd[0].clone(), terngrad[0].clone()));
+    }
+    assert_eq!(prints[0], prints[1], "shared decoding changed the result");
+}

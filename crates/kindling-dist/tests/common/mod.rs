@@ -84,6 +84,12 @@ impl<C: Communicator> Communicator for Corrupting<C> {
     fn fail(&mut self, reason: &str) {
         self.inner.fail(reason)
     }
+    fn shares_memory(&self) -> bool {
+        self.inner.shares_memory()
+    }
+    fn share(&mut self, value: Shared) -> Result<Vec<Shared>, DistError> {
+        self.inner.share(value)
+    }
     fn broadcast(&mut self, b: Vec<u8>, root: usize) -> Result<Vec<u8>, DistError> {
         self.inner.broadcast(b, root)
     }
