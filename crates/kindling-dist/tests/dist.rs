@@ -933,10 +933,10 @@ impl kindling_compress::Compressor for Counted {
     }
 }
 
-/// In a group that shares memory (a plain `LocalGroup`) each payload is decoded by one rank
-/// and handed to the others, so a step decodes W payloads per parameter instead of W²; the
-/// replicas are the same bits as a cluster's, where every rank decodes every payload (an
-/// emulated link), for a gathered codec and for TernGrad.
+/// In a group that shares memory (a plain `LocalGroup`) each payload of a host tensor is
+/// decoded by one rank and handed to the others, so a step decodes W payloads per parameter
+/// instead of W²; the replicas are the same bits as a cluster's, where every rank decodes every
+/// payload (an emulated link), for a gathered codec and for TernGrad.
 #[test]
 fn a_shared_memory_group_decodes_each_payload_once() {
     const WORLD: usize = 4;
@@ -960,7 +960,10 @@ fn a_shared_memory_group_decodes_each_payload_once() {
     // The MLP's two weights and two biases.
     let params = 4;
     let mut prints = Vec::new();
-    for (emulated, decodes_per_param) in [(false, WORLD), (true, WORLD * WORLD)] {
+    // Only host tensors are shared (on a GPU the payloads decode on each rank's device).
+    let host = kindling_compress::is_host_device(&kindling_testing::device());
+    let shared = if host { WORLD } else { WORLD * WORLD };
+    for (emulated, decodes_per_param) in [(false, shared), (true, WORLD * WORLD)] {
         let decodes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
         let counted = decodes.clone();
         let qsgd = train(emulated, move || {
