@@ -114,12 +114,12 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
 
 /// The full SVD of a row-major `rows × cols` matrix: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
 /// `k = min(rows, cols)`, σ descending, row-major f32. Up to [`JACOBI_MAX`] on the smaller side
-/// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]; QR-preconditioned when one
-/// side is at least twice the other): robust on rank-deficient gradients (dead ReLU units give
-/// exact zero singular values, where QR-iteration SVDs can fail to converge); a zero singular
-/// value gets a zero singular vector, which ATOMO never sends (its probability is 0). Larger
-/// matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi is cubic per sweep), with
-/// Jacobi as the fallback should it not converge.
+/// by one-sided (Hestenes) Jacobi rotations in f64 ([`jacobi_svd`]; preconditioned by a pivoted
+/// QR when one side is at least twice the other): robust on rank-deficient gradients (dead ReLU
+/// units give exact zero singular values, where QR-iteration SVDs can fail to converge); a zero
+/// singular value gets a zero singular vector, which ATOMO never sends (its probability is 0).
+/// Larger matrices by faer's bidiagonal divide-and-conquer SVD in f32 (Jacobi is cubic per
+/// sweep), with Jacobi as the fallback should it not converge.
 fn full_svd(g: &[f32], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let jacobi = || {
         let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
@@ -177,16 +177,23 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
         .map(|j| (0..n).map(|i| (i == j) as u8 as f64).collect())
         .collect();
     // A tall A (m ≥ 2n, as an MLP layer's gradient or the randomized path's small B) is first
-    // reduced to its n × n triangle, A = QR (Householder): the rotations then run on columns of
-    // n entries instead of m, and A·V = Q·(R·V) afterwards (R-preconditioned Jacobi, as LAPACK's
-    // dgejsv).
-    let residue = simd::wide!({
-        let reflectors = (m >= 2 * n).then(|| householder_qr(&mut a));
-        let residue = jacobi_sweeps(&mut a, &mut v);
-        if let Some(reflectors) = reflectors {
-            apply_q(&reflectors, &mut a, m);
+    // reduced by Householder QR with column pivoting, A·P = Q·R, and the rotations run on the
+    // n × n matrix Rᵀ (Drmač & Veselić's preconditioned Jacobi, as LAPACK's dgejsv): its columns
+    // are nearly orthogonal already, so it takes fewer sweeps than A or R, and the pivoting puts
+    // a rank-deficient A's rounding residue in R's last rows, which the sweeps then leave alone.
+    // From Rᵀ·V_x = W·Σ: A = (Q·V_x)·Σ·(P·W)ᵀ.
+    let (residue, pivots) = simd::wide!({
+        if m >= 2 * n {
+            let (reflectors, pivots) = householder_qr(&mut a);
+            a = (0..n)
+                .map(|i| a.iter().map(|col| col[i]).collect())
+                .collect();
+            let residue = jacobi_sweeps(&mut a, &mut v);
+            apply_q(&reflectors, &mut v, m);
+            (residue, Some(pivots))
+        } else {
+            (jacobi_sweeps(&mut a, &mut v), None)
         }
-        residue
     });
     // A column left at rounding residue is a zero singular value, as the larger matrices' SVD
     // cuts at its numerical rank: ATOMO never sends its noise direction.
@@ -197,8 +204,11 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
         .collect();
     let mut order: Vec<usize> = (0..n).collect();
     order.sort_by(|&x, &y| sigma[y].total_cmp(&sigma[x]));
-    // A = Û Σ Vᵀ with Û's columns a_j/σ_j. For G itself: G = Û Σ Vᵀ; for Gᵀ: G = V Σ Ûᵀ.
-    let left = |j: usize| -> Vec<f64> {
+    // The rotated columns divided by their σ (zero for a zero σ) are one side's singular
+    // vectors, the rotations' columns the other's: A = Û·Σ·Vᵀ with Û_j = a_j/σ_j and V = v
+    // without the QR; with it, Û = v (Q·V_x) and V_j = P·a_j/σ_j (row k of W is row pivots[k]
+    // of V). For G itself G = Û·Σ·Vᵀ; for Gᵀ, G = V·Σ·Ûᵀ.
+    let scaled = |j: usize| -> Vec<f64> {
         let s = sigma[j];
         a[j].iter()
             .map(|x| if s > 0.0 { x / s } else { 0.0 })
@@ -207,10 +217,20 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> (Vec<f32>, Vec<f32>, 
     let (u_cols, v_cols): (Vec<Vec<f64>>, Vec<Vec<f64>>) = order
         .iter()
         .map(|&j| {
+            let (left, right) = match &pivots {
+                None => (scaled(j), v[j].clone()),
+                Some(pivots) => {
+                    let mut right = vec![0.0; n];
+                    for (k, x) in scaled(j).into_iter().enumerate() {
+                        right[pivots[k]] = x;
+                    }
+                    (v[j].clone(), right)
+                }
+            };
             if transposed {
-                (v[j].clone(), left(j))
+                (right, left)
             } else {
-                (left(j), v[j].clone())
+                (left, right)
             }
         })
         .unzip();
@@ -284,15 +304,28 @@ fn jacobi_sweeps(a: &mut [Vec<f64>], v: &mut [Vec<f64>]) -> f64 {
     residue
 }
 
-/// Householder QR of the `m × n` matrix whose columns are `a` (m ≥ n): `a` becomes the columns
-/// of the `n × n` upper triangle R; returns the reflectors, `H_k = I − h_k·h_kᵀ` acting on
-/// entries `k..m` (empty where column k is already zero there: `H_k = I`), with
-/// `A = H_0·H_1·…·H_{n−1}·[R; 0]`.
+/// Householder QR with column pivoting of the `m × n` matrix whose columns are `a` (m ≥ n):
+/// `A·P = H_0·H_1·…·H_{n−1}·[R; 0]`. Step k brings forward the remaining column with the largest
+/// norm below row k (the lowest index on ties), so R's diagonal falls and a rank-deficient A's
+/// residue gathers in R's last rows. `a` becomes the columns of the `n × n` upper triangle R;
+/// returns the reflectors, `H_k = I − h_k·h_kᵀ` acting on entries `k..m` (empty where column k
+/// is already zero there: `H_k = I`), and the pivots: column k of A·P is column `pivots[k]` of A.
 #[inline(always)]
-fn householder_qr(a: &mut [Vec<f64>]) -> Vec<Vec<f64>> {
+fn householder_qr(a: &mut [Vec<f64>]) -> (Vec<Vec<f64>>, Vec<usize>) {
     let n = a.len();
     let mut reflectors = Vec::with_capacity(n);
+    let mut pivots: Vec<usize> = (0..n).collect();
+    // Each column's squared norm below row k, downdated as the rows are eliminated and taken
+    // again when the downdate has cancelled most of it (`taken`: its value when last taken).
+    // Only the pivots' order depends on them, not the factorization's exactness.
+    let mut norms: Vec<f64> = a.iter().map(|col| dot(col, col)).collect();
+    let mut taken = norms.clone();
     for k in 0..n {
+        let best = (k..n).fold(k, |b, j| if norms[j] > norms[b] { j } else { b });
+        a.swap(k, best);
+        pivots.swap(k, best);
+        norms.swap(k, best);
+        taken.swap(k, best);
         // Built from x / max|x|: the reflector does not depend on x's scale, and a column of
         // rounding residue (after the reflections of a rank-deficient matrix its entries reach
         // ~1e-162) would otherwise square to zero and give an infinite scale.
@@ -311,15 +344,20 @@ fn householder_qr(a: &mut [Vec<f64>]) -> Vec<Vec<f64>> {
         h.iter_mut().for_each(|e| *e *= scale);
         a[k][k] = alpha * big;
         a[k][k + 1..].fill(0.0);
-        for col in &mut a[k + 1..] {
+        for (j, col) in a.iter_mut().enumerate().skip(k + 1) {
             reflect(&h, &mut col[k..]);
+            norms[j] -= col[k] * col[k];
+            if norms[j] <= 1e-6 * taken[j] {
+                norms[j] = dot(&col[k + 1..], &col[k + 1..]);
+                taken[j] = norms[j];
+            }
         }
         reflectors.push(h);
     }
     for col in a.iter_mut() {
         col.truncate(n);
     }
-    reflectors
+    (reflectors, pivots)
 }
 
 /// `y ← (I − h·hᵀ)·y`.
@@ -703,7 +741,7 @@ mod tests {
     }
 
     /// `jacobi_svd` against its definition: `U·diag(σ)·Vᵀ = G`, σ descending and equal to faer's,
-    /// orthonormal singular vectors where σ > 0. Tall and wide matrices take the QR-preconditioned
+    /// orthonormal singular vectors where σ > 0. Tall and wide matrices take the pivoted-QR
     /// path (m ≥ 2n after orientation), square ones the plain rotations; the rank-deficient ones
     /// have zero and repeated columns (dead and duplicate units), so some Householder steps meet
     /// a column that is already zero.
