@@ -13,8 +13,8 @@ pub enum CompressError {
         /// Number of entries.
         total: usize,
     },
-    /// Every entry is finite but a norm the codec sends (QSGD's bucket ℓ₂ norm, an ℓ₁ norm)
-    /// overflows f32: entries near f32::MAX.
+    /// Every entry is finite but a norm the codec sends (QSGD's bucket ℓ₂ norm, an ℓ₁ norm, a
+    /// singular value or an ATOMO atom's scale) overflows f32: entries near f32::MAX.
     #[error("a norm of the gradient overflows f32; rescale it before encoding")]
     Overflow,
     /// A codec parameter is out of its range.

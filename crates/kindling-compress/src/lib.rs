@@ -46,7 +46,7 @@
 //! factor below `1 + 2⁻²⁴/p`, negligible unless `p < 2⁻¹⁴`. QSGD's bucket norms and ATOMO's
 //! ℓ₂ norm are computed as `m·‖v/m‖` with `m = max|v|`, so tiny entries do not underflow them
 //! to zero nor large ones overflow them when squared; a norm beyond f32's range is
-//! [`CompressError::Overflow`].
+//! [`CompressError::Overflow`], as is a singular value or an atom's scale (spectral ATOMO).
 //!
 //! ```
 //! use burn::tensor::{Device, Tensor};

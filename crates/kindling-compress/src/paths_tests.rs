@@ -208,6 +208,26 @@ fn fourier_refuses_a_gradient_whose_transform_overflows() {
     }
 }
 
+/// Spectral ATOMO refuses a gradient of finite entries whose singular values (or an atom's
+/// scale) overflow f32, on both paths, with the codec's typed error: before, an infinite σ made
+/// the probabilities NaN and the payload silently carried no atom (a zero gradient).
+#[test]
+fn spectral_refuses_a_gradient_whose_singular_values_overflow() {
+    let g = vec![f32::MAX / 1.5; 4];
+    for device_path in [false, true] {
+        DEVICE_PATH_ONLY.set(device_path);
+        let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [2, 2]), &device());
+        let result = Atomo::new(Spectral::full(), Budget::Atoms(1.0))
+            .unwrap()
+            .compress(t, &mut ChaCha8Rng::seed_from_u64(1));
+        DEVICE_PATH_ONLY.set(false);
+        assert!(
+            matches!(result, Err(CompressError::Overflow)),
+            "device path {device_path}: {result:?}"
+        );
+    }
+}
+
 /// Payload bytes do not depend on how many threads encode them.
 #[test]
 fn payloads_are_the_same_for_any_thread_count() {

@@ -623,6 +623,11 @@ impl Compressor for Atomo<Spectral> {
             Svd::full(u, sigma, vt, rows, cols)
         };
         let sigma = svd.sigma();
+        // Finite entries whose singular values overflow f32 would make the probabilities NaN
+        // and send no atom at all: a typed error instead of a silently zero gradient.
+        if sigma.iter().any(|s| !s.is_finite()) {
+            return Err(CompressError::Overflow);
+        }
         let m = sigma.len();
         let l1: f64 = sigma.iter().map(|&x| x as f64).sum();
         let l2: f64 = sigma
@@ -645,8 +650,12 @@ impl Compressor for Atomo<Spectral> {
         )?;
         w.u32(k as u32);
         for &i in &sent {
-            w.f32((sigma[i] as f64 / p[i]) as f32);
+            let scale = (sigma[i] as f64 / p[i]) as f32;
             let (u, v) = svd.atom(i);
+            if !(scale.is_finite() && u.iter().chain(&v).all(|x| x.is_finite())) {
+                return Err(CompressError::Overflow);
+            }
+            w.f32(scale);
             w.f32s(&u);
             w.f32s(&v);
         }
