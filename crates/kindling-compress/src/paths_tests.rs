@@ -189,17 +189,11 @@ fn multi_chunk_tensors_decode_the_same_on_both_paths() {
     );
 }
 
-/// Fourier ATOMO refuses a gradient whose transform would overflow f32, on both paths, with
-/// the codec's typed error rather than infinite coefficients.
-#[test]
-fn fourier_refuses_a_gradient_whose_transform_overflows() {
-    let g = vec![f32::MAX / 3.0; 4];
+/// `compress` on the host path, then on the device path, is [`CompressError::Overflow`].
+fn refuses_with_overflow(compress: impl Fn() -> Result<Payload, CompressError>) {
     for device_path in [false, true] {
         DEVICE_PATH_ONLY.set(device_path);
-        let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [4]), &device());
-        let result = Atomo::new(Fourier, Budget::Atoms(2.0))
-            .unwrap()
-            .compress(t, &mut ChaCha8Rng::seed_from_u64(1));
+        let result = compress();
         DEVICE_PATH_ONLY.set(false);
         assert!(
             matches!(result, Err(CompressError::Overflow)),
@@ -208,24 +202,31 @@ fn fourier_refuses_a_gradient_whose_transform_overflows() {
     }
 }
 
+/// Fourier ATOMO refuses a gradient whose transform would overflow f32, on both paths, with
+/// the codec's typed error rather than infinite coefficients.
+#[test]
+fn fourier_refuses_a_gradient_whose_transform_overflows() {
+    let g = vec![f32::MAX / 3.0; 4];
+    refuses_with_overflow(|| {
+        let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [4]), &device());
+        Atomo::new(Fourier, Budget::Atoms(2.0))
+            .unwrap()
+            .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
+    });
+}
+
 /// Spectral ATOMO refuses a gradient of finite entries whose singular values (or an atom's
 /// scale) overflow f32, on both paths, with the codec's typed error: before, an infinite σ made
 /// the probabilities NaN and the payload silently carried no atom (a zero gradient).
 #[test]
 fn spectral_refuses_a_gradient_whose_singular_values_overflow() {
     let g = vec![f32::MAX / 1.5; 4];
-    for device_path in [false, true] {
-        DEVICE_PATH_ONLY.set(device_path);
+    refuses_with_overflow(|| {
         let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [2, 2]), &device());
-        let result = Atomo::new(Spectral::full(), Budget::Atoms(1.0))
+        Atomo::new(Spectral::full(), Budget::Atoms(1.0))
             .unwrap()
-            .compress(t, &mut ChaCha8Rng::seed_from_u64(1));
-        DEVICE_PATH_ONLY.set(false);
-        assert!(
-            matches!(result, Err(CompressError::Overflow)),
-            "device path {device_path}: {result:?}"
-        );
-    }
+            .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
+    });
 }
 
 /// Payload bytes do not depend on how many threads encode them.

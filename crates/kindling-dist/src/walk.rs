@@ -495,21 +495,32 @@ fn decode_share<O: Decode>(
     op: &mut O,
 ) -> DecodedShare {
     let received = Received::new(&bytes, ends).expect("ends are the running sum");
+    let parts = gathered_parts(metas, received, |k| owners[k] == rank)?;
+    decode_parallel(op, parts)
+}
+
+/// Every rank's bucket message cut into its payloads (a message that does not frame exactly the
+/// bucket's payloads is an error naming its sender), and for each parameter `keep` selects,
+/// every rank's payload of it, in rank order.
+fn gathered_parts<'a>(
+    metas: &'a [Meta],
+    received: Received<'a>,
+    keep: impl Fn(usize) -> bool,
+) -> Result<Vec<(&'a Meta, Exchanged<'a>)>, DistError> {
     let per_rank = received
         .iter()
         .enumerate()
         .map(|(sender, m)| split_message(m, metas, sender))
         .collect::<Result<Vec<_>, DistError>>()?;
-    let parts = metas
+    Ok(metas
         .iter()
         .enumerate()
-        .filter(|&(k, _)| owners[k] == rank)
+        .filter(|&(k, _)| keep(k))
         .map(|(k, meta)| {
             let payloads = per_rank.iter().map(|parts| parts[k]).collect();
             (meta, Exchanged::Gathered(payloads))
         })
-        .collect();
-    decode_parallel(op, parts)
+        .collect())
 }
 
 /// Every rank's decoded share of a bucket put in `decoded`; the first rank's error (in rank
@@ -570,20 +581,7 @@ fn decode_bucket<O: Decode>(
         Incoming::Shares(_) => unreachable!("shares are placed by place_shares"),
         Incoming::Gathered { bytes, ends } => {
             let received = Received::new(&bytes, &ends).expect("ends are the running sum");
-            let per_rank = received
-                .iter()
-                .enumerate()
-                .map(|(rank, m)| split_message(m, metas, rank))
-                .collect::<Result<Vec<_>, DistError>>()?;
-            let parts = metas
-                .iter()
-                .enumerate()
-                .map(|(k, meta)| {
-                    let payloads = per_rank.iter().map(|parts| parts[k]).collect();
-                    (meta, Exchanged::Gathered(payloads))
-                })
-                .collect();
-            decode_parallel(op, parts)?
+            decode_parallel(op, gathered_parts(metas, received, |_| true)?)?
         }
     };
     for (meta, t) in metas.iter().zip(decoded_bucket) {
