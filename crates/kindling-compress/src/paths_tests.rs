@@ -229,6 +229,22 @@ fn spectral_refuses_a_gradient_whose_singular_values_overflow() {
     });
 }
 
+/// Spectral ATOMO refuses an atom whose scale `σ/p` overflows f32 though σ is finite: six
+/// singular values of f32::MAX/2, each kept with p = 1/3 by a budget of 2 atoms, would be sent
+/// as 1.5·f32::MAX (infinite in f32), on both paths.
+#[test]
+fn spectral_refuses_an_atom_whose_scale_overflows() {
+    let g: Vec<f32> = (0..36)
+        .map(|i| if i % 7 == 0 { f32::MAX / 2.0 } else { 0.0 })
+        .collect();
+    refuses_with_overflow(|| {
+        let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [6, 6]), &device());
+        Atomo::new(Spectral::full(), Budget::Atoms(2.0))
+            .unwrap()
+            .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
+    });
+}
+
 /// Payload bytes do not depend on how many threads encode them.
 #[test]
 fn payloads_are_the_same_for_any_thread_count() {

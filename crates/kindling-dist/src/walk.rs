@@ -320,9 +320,7 @@ impl Packer {
         let metas = self.open.drain(..).map(|e| e.meta).collect();
         self.open_bytes = 0;
         self.sent += 1;
-        self.jobs.send(outgoing).map_err(|_| {
-            DistError::Protocol("the communication thread ended before the exchange".into())
-        })?;
+        self.jobs.send(outgoing).map_err(|_| thread_ended())?;
         self.in_flight.push_back(metas);
         Ok(())
     }
@@ -389,11 +387,7 @@ pub(crate) fn pipeline<O: Decode>(
             in_flight, jobs, ..
         } = packer;
         let mut decoded: Vec<Option<Tensor<1>>> = Vec::new();
-        let receive = || {
-            results
-                .recv()
-                .map_err(|_| DistError::Protocol("the communication thread ended early".into()))?
-        };
+        let receive = || results.recv().map_err(|_| thread_ended())?;
         let outcome = produced.and_then(|()| {
             let mut sharing = VecDeque::new();
             for metas in in_flight {
@@ -402,9 +396,8 @@ pub(crate) fn pipeline<O: Decode>(
                         let owners = owners(&metas, world);
                         let mine: DecodedShare =
                             decode_share(&metas, &owners, rank, bytes, &ends, op);
-                        jobs.send(Outgoing::Share(Arc::new(mine))).map_err(|_| {
-                            DistError::Protocol("the communication thread ended early".into())
-                        })?;
+                        jobs.send(Outgoing::Share(Arc::new(mine)))
+                            .map_err(|_| thread_ended())?;
                         sharing.push_back((metas, owners));
                     }
                     incoming => decode_bucket(&metas, incoming, op, &mut decoded)?,
@@ -549,12 +542,23 @@ fn place_shares(
                 "rank {owner} shared fewer decoded gradients than it owns"
             ))
         })?;
-        if decoded.len() <= meta.index {
-            decoded.resize_with(meta.index + 1, || None);
-        }
-        decoded[meta.index] = Some(t.clone());
+        place(decoded, meta.index, t.clone());
     }
     Ok(())
+}
+
+/// The communication thread stopped taking or answering jobs (it ends at a collective's
+/// failure, which the caller then receives instead).
+fn thread_ended() -> DistError {
+    DistError::Protocol("the communication thread ended before the exchange did".into())
+}
+
+/// Parameter `index`'s decoded gradient put in `decoded` (grown as needed).
+fn place(decoded: &mut Vec<Option<Tensor<1>>>, index: usize, t: Tensor<1>) {
+    if decoded.len() <= index {
+        decoded.resize_with(index + 1, || None);
+    }
+    decoded[index] = Some(t);
 }
 
 /// Decodes each parameter of one bucket into `decoded` (grown as needed).
@@ -585,10 +589,7 @@ fn decode_bucket<O: Decode>(
         }
     };
     for (meta, t) in metas.iter().zip(decoded_bucket) {
-        if decoded.len() <= meta.index {
-            decoded.resize_with(meta.index + 1, || None);
-        }
-        decoded[meta.index] = Some(t);
+        place(decoded, meta.index, t);
     }
     Ok(())
 }

@@ -123,7 +123,7 @@ fn host_svd(g: Tensor<2>) -> (Tensor<2>, Vec<f32>, Tensor<2>) {
 fn full_svd(g: &[f32], rows: usize, cols: usize) -> Svd {
     let jacobi = || {
         let values: Vec<f64> = g.iter().map(|&x| x as f64).collect();
-        jacobi_svd(&values, rows, cols)
+        jacobi_svd(values, rows, cols)
     };
     if rows.min(cols) <= JACOBI_MAX {
         return jacobi();
@@ -249,9 +249,9 @@ impl Svd {
     }
 }
 
-/// [`full_svd`] by one-sided Jacobi in f64: `(U [rows, k], σ [k], Vᵀ [k, cols])`,
-/// `k = min(rows, cols)`, row-major f32.
-fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> Svd {
+/// [`full_svd`] by one-sided Jacobi in f64 of the row-major `rows × cols` matrix `values`
+/// (kept in the [`Svd`], which computes one side's singular vectors from it).
+fn jacobi_svd(values: Vec<f64>, rows: usize, cols: usize) -> Svd {
     // Work on the orientation with at least as many rows as columns: A = G or Gᵀ, m ≥ n.
     let transposed = rows < cols;
     let (m, n) = if transposed {
@@ -320,7 +320,7 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> Svd {
         rows,
         cols,
         factors: Factors::Kept {
-            g: values.to_vec(),
+            g: values,
             kept,
             left: pivots.is_none() != transposed,
         },
@@ -328,16 +328,16 @@ fn jacobi_svd(values: &[f64], rows: usize, cols: usize) -> Svd {
 }
 
 /// One-sided Jacobi: rotates pairs of columns of `a` until every pair is orthogonal to working
-/// precision (the rotations are not accumulated: the singular vectors they would give are
-/// computed from the matrix for the atoms that need them, see [`Svd`]). Each sweep takes the columns' squared norms once and
-/// updates them with each rotation; the dot products run in lanes (the same sums at any vector
-/// level).
+/// precision. The rotations are not accumulated: the singular vectors they would give are
+/// computed from the matrix for the atoms that need them (see [`Svd`]). Each sweep takes the
+/// columns' squared norms once and updates them with each rotation; the dot products run in
+/// lanes (the same sums at any vector level).
 ///
 /// A column whose norm is below the matrix's own f64 rounding (`len·ε·` the largest column norm)
 /// is rounding residue, as a rank-deficient gradient leaves (a linear layer's over a batch of 16
 /// has rank ≤ 16): it is not rotated. Rotating residue only moves residue, and took up to 16
-/// sweeps where a full-rank matrix takes 9. Returns that bound on a residue column's norm: the caller counts those columns'
-/// singular values as zeros.
+/// sweeps where a full-rank matrix takes 9. Returns that bound on a residue column's norm: the
+/// caller counts those columns' singular values as zeros.
 #[inline(always)]
 fn jacobi_sweeps(a: &mut [Vec<f64>]) -> f64 {
     let n = a.len();
@@ -498,7 +498,7 @@ fn randomized_host(
     let b: Vec<f64> = (0..l * cols)
         .map(|i| bt[(i % cols) * l + i / cols] as f64)
         .collect();
-    let (ub, sigma, vt) = jacobi_svd(&b, l, cols).into_full();
+    let (ub, sigma, vt) = jacobi_svd(b, l, cols).into_full();
     // U = Q·Ub, keeping the first r columns.
     let mut u = vec![0f32; rows * r];
     for (row, q_row) in u.chunks_mut(r).zip(q.chunks(l)) {
@@ -815,8 +815,8 @@ mod tests {
 
     /// `jacobi_svd` against its definition: `U·diag(σ)·Vᵀ = G`, σ descending and equal to faer's,
     /// orthonormal singular vectors where σ > 10⁻⁶·σ₁ (the side computed from the matrix is unit
-    /// to about ε·σ₁/σ). Tall and wide matrices take the pivoted-QR
-    /// path (m ≥ 2n after orientation), square ones the plain rotations; the rank-deficient ones
+    /// to about ε·σ₁/σ). Tall and wide matrices take the pivoted-QR path (m ≥ 2n after
+    /// orientation), square ones the plain rotations; the rank-deficient ones
     /// have zero and repeated columns (dead and duplicate units), so some Householder steps meet
     /// a column that is already zero.
     #[test]
@@ -852,7 +852,7 @@ mod tests {
             (64, 256, digits_layer_gradient()),
         ];
         for (rows, cols, g) in cases {
-            let (u, sigma, vt) = jacobi_svd(&g, rows, cols).into_full();
+            let (u, sigma, vt) = jacobi_svd(g.clone(), rows, cols).into_full();
             let k = rows.min(cols);
             let name = format!("{rows} × {cols}");
             assert!(
