@@ -48,6 +48,7 @@ thread_local! {
 
 /// A gradient's values in host memory, with its shape. On a host device the tensor's own buffer
 /// is taken when the tensor owns it (else copied once).
+#[derive(Debug)]
 pub(crate) struct HostGrad {
     data: TensorData,
 }
@@ -69,6 +70,11 @@ impl HostGrad {
 
     pub(crate) fn values_mut(&mut self) -> &mut [f32] {
         self.data.as_mut_slice::<f32>().expect("f32 values")
+    }
+
+    /// The values as a vector (the buffer itself when it is suitably aligned, else one copy).
+    pub(crate) fn into_values(self) -> Vec<f32> {
+        self.data.try_into_vec().expect("f32 values")
     }
 
     /// The buffer as a tensor of `shape` on `device` (no copy on a host device).

@@ -349,3 +349,54 @@ fn payloads_and_decodes_are_the_same_at_every_vector_level() {
         }
     }
 }
+
+/// PowerSGD's host kernels and its tensor path agree step by step (`P`, `Q`, the output and the
+/// residual), and the host kernels give the same bits for any thread count and vector level.
+#[test]
+fn powersgd_paths_agree_and_host_bits_are_fixed() {
+    use crate::powersgd::{PowerSgd, PowerSgdConfig};
+    use crate::simd::{Level, capped};
+    // Two row tasks, four column tasks (the last one partial), and dot products with a tail.
+    let (rows, cols) = (70, 1000);
+    let config = PowerSgdConfig::new(3).unwrap().with_seed(4);
+    let grads: Vec<Vec<f32>> = (0..3).map(|s| gaussian(rows * cols, 20 + s)).collect();
+    let run = |device: &Device| {
+        let mut state = PowerSgd::new(&config, rows, cols, 1, device);
+        grads
+            .iter()
+            .map(|g| {
+                let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, cols]), device);
+                let started = state.start(t);
+                let p = started.p().to_vec();
+                let projected = state.project(started, &p);
+                let q = projected.q().to_vec();
+                let out = values(state.finish(projected, &q));
+                [p, q, out, state.error()]
+            })
+            .collect::<Vec<_>>()
+    };
+    let host = run(&Device::flex());
+    let on_device = on_device_path(|| run(&device()));
+    for (step, (h, d)) in host.iter().zip(&on_device).enumerate() {
+        for (what, a, b) in ["P", "Q", "output", "residual"]
+            .iter()
+            .zip(h)
+            .zip(d)
+            .map(|((w, a), b)| (w, a, b))
+        {
+            close(a, b, &format!("PowerSGD step {step}: {what}"));
+        }
+    }
+    let one_thread = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .unwrap()
+        .install(|| run(&Device::flex()));
+    assert!(one_thread == host, "PowerSGD differs on one thread");
+    for level in [Level::Baseline, Level::Avx2] {
+        assert!(
+            capped(level, || run(&Device::flex())) == host,
+            "PowerSGD differs at {level:?}"
+        );
+    }
+}

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 use burn::module::Module;
 use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
-use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig};
+use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig, Started};
 use kindling_compress::{
     CompressError, Compressor, Payload, PayloadRef, Sign, TernGrad, is_host_device, majority_vote,
     matrix_view,
@@ -897,7 +897,7 @@ impl PowerSgd {
 struct PowerStart<'a> {
     config: &'a PowerSgdConfig,
     states: &'a mut HashMap<usize, PowerSgdState>,
-    deltas: HashMap<usize, Tensor<2>>,
+    started: HashMap<usize, Started>,
     stats: StepStats,
 }
 
@@ -917,11 +917,12 @@ impl Encode for PowerStart<'_> {
             .states
             .entry(index)
             .or_insert_with(|| PowerSgdState::new(config, rows, cols, index as u64, &device));
-        let (delta, p) = timed(&mut self.stats.encode, || {
+        let started = timed(&mut self.stats.encode, || {
             state.start(grad.reshape([rows, cols]))
         });
-        self.deltas.insert(index, delta);
-        Ok(Part::Floats(host(p)))
+        let p = started.p().to_vec();
+        self.started.insert(index, started);
+        Ok(Part::Floats(p))
     }
 }
 
@@ -972,16 +973,15 @@ impl Reducer for PowerSgd {
         _rng: &mut ChaCha8Rng,
     ) -> Result<(GradientsParams, StepStats), DistError> {
         let config = &self.config;
-        let rank = config.rank;
         let world = comm.world_size() as f32;
         let mut start = PowerStart {
             config,
             states: &mut self.states,
-            deltas: HashMap::new(),
+            started: HashMap::new(),
             stats: StepStats::default(),
         };
         let (entries, params) = encode_all(module, grads, &mut start)?;
-        let (mut stats, mut deltas) = (start.stats, start.deltas);
+        let (mut stats, mut started) = (start.stats, start.started);
         // Round 1: every matrix's P summed, every dense tensor's values averaged.
         let mut first = concat_floats(&entries);
         timed(&mut stats.exchange, || {
@@ -998,36 +998,29 @@ impl Reducer for PowerSgd {
             };
             let values = &mut first[at..at + len];
             at += len;
-            let Some(delta) = deltas.remove(&entry.meta.index) else {
+            let Some(step) = started.remove(&entry.meta.index) else {
                 // As `all_reduce_mean`: the sum, then divided by the world size.
                 values.iter_mut().for_each(|v| *v /= world);
                 decoded[entry.meta.index] =
                     Some(tensor(values.to_vec(), [len], &entry.meta.device));
                 continue;
             };
-            let (rows, cols) = matrix_view(&entry.meta.dims);
-            let state = self.states.get_mut(&entry.meta.index).expect("started");
-            let p_sum = tensor(values.to_vec(), [rows, rank], &entry.meta.device);
-            let (p, q) = timed(&mut stats.encode, || state.project(&delta, p_sum));
-            let q_host = host(q);
-            stats.wire_bytes += 4 * (len + q_host.len()) as u64;
-            second.extend_from_slice(&q_host);
-            projected.push((entry, delta, p, q_host.len(), cols));
+            let state = &self.states[&entry.meta.index];
+            let step = timed(&mut stats.encode, || state.project(step, values));
+            stats.wire_bytes += 4 * (len + step.q().len()) as u64;
+            second.extend_from_slice(step.q());
+            projected.push((entry, step));
         }
         // Round 2: every matrix's Q averaged.
         timed(&mut stats.exchange, || {
             all_reduce_buckets(comm, &mut second, self.bucket_bytes, true)
         })?;
         let mut at = 0;
-        for (entry, delta, p, len, cols) in projected {
-            let q = tensor(
-                second[at..at + len].to_vec(),
-                [cols, rank],
-                &entry.meta.device,
-            );
-            at += len;
+        for (entry, step) in projected {
+            let q = &second[at..at + step.q().len()];
+            at += q.len();
             let state = self.states.get_mut(&entry.meta.index).expect("started");
-            let out = timed(&mut stats.decode, || state.finish(delta, p, q));
+            let out = timed(&mut stats.decode, || state.finish(step, q));
             let n = entry.meta.dims.iter().product::<usize>();
             decoded[entry.meta.index] = Some(out.reshape([n]));
         }
@@ -1041,8 +1034,8 @@ impl Reducer for PowerSgd {
             .flat_map(|k| {
                 let s = &self.states[k];
                 [
-                    (format!("{k}.q"), host(s.q.clone())),
-                    (format!("{k}.error"), host(s.error.clone())),
+                    (format!("{k}.q"), s.q().to_vec()),
+                    (format!("{k}.error"), s.error()),
                 ]
             })
             .collect()
@@ -1068,9 +1061,8 @@ impl Reducer for PowerSgd {
             }
             let cols = q.len() / r;
             let rows = e.len() / cols;
-            let mut s = PowerSgdState::new(&self.config, rows, cols, index as u64, device);
-            s.q = tensor(q.clone(), [cols, r], device);
-            s.error = tensor(e.clone(), [rows, cols], device);
+            let s = PowerSgdState::restore(&self.config, rows, cols, q.clone(), e.clone(), device)
+                .map_err(|e| bad(e.to_string()))?;
             self.states.insert(index, s);
         }
         Ok(())
