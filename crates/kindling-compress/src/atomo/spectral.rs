@@ -277,11 +277,14 @@ fn jacobi_svd(values: Vec<f64>, rows: usize, cols: usize) -> Svd {
     // V_x nor Q is formed (the left ones are A·v/σ, for the atoms asked for).
     let (residue, pivots) = simd::wide!({
         if m >= 2 * n {
-            let pivots = householder_qr(&mut a);
-            a = (0..n)
+            let (pivots, rank) = householder_qr(&mut a);
+            // Rᵀ's columns are R's rows; those past the numerical rank are dropped (zero).
+            a = (0..rank)
                 .map(|i| a.iter().map(|col| col[i]).collect())
                 .collect();
-            (jacobi_sweeps(&mut a), Some(pivots))
+            let residue = jacobi_sweeps(&mut a);
+            a.resize(n, vec![0.0; n]);
+            (residue, Some(pivots))
         } else {
             (jacobi_sweeps(&mut a), None)
         }
@@ -386,10 +389,18 @@ fn jacobi_sweeps(a: &mut [Vec<f64>]) -> f64 {
 /// `A·P = H_0·H_1·…·H_{n−1}·[R; 0]`. Step k brings forward the remaining column with the largest
 /// norm below row k (the lowest index on ties), so R's diagonal falls and a rank-deficient A's
 /// residue gathers in R's last rows. `a` becomes the columns of the `n × n` upper triangle R (Q
-/// is not kept: the SVD does without it); returns the pivots: column k of A·P is column
-/// `pivots[k]` of A.
+/// is not kept: the SVD does without it); returns the pivots (column k of A·P is column
+/// `pivots[k]` of A) and the numerical rank `r`: R's rows from `r` on are left out (taken as
+/// zero, and not computed).
+///
+/// **Numerical rank.** The gradients come in f32, so an entry is known only to about
+/// `ε₃₂ = 2⁻²³` of its size. The factorization stops at step k when every remaining column's
+/// norm below row k is under `m·ε₃₂/√n` of the largest column of A: the block it drops then has
+/// a Frobenius norm under `m·ε₃₂·‖A‖₂`, the cut below which faer (as LAPACK) calls a singular
+/// value zero. A layer's gradient over a batch of 16 has rank ≤ 16 plus f32 rounding, so its
+/// 64 × 256 QR stops after 16 of its 64 steps, and the sweeps run on 16 columns instead of 64.
 #[inline(always)]
-fn householder_qr(a: &mut [Vec<f64>]) -> Vec<usize> {
+fn householder_qr(a: &mut [Vec<f64>]) -> (Vec<usize>, usize) {
     let n = a.len();
     let mut pivots: Vec<usize> = (0..n).collect();
     // Each column's squared norm below row k, downdated as the rows are eliminated and taken
@@ -397,12 +408,20 @@ fn householder_qr(a: &mut [Vec<f64>]) -> Vec<usize> {
     // Only the pivots' order depends on them, not the factorization's exactness.
     let mut norms: Vec<f64> = a.iter().map(|col| dot(col, col)).collect();
     let mut taken = norms.clone();
+    let m = a.first().map_or(0, Vec::len);
+    let largest = norms.iter().fold(0.0f64, |l, &x| l.max(x));
+    let floor = (m as f64 * f32::EPSILON as f64).powi(2) / n as f64 * largest;
+    let mut rank = n;
     for k in 0..n {
         let best = (k..n).fold(k, |b, j| if norms[j] > norms[b] { j } else { b });
         a.swap(k, best);
         pivots.swap(k, best);
         norms.swap(k, best);
         taken.swap(k, best);
+        if norms[k] < floor {
+            rank = k;
+            break;
+        }
         // Built from x / max|x|: the reflector does not depend on x's scale, and a column of
         // rounding residue (after the reflections of a rank-deficient matrix its entries reach
         // ~1e-162) would otherwise square to zero and give an infinite scale.
@@ -432,7 +451,7 @@ fn householder_qr(a: &mut [Vec<f64>]) -> Vec<usize> {
     for col in a.iter_mut() {
         col.truncate(n);
     }
-    pivots
+    (pivots, rank)
 }
 
 /// `y ← (I − h·hᵀ)·y`.
@@ -819,6 +838,26 @@ mod tests {
     /// orientation), square ones the plain rotations; the rank-deficient ones
     /// have zero and repeated columns (dead and duplicate units), so some Householder steps meet
     /// a column that is already zero.
+    /// The QR stops at the f32 input's numerical rank: a batch-of-16 layer gradient (f32 sums)
+    /// and an exact rank-16 product stop after 16 steps, the real digits gradient (batch 16)
+    /// by then too, and a full-rank matrix runs all its steps.
+    #[test]
+    fn the_qr_stops_at_the_numerical_rank() {
+        let rank = |rows: usize, cols: usize, g: Vec<f64>| {
+            let mut a: Vec<Vec<f64>> = (0..cols)
+                .map(|j| (0..rows).map(|i| g[i * cols + j]).collect())
+                .collect();
+            householder_qr(&mut a).1
+        };
+        let transposed = |g: Vec<f64>| -> Vec<f64> {
+            (0..64 * 256).map(|i| g[(i % 64) * 256 + i / 64]).collect()
+        };
+        assert_eq!(rank(256, 64, low_rank(256, 64, 16)), 16);
+        assert_eq!(rank(256, 64, transposed(layer_gradient(16))), 16);
+        assert!(rank(256, 64, transposed(digits_layer_gradient())) <= 16);
+        assert_eq!(rank(256, 64, matrix(256, 64, 1)), 64);
+    }
+
     #[test]
     fn jacobi_svd_decomposes_tall_wide_square_and_rank_deficient_matrices() {
         let deficient = |rows: usize, cols: usize| {
