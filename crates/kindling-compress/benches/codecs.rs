@@ -340,7 +340,7 @@ fn main() {
     for rank in 1..=4 {
         let config = PowerSgdConfig::new(rank).unwrap();
         let mut state = PowerSgd::new(&config, 1024, 1024, 0, &Device::flex());
-        let t = best(|| fresh(&m), |g| sync(&state.step_local(g)), 5);
+        let t = best(|| fresh(&m), |g| sync(&state.step_local(g).unwrap()), 5);
         let bits = 32.0 * (rank * 2048) as f64 / (1024.0 * 1024.0);
         println!(
             "  powersgd 1024², rank {rank}: {:>8.2} ms ({:.1} memcpys of 1024², {bits:.3} bits/entry)",

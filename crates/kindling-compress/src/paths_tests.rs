@@ -366,11 +366,11 @@ fn powersgd_paths_agree_and_host_bits_are_fixed() {
             .iter()
             .map(|g| {
                 let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [rows, cols]), device);
-                let started = state.start(t);
+                let started = state.start(t).unwrap();
                 let p = started.p().to_vec();
-                let projected = state.project(started, &p);
+                let projected = state.project(started, &p).unwrap();
                 let q = projected.q().to_vec();
-                let out = values(state.finish(projected, &q));
+                let out = values(state.finish(projected, &q).unwrap());
                 [p, q, out, state.error()]
             })
             .collect::<Vec<_>>()

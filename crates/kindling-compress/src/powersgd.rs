@@ -36,11 +36,11 @@
 //! let mut state = PowerSgd::new(&config, 32, 64, 0, &device);
 //! let grad = Tensor::<2>::random([32, 64], Distribution::Normal(0.0, 1.0), &device);
 //! // With several workers, P and Q are all-reduced between the phases (kindling-dist does it).
-//! let started = state.start(grad);
+//! let started = state.start(grad)?;
 //! let p_sum = started.p().to_vec();
-//! let projected = state.project(started, &p_sum);
+//! let projected = state.project(started, &p_sum)?;
 //! let q_mean = projected.q().to_vec();
-//! let out = state.finish(projected, &q_mean);
+//! let out = state.finish(projected, &q_mean)?;
 //! assert_eq!(out.dims(), [32, 64]);
 //! # Ok::<(), kindling_compress::CompressError>(())
 //! ```
@@ -53,7 +53,7 @@ use rayon::prelude::*;
 
 use crate::CompressError;
 use crate::codec::{invalid, matrix_view};
-use crate::host::{CHUNK, HostGrad, is_host_device, tensor};
+use crate::host::{CHUNK, HostGrad, abs_bits, is_host_device, non_finite, tensor};
 use crate::simd::wide;
 
 /// Settings of PowerSGD.
@@ -182,6 +182,8 @@ enum Delta {
 #[derive(Debug)]
 pub struct Started {
     delta: Delta,
+    /// `max|Δ|`, finite.
+    max_abs: f32,
     p: Vec<f32>,
 }
 
@@ -197,6 +199,7 @@ impl Started {
 #[derive(Debug)]
 pub struct Projected {
     delta: Delta,
+    max_abs: f32,
     p: Vec<f32>,
     q: Vec<f32>,
 }
@@ -288,8 +291,8 @@ impl PowerSgd {
     }
 
     /// State restored from a checkpoint: `q` (`cols × rank`, as [`PowerSgd::q`] gave it) and
-    /// `error` (`rows × cols`, as [`PowerSgd::error`] gave it). Sizes that do not fit are an
-    /// error naming the field.
+    /// `error` (`rows × cols`, as [`PowerSgd::error`] gave it). Sizes that do not fit, or
+    /// non-finite values, are an error naming the field.
     pub fn restore(
         config: &PowerSgdConfig,
         rows: usize,
@@ -313,6 +316,16 @@ impl PowerSgd {
                 error.len(),
                 "must have rows·cols entries",
             ));
+        }
+        for (field, values) in [("q", &q), ("error", &error)] {
+            if !all_finite(values) {
+                return Err(invalid(
+                    "PowerSgd",
+                    field,
+                    "non-finite entries",
+                    "must be finite",
+                ));
+            }
         }
         let error = if is_host_device(device) {
             Matrix::Host(error)
@@ -357,9 +370,13 @@ impl PowerSgd {
     /// First phase of a step: `Δ = g + e` and the local `P = ΔQ` ([`Started::p`], to be
     /// all-reduced with a sum). On a host device `Δ` is written into the gradient's buffer.
     ///
+    /// A gradient with NaN or ±Inf entries is [`CompressError::NonFinite`], and a finite one
+    /// whose `P` overflows f32 is [`CompressError::Overflow`]; the state is left as it was (no
+    /// phase changes it before [`PowerSgd::finish`] succeeds).
+    ///
     /// # Panics
     /// If `grad` is not `rows × cols`.
-    pub fn start(&self, grad: Tensor<2>) -> Started {
+    pub fn start(&self, grad: Tensor<2>) -> Result<Started, CompressError> {
         assert_eq!(
             grad.dims(),
             [self.rows, self.cols],
@@ -368,59 +385,75 @@ impl PowerSgd {
             self.cols
         );
         let (cols, rank) = (self.cols, self.rank);
-        match &self.error {
+        let (delta, max_abs, p) = match &self.error {
             Matrix::Host(error) => {
                 let mut delta = HostGrad::read(grad);
                 let qt = transposed(&self.q, cols, rank);
                 let mut p = vec![0.0; self.rows * rank];
+                // Returns the task's largest `abs_bits` of Δ (≥ 0x7F80_0000 iff one is not
+                // finite).
                 let task = |((d, e), p): ((&mut [f32], &[f32]), &mut [f32])| {
                     wide!({
+                        let mut big = 0;
                         for ((d, e), p) in d
                             .chunks_exact_mut(cols)
                             .zip(e.chunks_exact(cols))
                             .zip(p.chunks_exact_mut(rank))
                         {
                             d.iter_mut().zip(e).for_each(|(d, e)| *d += e);
+                            big = d.iter().fold(big, |m, v| m.max(abs_bits(*v)));
                             for (pk, qk) in p.iter_mut().zip(qt.chunks_exact(cols)) {
                                 *pk = dot(d, qk);
                             }
                         }
+                        big
                     })
                 };
                 let rows = rows_per_task(cols);
                 let d = delta.values_mut();
-                if rows >= self.rows {
-                    task(((d, error), &mut p));
+                let big = if rows >= self.rows {
+                    task(((d, error), &mut p))
                 } else {
                     d.par_chunks_mut(rows * cols)
                         .zip(error.par_chunks(rows * cols))
                         .zip(p.par_chunks_mut(rows * rank))
-                        .for_each(task);
+                        .map(task)
+                        .max()
+                        .unwrap_or(0)
+                };
+                if big >= 0x7F80_0000 {
+                    return Err(non_finite(delta.values()));
                 }
-                Started {
-                    delta: Delta::Host(delta),
-                    p,
-                }
+                (Delta::Host(delta), f32::from_bits(big), p)
             }
             Matrix::Device(error) => {
                 let delta = grad + (**error).clone();
                 let q = tensor(self.q.clone(), [cols, rank], &self.device);
                 let p = HostGrad::read(delta.clone().matmul(q)).into_values();
-                Started {
-                    delta: Delta::Device(delta),
-                    p,
+                let max_abs: f32 = delta.clone().abs().max().into_scalar();
+                if !max_abs.is_finite() {
+                    return Err(non_finite(HostGrad::read(delta).values()));
                 }
+                (Delta::Device(delta), max_abs, p)
             }
+        };
+        if !all_finite(&p) {
+            return Err(CompressError::Overflow);
         }
+        Ok(Started { delta, max_abs, p })
     }
 
     /// Second phase: orthonormalises the summed `P` ([`orthonormalize`], on the host) and forms
-    /// the local `Q = ΔᵀP` ([`Projected::q`], to be all-reduced with a mean).
+    /// the local `Q = ΔᵀP` ([`Projected::q`], to be all-reduced with a mean). A sum that
+    /// overflowed f32, or a `Q` that does, is [`CompressError::Overflow`].
     ///
     /// # Panics
     /// If `p_sum` does not have `rows · rank` entries.
-    pub fn project(&self, started: Started, p_sum: &[f32]) -> Projected {
+    pub fn project(&self, started: Started, p_sum: &[f32]) -> Result<Projected, CompressError> {
         let (rows, cols, rank) = (self.rows, self.cols, self.rank);
+        if !all_finite(p_sum) {
+            return Err(CompressError::Overflow);
+        }
         let mut p = p_sum.to_vec();
         orthonormalize(&mut p, rows, rank, self.epsilon);
         let q = match &started.delta {
@@ -461,23 +494,43 @@ impl PowerSgd {
                 HostGrad::read(delta.clone().transpose().matmul(p)).into_values()
             }
         };
-        Projected {
+        if !all_finite(&q) {
+            return Err(CompressError::Overflow);
+        }
+        Ok(Projected {
             delta: started.delta,
+            max_abs: started.max_abs,
             p,
             q,
-        }
+        })
     }
 
     /// Last phase: `out = P Qᵀ` with the averaged `Q`; keeps `Q` for the warm start and the
     /// residual `e = Δ − out`. Returns `out`, the aggregated low-rank gradient (on a host device
     /// in the gradient's buffer).
     ///
+    /// `P`'s columns are orthonormal, so `|out| ≤ rank·max|Q|` and `|e| ≤ max|Δ| + |out|`: a `Q`
+    /// for which that bound is not finite (or one that is not) is [`CompressError::Overflow`],
+    /// and the state is left as it was.
+    ///
     /// # Panics
     /// If `q_mean` does not have `cols · rank` entries.
-    pub fn finish(&mut self, projected: Projected, q_mean: &[f32]) -> Tensor<2> {
+    pub fn finish(
+        &mut self,
+        projected: Projected,
+        q_mean: &[f32],
+    ) -> Result<Tensor<2>, CompressError> {
         let (rows, cols, rank) = (self.rows, self.cols, self.rank);
         assert_eq!(q_mean.len(), cols * rank, "Q must have cols·rank entries");
-        let Projected { delta, p, .. } = projected;
+        let Projected {
+            delta, max_abs, p, ..
+        } = projected;
+        let q_max = q_mean.iter().fold(0.0_f32, |m, v| m.max(v.abs()));
+        // The bound in f64 with a margin for the f32 rounding of each sum.
+        let bound = 2.0 * (rank as f64 * q_max as f64 + max_abs as f64);
+        if !(q_max.is_finite() && bound < f32::MAX as f64) {
+            return Err(CompressError::Overflow);
+        }
         self.q = q_mean.to_vec();
         match (delta, &mut self.error) {
             (Delta::Host(mut delta), Matrix::Host(error)) => {
@@ -510,25 +563,31 @@ impl PowerSgd {
                         .zip(p.par_chunks(task_rows * rank))
                         .for_each(task);
                 }
-                delta.into_tensor([rows, cols], &self.device)
+                Ok(delta.into_tensor([rows, cols], &self.device))
             }
             (Delta::Device(delta), Matrix::Device(error)) => {
                 let p = tensor(p, [rows, rank], &self.device);
                 let q = tensor(q_mean.to_vec(), [cols, rank], &self.device);
                 let out = p.matmul(q.transpose());
                 **error = delta - out.clone();
-                out
+                Ok(out)
             }
             _ => unreachable!("a step's Δ is where the state's residual is"),
         }
     }
 
-    /// One step with a single worker (the all-reduces are the identity).
-    pub fn step_local(&mut self, grad: Tensor<2>) -> Tensor<2> {
-        let started = self.start(grad);
+    /// One step with a single worker (the all-reduces are the identity); the errors of
+    /// [`PowerSgd::start`], [`PowerSgd::project`] and [`PowerSgd::finish`].
+    pub fn step_local(&mut self, grad: Tensor<2>) -> Result<Tensor<2>, CompressError> {
+        let started = self.start(grad)?;
         let p = started.p().to_vec();
-        let projected = self.project(started, &p);
+        let projected = self.project(started, &p)?;
         let q = projected.q().to_vec();
         self.finish(projected, &q)
     }
+}
+
+/// Whether every value is finite.
+fn all_finite(values: &[f32]) -> bool {
+    values.iter().all(|v| v.is_finite())
 }

@@ -661,7 +661,7 @@ fn powersgd_warm_start_reaches_the_optimal_rank_r_error() {
     let mut error = f64::INFINITY;
     for _ in 0..30 {
         state.reset_error();
-        let out = state.step_local(matrix.clone());
+        let out = state.step_local(matrix.clone()).unwrap();
         error = (matrix.clone() - out)
             .square()
             .sum()
@@ -713,7 +713,7 @@ fn powersgd_on_rank_deficient_input() {
         .collect();
     let g = tensor(rank_one.clone(), [12, 9], &device);
     let mut state = PowerSgd::new(&PowerSgdConfig::new(2).unwrap(), 12, 9, 0, &device);
-    let out = to_vec(&state.step_local(g));
+    let out = to_vec(&state.step_local(g).unwrap());
     let err2: f32 = out
         .iter()
         .zip(&rank_one)
@@ -721,6 +721,61 @@ fn powersgd_on_rank_deficient_input() {
         .sum();
     let norm2: f32 = rank_one.iter().map(|b| b * b).sum();
     assert!(err2 / norm2 < 1e-8, "relative error² {}", err2 / norm2);
+}
+
+/// A NaN or ±Inf in the gradient is `NonFinite` at `start`, a summed `P` or an averaged `Q`
+/// beyond f32 is `Overflow`; none of them changes the state (`Q`, the residual), so the next
+/// finite step is the one a state that never saw them takes. Before, a NaN `P` became zero
+/// columns in the Gram–Schmidt: a zero update, and a NaN residual kept for every later step.
+#[test]
+fn powersgd_refuses_non_finite_and_overflowing_steps_and_keeps_its_state() {
+    let device = device();
+    let (rows, cols) = (12, 40);
+    let config = PowerSgdConfig::new(2).unwrap();
+    let g = gaussian(rows * cols, 41);
+    let grad = || tensor(g.clone(), [rows, cols], &device);
+    let mut state = PowerSgd::new(&config, rows, cols, 0, &device);
+    state.step_local(grad()).unwrap();
+    let mut reference = state.clone();
+    let (q, e) = (state.q().to_vec(), state.error());
+    for poison in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+        let mut bad = g.clone();
+        bad[17] = poison;
+        let err = state.start(tensor(bad, [rows, cols], &device)).unwrap_err();
+        assert!(
+            matches!(err, CompressError::NonFinite { bad: 1, total } if total == rows * cols),
+            "{poison}: {err}"
+        );
+    }
+    let started = state.start(grad()).unwrap();
+    let p = started.p().to_vec();
+    let mut huge = p.clone();
+    huge[0] = f32::INFINITY;
+    assert!(matches!(
+        state.project(started, &huge),
+        Err(CompressError::Overflow)
+    ));
+    let started = state.start(grad()).unwrap();
+    let p_sum = started.p().to_vec();
+    let projected = state.project(started, &p_sum).unwrap();
+    let q_huge = vec![f32::MAX / 2.0; projected.q().len()];
+    assert!(matches!(
+        state.finish(projected, &q_huge),
+        Err(CompressError::Overflow)
+    ));
+    assert_eq!(state.q(), &q[..], "Q changed by a refused step");
+    assert_eq!(state.error(), e, "the residual changed by a refused step");
+    let next = to_vec(&state.step_local(grad()).unwrap());
+    assert_eq!(next, to_vec(&reference.step_local(grad()).unwrap()));
+    assert!(next.iter().all(|v| v.is_finite()));
+    // Nor does a checkpoint bring one in.
+    let mut e_nan = e.clone();
+    e_nan[3] = f32::NAN;
+    assert!(matches!(
+        PowerSgd::restore(&config, rows, cols, q.clone(), e_nan, &device),
+        Err(CompressError::InvalidParameter { field: "error", .. })
+    ));
+    assert!(PowerSgd::restore(&config, rows, cols, q, e, &device).is_ok());
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -895,6 +895,7 @@ impl PowerSgd {
 /// PowerSGD's first phase: each matrix's `P = ΔQ` (with `Δ` kept for the second), each dense
 /// tensor's values.
 struct PowerStart<'a> {
+    rank: usize,
     config: &'a PowerSgdConfig,
     states: &'a mut HashMap<usize, PowerSgdState>,
     started: HashMap<usize, Started>,
@@ -919,7 +920,8 @@ impl Encode for PowerStart<'_> {
             .or_insert_with(|| PowerSgdState::new(config, rows, cols, index as u64, &device));
         let started = timed(&mut self.stats.encode, || {
             state.start(grad.reshape([rows, cols]))
-        });
+        })
+        .map_err(encode_failed(self.rank, index))?;
         let p = started.p().to_vec();
         self.started.insert(index, started);
         Ok(Part::Floats(p))
@@ -975,6 +977,7 @@ impl Reducer for PowerSgd {
         let config = &self.config;
         let world = comm.world_size() as f32;
         let mut start = PowerStart {
+            rank: comm.rank(),
             config,
             states: &mut self.states,
             started: HashMap::new(),
@@ -1006,7 +1009,8 @@ impl Reducer for PowerSgd {
                 continue;
             };
             let state = &self.states[&entry.meta.index];
-            let step = timed(&mut stats.encode, || state.project(step, values));
+            let step = timed(&mut stats.encode, || state.project(step, values))
+                .map_err(encode_failed(comm.rank(), entry.meta.index))?;
             stats.wire_bytes += 4 * (len + step.q().len()) as u64;
             second.extend_from_slice(step.q());
             projected.push((entry, step));
@@ -1020,7 +1024,8 @@ impl Reducer for PowerSgd {
             let q = &second[at..at + step.q().len()];
             at += q.len();
             let state = self.states.get_mut(&entry.meta.index).expect("started");
-            let out = timed(&mut stats.decode, || state.finish(step, q));
+            let out = timed(&mut stats.decode, || state.finish(step, q))
+                .map_err(encode_failed(comm.rank(), entry.meta.index))?;
             let n = entry.meta.dims.iter().product::<usize>();
             decoded[entry.meta.index] = Some(out.reshape([n]));
         }

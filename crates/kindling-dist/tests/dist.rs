@@ -426,41 +426,47 @@ fn majority_vote_is_robust_where_averaging_is_not() {
 
 /// TernGrad's shared scale with one rank's gradient holding NaN or ±∞: the max over ranks must
 /// not drop a NaN or take an ∞, and the error must name the rank that holds it, not rank 0 or
-/// the rank that happened to notice. Every rank ends (the group aborts) within the timeout.
+/// the rank that happened to notice. The same for PowerSGD, whose `P` would carry the NaN into
+/// every rank's sum (its Gram–Schmidt then zeroed the update and kept a NaN residual). Every rank
+/// ends (the group aborts) within the timeout.
 #[test]
-fn a_non_finite_shared_scale_names_its_rank() {
-    let data = Arc::new(shards(3).0);
-    for poison in [f64::NAN, 1e39, -1e39] {
-        let start = Instant::now();
-        let data = data.clone();
-        let err = run_workers(3, TIMEOUT, move |g| {
-            let device = kindling_testing::autodiff_device();
-            let rank = g.rank();
-            let mut trainer = DataParallel::new(g, TernGradShared::new(TernGrad::new()), 5);
-            let model = Mlp::new(16, 0, &device);
-            let mut optim = burn::optim::AdamConfig::new().init();
-            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
-            let grads = if rank == 2 {
-                scale(grads, &model, poison)
-            } else {
-                grads
-            };
-            trainer.step(model, grads, &mut optim, 1e-3).map(|_| ())
-        })
-        .unwrap_err();
-        assert!(
-            matches!(
-                err,
-                DistError::Encode {
-                    rank: 2,
-                    param: 0,
-                    ..
-                }
-            ),
-            "{poison}: {err}"
-        );
-        assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+fn a_non_finite_gradient_names_its_rank() {
+    fn check<R: Reducer + 'static>(make: impl Fn() -> R + Send + Sync + Clone + 'static) {
+        let data = Arc::new(shards(3).0);
+        for poison in [f64::NAN, 1e39, -1e39] {
+            let start = Instant::now();
+            let (data, make) = (data.clone(), make.clone());
+            let err = run_workers(3, TIMEOUT, move |g| {
+                let device = kindling_testing::autodiff_device();
+                let rank = g.rank();
+                let mut trainer = DataParallel::new(g, make(), 5);
+                let model = Mlp::new(16, 0, &device);
+                let mut optim = burn::optim::AdamConfig::new().init();
+                let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+                let grads = if rank == 2 {
+                    scale(grads, &model, poison)
+                } else {
+                    grads
+                };
+                trainer.step(model, grads, &mut optim, 1e-3).map(|_| ())
+            })
+            .unwrap_err();
+            assert!(
+                matches!(
+                    err,
+                    DistError::Encode {
+                        rank: 2,
+                        param: 0,
+                        ..
+                    }
+                ),
+                "{poison}: {err}"
+            );
+            assert!(start.elapsed() < TIMEOUT, "{:?}", start.elapsed());
+        }
     }
+    check(|| TernGradShared::new(TernGrad::new()));
+    check(|| PowerSgd::new(PowerSgdConfig::new(2).unwrap()));
 }
 
 /// Saving the reducer state (PowerSGD's Q and residuals; error-feedback residuals of a gathered
