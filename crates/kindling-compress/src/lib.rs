@@ -103,7 +103,7 @@ pub use payload::{
 };
 pub use qsgd::{LevelCoding, MAX_LEVELS, Qsgd, elias_gamma_bits};
 pub use random::uniforms;
-pub use sign::{ScaledSign, Sign, majority_vote};
+pub use sign::{ScaledSign, Sign, majority_vote, majority_vote_into};
 pub use sparse::{Count, RandomK, TopK, random_positions, sparse_body_bytes};
 pub use terngrad::{TernGrad, TritPacking};
 

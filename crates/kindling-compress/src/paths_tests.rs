@@ -400,3 +400,49 @@ fn powersgd_paths_agree_and_host_bits_are_fixed() {
         );
     }
 }
+
+/// The majority vote's host kernel (a bit-sliced count over the packed signs) gives the vote
+/// computed entry by entry, and the device path's, for 1 to 9 voters with an abstainer among
+/// them, over several tasks and a partial last word.
+#[test]
+fn majority_vote_counts_on_both_paths() {
+    let n = 2 * crate::host::CHUNK + 77;
+    for voters in 1..=9usize {
+        let grads: Vec<Vec<f32>> = (0..voters)
+            .map(|m| {
+                if m == 1 {
+                    vec![0.0; n]
+                } else {
+                    gaussian(n, 100 + m as u64)
+                }
+            })
+            .collect();
+        let payloads: Vec<Payload> = grads
+            .iter()
+            .map(|g| {
+                let t = Tensor::<1>::from_data(TensorData::new(g.clone(), [n]), &Device::flex());
+                Sign.compress(t, &mut ChaCha8Rng::seed_from_u64(0)).unwrap()
+            })
+            .collect();
+        let voting: Vec<&Vec<f32>> = grads
+            .iter()
+            .filter(|g| g.iter().any(|v| *v != 0.0))
+            .collect();
+        let expected: Vec<f32> = (0..n)
+            .map(|i| {
+                let sum: i32 = voting.iter().map(|g| if g[i] < 0.0 { -1 } else { 1 }).sum();
+                if sum >= 0 { 1.0 } else { -1.0 }
+            })
+            .collect();
+        let flat = |t: Tensor<1>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap()
+        };
+        let host = flat(majority_vote::<1>(&payloads, &Device::flex()).unwrap());
+        assert!(host == expected, "{voters} voters: host kernel");
+        let on_device = on_device_path(|| flat(majority_vote::<1>(&payloads, &device()).unwrap()));
+        assert!(on_device == expected, "{voters} voters: device path");
+    }
+}

@@ -9,7 +9,9 @@ use crate::codec::{compress_on_host, decompress_on_host, flatten, l1_norm_checke
 use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, Sink, is_host_device, pack_small, unpack_small};
 use crate::payload::Writer;
+use crate::simd;
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
+use rayon::prelude::*;
 
 /// Header flag: every entry of the gradient was exactly zero.
 const ALL_ZERO: u8 = 1;
@@ -222,34 +224,132 @@ fn decode_scaled_sign<S: Sink>(
 ///
 /// With `M` voters of which a minority send flipped signs, the vote still equals the honest sign
 /// wherever the honest workers agree. A worker whose gradient was all zero abstains.
+///
+/// On a host device this is [`majority_vote_into`] (a count over the packed bits); on other
+/// devices each payload is decoded on the device and the signs summed there.
 pub fn majority_vote<const D: usize>(
     payloads: &[Payload],
     device: &Device,
 ) -> Result<Tensor<D>, DecodeError> {
+    let Some(first) = payloads.first() else {
+        return Err(no_voters());
+    };
+    let shape: [usize; D] = first.dims()?;
+    if let Some(p) = payloads
+        .iter()
+        .find(|p| p.header().shape != first.header().shape)
+    {
+        return Err(DecodeError::ShapeMismatch {
+            expected_rank: D,
+            found: p.header().shape.clone(),
+        });
+    }
+    if is_host_device(device) {
+        let refs: Vec<PayloadRef<'_>> = payloads.iter().map(Payload::borrow).collect();
+        let mut out = vec![0.0f32; first.header().numel()];
+        majority_vote_into(&refs, &mut out)?;
+        return Ok(host::tensor(out, shape, device));
+    }
     let mut votes: Option<Tensor<D>> = None;
     for p in payloads {
         let v: Tensor<D> = Sign.decompress(p, device)?;
-        if let Some(prev) = &votes
-            && prev.dims() != v.dims()
-        {
-            return Err(DecodeError::ShapeMismatch {
-                expected_rank: D,
-                found: p.header().shape.clone(),
-            });
-        }
         votes = Some(match votes {
             Some(sum) => sum + v,
             None => v,
         });
     }
-    let votes = votes.ok_or(DecodeError::FieldOutOfRange {
-        field: "payload count",
-        value: 0,
-        reason: "a vote needs at least one payload",
-    })?;
+    let votes = votes.ok_or_else(no_voters)?;
     Ok(votes
         .greater_equal_elem(0.0)
         .float()
         .mul_scalar(2.0)
         .sub_scalar(1.0))
+}
+
+fn no_voters() -> DecodeError {
+    DecodeError::FieldOutOfRange {
+        field: "payload count",
+        value: 0,
+        reason: "a vote needs at least one payload",
+    }
+}
+
+/// [`majority_vote`] into a caller's buffer of the payloads' entry count, from borrowed
+/// payloads (a receive buffer), on the host: the signs are counted on the packed bits, 64
+/// entries at a time (a bit-sliced counter per bit position), and each entry written once
+/// (`−1` where more voters sent a negative sign than a non-negative one, else `+1`). A payload
+/// of another codec or entry count, or with undefined flags, is an error.
+pub fn majority_vote_into(payloads: &[PayloadRef<'_>], out: &mut [f32]) -> Result<(), DecodeError> {
+    if payloads.is_empty() {
+        return Err(no_voters());
+    }
+    let mut voters = Vec::with_capacity(payloads.len());
+    for payload in payloads {
+        let (header, mut r) = payload.open_into(CodecId::Sign, out)?;
+        let flags = header.flags;
+        let bits = r.take("sign bits", packed_len(out.len(), 1))?;
+        r.finish()?;
+        match flags {
+            0 => voters.push(bits),
+            ALL_ZERO => {}
+            f => return Err(sign_flags_error(f)),
+        }
+    }
+    // Negative where at least ⌊V/2⌋ + 1 of the V voters sent a set bit (ties are +1); with no
+    // voter every sum is 0, so +1.
+    let mut mask = vec![0u8; packed_len(out.len(), 1)];
+    if !voters.is_empty() {
+        let needed = voters.len() / 2 + 1;
+        let task = |(c, mask): (usize, &mut [u8])| vote_mask(&voters, needed, c * VOTE_BYTES, mask);
+        if mask.len() <= VOTE_BYTES {
+            task((0, &mut mask));
+        } else {
+            mask.par_chunks_mut(VOTE_BYTES).enumerate().for_each(task);
+        }
+    }
+    unpack_small::<1, _>(&mask, out, host::Set, &[1.0, -1.0]);
+    Ok(())
+}
+
+/// Mask bytes per task of the vote: [`host::CHUNK`] entries.
+const VOTE_BYTES: usize = host::CHUNK / 8;
+
+/// Writes into `mask` (bytes `start..` of the whole mask) bit `i` set iff at least `needed` of
+/// the `voters`' bit streams have bit `i` set: per 64-bit word, the voters' bits are added into
+/// a bit-sliced counter (plane `p` holds bit `p` of every position's count) and the counts
+/// compared with `needed` plane by plane, from the top.
+fn vote_mask(voters: &[&[u8]], needed: usize, start: usize, mask: &mut [u8]) {
+    let planes = (usize::BITS - voters.len().leading_zeros()) as usize;
+    let word = |bytes: &[u8], at: usize| {
+        let mut w = [0u8; 8];
+        let end = (at + 8).min(bytes.len());
+        w[..end - at].copy_from_slice(&bytes[at..end]);
+        u64::from_le_bytes(w)
+    };
+    simd::wide!({
+        let mut count = [0u64; usize::BITS as usize];
+        for (k, out) in mask.chunks_mut(8).enumerate() {
+            let at = start + 8 * k;
+            count[..planes].fill(0);
+            for voter in voters {
+                let mut carry = word(voter, at);
+                for plane in &mut count[..planes] {
+                    let sum = *plane ^ carry;
+                    carry &= *plane;
+                    *plane = sum;
+                }
+            }
+            let (mut above, mut equal) = (0u64, !0u64);
+            for (p, plane) in count[..planes].iter().enumerate().rev() {
+                if (needed >> p) & 1 == 1 {
+                    equal &= plane;
+                } else {
+                    above |= equal & plane;
+                    equal &= !plane;
+                }
+            }
+            let bytes = (above | equal).to_le_bytes();
+            out.copy_from_slice(&bytes[..out.len()]);
+        }
+    })
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use kindling_compress::powersgd::{PowerSgd as PowerSgdState, PowerSgdConfig, Started};
 use kindling_compress::{
     CompressError, Compressor, Payload, PayloadRef, Sign, TernGrad, is_host_device, majority_vote,
-    matrix_view,
+    majority_vote_into, matrix_view,
 };
 use rand::rngs::ChaCha8Rng;
 
@@ -597,22 +597,32 @@ impl Decode for VoteOp<'_> {
             unreachable!("sign parts are payloads")
         };
         let n = dims.iter().product::<usize>();
+        let failed = |rank: usize| {
+            move |e: kindling_compress::DecodeError| DistError::Decode {
+                rank,
+                param: index,
+                reason: e.to_string(),
+            }
+        };
+        if is_host_device(device) {
+            // Counted on the packed bits straight from the receive buffer.
+            let payloads = all
+                .iter()
+                .enumerate()
+                .map(|(rank, bytes)| PayloadRef::parse_expecting(bytes, &[n]).map_err(failed(rank)))
+                .collect::<Result<Vec<_>, DistError>>()?;
+            let mut out = vec![0.0f32; n];
+            majority_vote_into(&payloads, &mut out).map_err(failed(usize::MAX))?;
+            return Ok(tensor(out, [n], device));
+        }
         let payloads = all
             .iter()
             .enumerate()
             .map(|(rank, bytes)| {
-                Payload::from_bytes_expecting(bytes.to_vec(), &[n]).map_err(|e| DistError::Decode {
-                    rank,
-                    param: index,
-                    reason: e.to_string(),
-                })
+                Payload::from_bytes_expecting(bytes.to_vec(), &[n]).map_err(failed(rank))
             })
             .collect::<Result<Vec<_>, DistError>>()?;
-        majority_vote::<1>(&payloads, device).map_err(|e| DistError::Decode {
-            rank: usize::MAX,
-            param: index,
-            reason: e.to_string(),
-        })
+        majority_vote::<1>(&payloads, device).map_err(failed(usize::MAX))
     }
 }
 
