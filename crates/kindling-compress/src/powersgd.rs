@@ -411,16 +411,13 @@ impl PowerSgd {
                 };
                 let rows = rows_per_task(cols);
                 let d = delta.values_mut();
-                let big = if rows >= self.rows {
-                    task(((d, error), &mut p))
-                } else {
-                    d.par_chunks_mut(rows * cols)
-                        .zip(error.par_chunks(rows * cols))
-                        .zip(p.par_chunks_mut(rows * rank))
-                        .map(task)
-                        .max()
-                        .unwrap_or(0)
-                };
+                let big = d
+                    .par_chunks_mut(rows * cols)
+                    .zip(error.par_chunks(rows * cols))
+                    .zip(p.par_chunks_mut(rows * rank))
+                    .map(task)
+                    .max()
+                    .unwrap_or(0);
                 if big >= 0x7F80_0000 {
                     return Err(non_finite(delta.values()));
                 }
@@ -478,6 +475,8 @@ impl PowerSgd {
                         }
                     }
                 };
+                // A matrix of one chunk's size runs its column tasks on this thread: a split
+                // would hand them to rayon's pool, a thread switch for little work.
                 if rows * cols <= CHUNK {
                     q.chunks_mut(COLS_PER_TASK * rank)
                         .enumerate()
@@ -555,14 +554,10 @@ impl PowerSgd {
                 };
                 let task_rows = rows_per_task(cols);
                 let d = delta.values_mut();
-                if task_rows >= rows {
-                    task(((d, error), &p));
-                } else {
-                    d.par_chunks_mut(task_rows * cols)
-                        .zip(error.par_chunks_mut(task_rows * cols))
-                        .zip(p.par_chunks(task_rows * rank))
-                        .for_each(task);
-                }
+                d.par_chunks_mut(task_rows * cols)
+                    .zip(error.par_chunks_mut(task_rows * cols))
+                    .zip(p.par_chunks(task_rows * rank))
+                    .for_each(task);
                 Ok(delta.into_tensor([rows, cols], &self.device))
             }
             (Delta::Device(delta), Matrix::Device(error)) => {

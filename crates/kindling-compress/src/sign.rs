@@ -301,11 +301,7 @@ pub fn majority_vote_into(payloads: &[PayloadRef<'_>], out: &mut [f32]) -> Resul
     if !voters.is_empty() {
         let needed = voters.len() / 2 + 1;
         let task = |(c, mask): (usize, &mut [u8])| vote_mask(&voters, needed, c * VOTE_BYTES, mask);
-        if mask.len() <= VOTE_BYTES {
-            task((0, &mut mask));
-        } else {
-            mask.par_chunks_mut(VOTE_BYTES).enumerate().for_each(task);
-        }
+        mask.par_chunks_mut(VOTE_BYTES).enumerate().for_each(task);
     }
     unpack_small::<1, _>(&mask, out, host::Set, &[1.0, -1.0]);
     Ok(())
