@@ -649,6 +649,61 @@ pub(crate) fn any_field(
     })
 }
 
+/// `G·X` for row-major `G [rows, cols]` and `X [cols, l]`: `[rows, l]`, rows in parallel.
+pub(crate) fn g_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
+    let mut y = vec![0f32; rows * l];
+    y.par_chunks_mut(l)
+        .zip(g.par_chunks(cols))
+        .for_each(|(y_row, g_row)| {
+            simd::wide!({
+                for (&gij, x_row) in g_row.iter().zip(x.chunks(l)) {
+                    for (yt, &xt) in y_row.iter_mut().zip(x_row) {
+                        *yt += gij * xt;
+                    }
+                }
+            })
+        });
+    y
+}
+
+/// Columns per task of [`gt_times`]: its accumulators (`l × 256` f32) stay in L1.
+const COLS_PER_TASK: usize = 256;
+
+/// `Gᵀ·X` for row-major `G [rows, cols]` and `X [rows, l]`: `[cols, l]`. Each task takes a block
+/// of columns and adds `x_it·G[i, block]` into one accumulator row per `t`, rows in order
+/// (vectorised along the block, the same sums at every vector level), then writes the block
+/// transposed. A matrix of at most [`CHUNK`] entries runs its blocks on this thread: a split
+/// would hand them to rayon's pool, a thread switch for little work.
+pub(crate) fn gt_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
+    let mut z = vec![0.0; cols * l];
+    let task = |(task, z): (usize, &mut [f32])| {
+        let first = task * COLS_PER_TASK;
+        let width = z.len() / l;
+        let mut acc = vec![0.0_f32; l * width];
+        simd::wide!({
+            for (row, xi) in g.chunks_exact(cols).zip(x.chunks_exact(l)) {
+                let row = &row[first..first + width];
+                for (acc, xit) in acc.chunks_exact_mut(width).zip(xi) {
+                    acc.iter_mut().zip(row).for_each(|(a, gij)| *a += gij * xit);
+                }
+            }
+        });
+        for (t, acc) in acc.chunks_exact(width).enumerate() {
+            for (j, a) in acc.iter().enumerate() {
+                z[j * l + t] = *a;
+            }
+        }
+    };
+    if rows * cols <= CHUNK {
+        z.chunks_mut(COLS_PER_TASK * l).enumerate().for_each(task);
+    } else {
+        z.par_chunks_mut(COLS_PER_TASK * l)
+            .enumerate()
+            .for_each(task);
+    }
+    z
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -215,18 +215,22 @@ fn fourier_refuses_a_gradient_whose_transform_overflows() {
     });
 }
 
+/// Full-SVD spectral ATOMO with a budget of `atoms` on the `side × side` gradient `g`, on the
+/// test device.
+fn spectral(g: &[f32], side: usize, atoms: f64) -> Result<Payload, CompressError> {
+    let t = Tensor::<2>::from_data(TensorData::new(g.to_vec(), [side, side]), &device());
+    Atomo::new(Spectral::full(), Budget::Atoms(atoms))
+        .unwrap()
+        .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
+}
+
 /// Spectral ATOMO refuses a gradient of finite entries whose singular values (or an atom's
 /// scale) overflow f32, on both paths, with the codec's typed error: before, an infinite σ made
 /// the probabilities NaN and the payload silently carried no atom (a zero gradient).
 #[test]
 fn spectral_refuses_a_gradient_whose_singular_values_overflow() {
     let g = vec![f32::MAX / 1.5; 4];
-    refuses_with_overflow(|| {
-        let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [2, 2]), &device());
-        Atomo::new(Spectral::full(), Budget::Atoms(1.0))
-            .unwrap()
-            .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
-    });
+    refuses_with_overflow(|| spectral(&g, 2, 1.0));
 }
 
 /// Spectral ATOMO refuses an atom whose scale `σ/p` overflows f32 though σ is finite: six
@@ -237,12 +241,7 @@ fn spectral_refuses_an_atom_whose_scale_overflows() {
     let g: Vec<f32> = (0..36)
         .map(|i| if i % 7 == 0 { f32::MAX / 2.0 } else { 0.0 })
         .collect();
-    refuses_with_overflow(|| {
-        let t = Tensor::<2>::from_data(TensorData::new(g.clone(), [6, 6]), &device());
-        Atomo::new(Spectral::full(), Budget::Atoms(2.0))
-            .unwrap()
-            .compress(t, &mut ChaCha8Rng::seed_from_u64(1))
-    });
+    refuses_with_overflow(|| spectral(&g, 6, 2.0));
 }
 
 /// Payload bytes do not depend on how many threads encode them.

@@ -53,7 +53,7 @@ use rayon::prelude::*;
 
 use crate::CompressError;
 use crate::codec::{invalid, matrix_view};
-use crate::host::{CHUNK, HostGrad, abs_bits, is_host_device, non_finite, tensor};
+use crate::host::{CHUNK, HostGrad, abs_bits, gt_times, is_host_device, non_finite, tensor};
 use crate::simd::wide;
 
 /// Settings of PowerSGD.
@@ -124,10 +124,11 @@ pub const RELATIVE_TOLERANCE: f32 = 1e-5;
 /// Orthonormalises the columns of `p` (`rows × rank`, row-major, host values) in place by
 /// modified Gram–Schmidt with one re-orthogonalisation pass ("twice is enough"), in f64. A
 /// column that is (numerically) in the span of the previous ones — its norm after projection
-/// below `epsilon` or below [`RELATIVE_TOLERANCE`] of its norm before — becomes zero, instead of
-/// normalising rounding residue into a non-orthogonal column. So a rank-deficient `p` (a
-/// batch-of-1 linear layer's gradient is rank 1) gives orthonormal columns followed by zero
-/// ones.
+/// not above `epsilon` (which may be 0) or not above [`RELATIVE_TOLERANCE`] of its norm before —
+/// becomes zero, instead of normalising rounding residue into a non-orthogonal column. So a
+/// rank-deficient `p` (a batch-of-1 linear layer's gradient is rank 1) gives orthonormal
+/// columns followed by zero ones. Spectral ATOMO's randomized SVD orthonormalises its sketches
+/// with it too.
 ///
 /// # Panics
 /// If `p.len() != rows · rank`.
@@ -146,8 +147,9 @@ pub fn orthonormalize(p: &mut [f32], rows: usize, rank: usize, epsilon: f32) {
         }
         let norm = dot(&c, &c).sqrt();
         let floor = (before * RELATIVE_TOLERANCE as f64).max(epsilon as f64);
-        let scale = if norm >= floor { 1.0 / norm } else { 0.0 };
-        c.iter_mut().for_each(|x| *x *= scale);
+        let keep = norm > floor && norm > 0.0;
+        c.iter_mut()
+            .for_each(|x| *x = if keep { *x / norm } else { 0.0 });
         for (i, x) in c.iter().enumerate() {
             p[i * rank + j] = *x as f32;
         }
@@ -229,9 +231,6 @@ pub struct PowerSgd {
 fn rows_per_task(cols: usize) -> usize {
     (CHUNK / cols.max(1)).max(1)
 }
-
-/// Columns per task of the `ΔᵀP` kernel: its accumulators (`rank × 256` f32) stay in L1.
-const COLS_PER_TASK: usize = 256;
 
 /// `Σ a[i]·b[i]` in f32 over sixteen lanes summed in a fixed order, then the tail: it
 /// vectorises, and the result does not depend on the vector unit.
@@ -454,40 +453,7 @@ impl PowerSgd {
         let mut p = p_sum.to_vec();
         orthonormalize(&mut p, rows, rank, self.epsilon);
         let q = match &started.delta {
-            Delta::Host(delta) => {
-                let delta = delta.values();
-                let mut q = vec![0.0; cols * rank];
-                let task = |(task, q): (usize, &mut [f32])| {
-                    let first = task * COLS_PER_TASK;
-                    let width = q.len() / rank;
-                    let mut acc = vec![0.0_f32; rank * width];
-                    wide!({
-                        for (row, pi) in delta.chunks_exact(cols).zip(p.chunks_exact(rank)) {
-                            let row = &row[first..first + width];
-                            for (acc, pik) in acc.chunks_exact_mut(width).zip(pi) {
-                                acc.iter_mut().zip(row).for_each(|(a, d)| *a += d * pik);
-                            }
-                        }
-                    });
-                    for (k, acc) in acc.chunks_exact(width).enumerate() {
-                        for (j, a) in acc.iter().enumerate() {
-                            q[j * rank + k] = *a;
-                        }
-                    }
-                };
-                // A matrix of one chunk's size runs its column tasks on this thread: a split
-                // would hand them to rayon's pool, a thread switch for little work.
-                if rows * cols <= CHUNK {
-                    q.chunks_mut(COLS_PER_TASK * rank)
-                        .enumerate()
-                        .for_each(task);
-                } else {
-                    q.par_chunks_mut(COLS_PER_TASK * rank)
-                        .enumerate()
-                        .for_each(task);
-                }
-                q
-            }
+            Delta::Host(delta) => gt_times(delta.values(), rows, cols, &p, rank),
             Delta::Device(delta) => {
                 let p = tensor(p.clone(), [rows, rank], &self.device);
                 HostGrad::read(delta.clone().transpose().matmul(p)).into_values()

@@ -6,8 +6,9 @@ use rayon::prelude::*;
 use super::{Atomo, probabilities};
 use crate::codec::host_decoders;
 use crate::codec::{as_matrix, decompress_on_host, invalid, l1_norm_checked, matrix_view};
-use crate::host::{self, HostGrad, Sink, is_host_device};
+use crate::host::{self, HostGrad, Sink, g_times, gt_times, is_host_device};
 use crate::payload::{Reader, Writer};
+use crate::powersgd::orthonormalize;
 use crate::simd;
 use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
 
@@ -507,10 +508,14 @@ fn randomized_host(
 ) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let l = r + 5;
     let omega: Vec<f32> = (0..cols * l).map(|_| rng.random_range(-1.0..1.0)).collect();
-    let mut q = orthonormal_columns(g_times(g, rows, cols, &omega, l), rows, l);
+    let orthonormal = |mut y: Vec<f32>, rows: usize| {
+        orthonormalize(&mut y, rows, l, 0.0);
+        y
+    };
+    let mut q = orthonormal(g_times(g, rows, cols, &omega, l), rows);
     for _ in 0..power_iterations {
-        let z = orthonormal_columns(gt_times(g, rows, cols, &q, l), cols, l);
-        q = orthonormal_columns(g_times(g, rows, cols, &z, l), rows, l);
+        let z = orthonormal(gt_times(g, rows, cols, &q, l), cols);
+        q = orthonormal(g_times(g, rows, cols, &z, l), rows);
     }
     // B = QᵀG = (GᵀQ)ᵀ: l × cols.
     let bt = gt_times(g, rows, cols, &q, l);
@@ -526,73 +531,6 @@ fn randomized_host(
         }
     }
     (u, sigma[..r].to_vec(), vt[..r * cols].to_vec())
-}
-
-/// `G·X` for row-major `G [rows, cols]` and `X [cols, l]`: `[rows, l]`, rows in parallel.
-fn g_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
-    let mut y = vec![0f32; rows * l];
-    y.par_chunks_mut(l)
-        .zip(g.par_chunks(cols))
-        .for_each(|(y_row, g_row)| {
-            simd::wide!({
-                for (&gij, x_row) in g_row.iter().zip(x.chunks(l)) {
-                    for (yt, &xt) in y_row.iter_mut().zip(x_row) {
-                        *yt += gij * xt;
-                    }
-                }
-            })
-        });
-    y
-}
-
-/// `Gᵀ·X` for row-major `G [rows, cols]` and `X [rows, l]`: `[cols, l]`, column blocks in
-/// parallel.
-fn gt_times(g: &[f32], rows: usize, cols: usize, x: &[f32], l: usize) -> Vec<f32> {
-    const BLOCK: usize = 64;
-    let mut z = vec![0f32; cols * l];
-    z.par_chunks_mut(BLOCK * l)
-        .enumerate()
-        .for_each(|(b, z_block)| {
-            simd::wide!({
-                let start = b * BLOCK;
-                let width = z_block.len() / l;
-                for i in 0..rows {
-                    let g_row = &g[i * cols + start..i * cols + start + width];
-                    let x_row = &x[i * l..(i + 1) * l];
-                    for (&gij, z_row) in g_row.iter().zip(z_block.chunks_mut(l)) {
-                        for (zt, &xt) in z_row.iter_mut().zip(x_row) {
-                            *zt += gij * xt;
-                        }
-                    }
-                }
-            })
-        });
-    z
-}
-
-/// Orthonormal columns of a row-major `[rows, l]` matrix by two passes of modified Gram–Schmidt
-/// in f64; a column keeping less than 1e-5 of its norm after projection (rank deficiency) is
-/// zero, as PowerSGD's.
-fn orthonormal_columns(y: Vec<f32>, rows: usize, l: usize) -> Vec<f32> {
-    let mut cols: Vec<Vec<f64>> = (0..l)
-        .map(|c| (0..rows).map(|i| y[i * l + c] as f64).collect())
-        .collect();
-    for c in 0..l {
-        let before = cols[c].iter().map(|x| x * x).sum::<f64>().sqrt();
-        let (done, rest) = cols.split_at_mut(c);
-        let col = &mut rest[0];
-        for _ in 0..2 {
-            for prev in done.iter() {
-                let dot: f64 = prev.iter().zip(col.iter()).map(|(a, b)| a * b).sum();
-                col.iter_mut().zip(prev).for_each(|(x, p)| *x -= dot * p);
-            }
-        }
-        let after = col.iter().map(|x| x * x).sum::<f64>().sqrt();
-        let keep = after > 1e-5 * before && after > 0.0;
-        col.iter_mut()
-            .for_each(|x| *x = if keep { *x / after } else { 0.0 });
-    }
-    (0..rows * l).map(|i| cols[i % l][i / l] as f32).collect()
 }
 
 fn orthonormal_basis(y: Tensor<2>) -> Tensor<2> {
