@@ -441,7 +441,8 @@ impl PowerSgd {
 
     /// Second phase: orthonormalises the summed `P` ([`orthonormalize`], on the host) and forms
     /// the local `Q = ΔᵀP` ([`Projected::q`], to be all-reduced with a mean). A sum that
-    /// overflowed f32, or a `Q` that does, is [`CompressError::Overflow`].
+    /// overflowed f32 (the Gram–Schmidt would zero its column, a silent loss), or a `Q` that
+    /// does, is [`CompressError::Overflow`].
     ///
     /// # Panics
     /// If `p_sum` does not have `rows · rank` entries.

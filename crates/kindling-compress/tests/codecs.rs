@@ -349,6 +349,42 @@ fn majority_vote_survives_a_minority_of_flipped_signs() {
     );
 }
 
+/// The vote refuses what it cannot count, on both entry points: no payloads, another codec's
+/// payload, undefined sign flags, payloads of different shapes, a buffer of the wrong size.
+#[test]
+fn majority_vote_refuses_what_it_cannot_count() {
+    let device = device();
+    let sign = |v: Vec<f32>| {
+        let n = v.len();
+        Sign.compress(tensor(v, [n], &device), &mut rng(0)).unwrap()
+    };
+    let a = sign(vec![1.0, -2.0, 3.0]);
+    assert!(majority_vote::<1>(&[], &device).is_err());
+    assert!(majority_vote_into(&[], &mut [0.0; 3]).is_err());
+    let other = Identity
+        .compress(tensor(vec![1.0, 2.0, 3.0], [3], &device), &mut rng(0))
+        .unwrap();
+    assert!(matches!(
+        majority_vote::<1>(&[a.clone(), other], &device),
+        Err(DecodeError::WrongCodec { .. })
+    ));
+    let mut bytes = a.as_bytes().to_vec();
+    bytes[2] = 2; // the header's flags byte: only bit 0 (all zero) is defined
+    let undefined = Payload::from_bytes(bytes).unwrap();
+    assert!(matches!(
+        majority_vote::<1>(&[a.clone(), undefined], &device),
+        Err(DecodeError::FieldOutOfRange {
+            field: "sign flags",
+            ..
+        })
+    ));
+    assert!(matches!(
+        majority_vote::<1>(&[a.clone(), sign(vec![1.0; 4])], &device),
+        Err(DecodeError::ShapeMismatch { .. })
+    ));
+    assert!(majority_vote_into(&[a.borrow()], &mut [0.0; 4]).is_err());
+}
+
 // ---------------------------------------------------------------------------------------------
 // ATOMO
 
@@ -747,6 +783,15 @@ fn powersgd_refuses_non_finite_and_overflowing_steps_and_keeps_its_state() {
             "{poison}: {err}"
         );
     }
+    // Finite entries whose P = ΔQ overflows f32.
+    assert!(matches!(
+        state.start(tensor(
+            vec![f32::MAX / 2.0; rows * cols],
+            [rows, cols],
+            &device
+        )),
+        Err(CompressError::Overflow)
+    ));
     let started = state.start(grad()).unwrap();
     let p = started.p().to_vec();
     let mut huge = p.clone();

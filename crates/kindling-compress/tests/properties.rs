@@ -88,6 +88,10 @@ fn decode_everything(bytes: &[u8]) {
     all_ranks!(Atomo::new(EntryWise, Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Spectral::full(), Budget::Atoms(1.0)).unwrap());
     all_ranks!(Atomo::new(Fourier, Budget::Atoms(1.0)).unwrap());
+    // The majority vote over two copies: counted or refused, never a panic or a non-finite value.
+    if let Ok(t) = majority_vote::<1>(&[payload.clone(), payload.clone()], &device) {
+        assert!(kindling_testing::to_vec(&t).iter().all(|v| v.is_finite()));
+    }
     // The borrowed host decoders: validated before anything is written, so a refused payload
     // leaves the caller's accumulator exactly as it was.
     let borrowed = PayloadRef::parse(bytes).expect("parses as Payload::from_bytes did");
