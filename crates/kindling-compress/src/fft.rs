@@ -7,11 +7,16 @@
 //! `R` points down the columns of the `R × C` matrix, a twiddle `e^{−2πi·n₂k₁/M}`, then `R`
 //! transforms of `C` points. Each pass works on strips of [`STRIP`] columns, so its transforms
 //! run in cache with every butterfly applied to [`STRIP`] contiguous lanes at once (vectorised by
-//! the compiler), and strips go to rayon's threads. The memory traffic is four passes over the
-//! data; the results do not depend on the thread count.
+//! the compiler), and strips go to rayon's threads. The first pass writes its results transposed
+//! (16 × 16 blocks, in registers with AVX-512), so that the second reads and transforms each of
+//! its strips in place, contiguous. The memory traffic is one read of the input, the write and
+//! the in-place pass of the intermediate, and one read of the result; the results do not depend
+//! on the thread count.
 //!
 //! The inverse transform is the forward one with real and imaginary parts swapped:
-//! `conj(F(conj z)) = swap(F(swap z))`, and with split storage a swap is free.
+//! `conj(F(conj z)) = swap(F(swap z))`, and with split storage a swap is free. Its input, a
+//! sparse spectrum, is never written densely: each task of the first pass builds its columns from
+//! the terms that fall in them.
 
 use std::f64::consts::PI;
 
@@ -63,23 +68,39 @@ thread_local! {
         std::cell::RefCell::new((Split::zeros(0), Split::zeros(0)));
 }
 
+/// A complex vector in split storage, borrowed.
+struct SplitMut<'a> {
+    re: &'a mut [f32],
+    im: &'a mut [f32],
+}
+
 /// Runs `f` on this thread's two [`SCRATCH`] vectors, of `len` entries each (contents
 /// unspecified), compiled for the widest vector unit ([`simd::wide!`]; pass `f` as an
 /// `#[inline(always)]` closure, or it is compiled for the baseline). `f` must not start rayon
 /// work (it would re-enter the scratch).
 #[inline(always)]
-fn with_scratch<R>(len: usize, f: impl FnOnce(&mut Split, &mut Split) -> R) -> R {
+fn with_scratch<R>(len: usize, f: impl FnOnce(SplitMut<'_>, SplitMut<'_>) -> R) -> R {
     SCRATCH.with_borrow_mut(|(a, b)| {
         for v in [&mut a.re, &mut a.im, &mut b.re, &mut b.im] {
-            v.resize(len, 0.0);
+            if v.len() < len {
+                v.resize(len, 0.0);
+            }
         }
+        let a = SplitMut {
+            re: &mut a.re[..len],
+            im: &mut a.im[..len],
+        };
+        let b = SplitMut {
+            re: &mut b.re[..len],
+            im: &mut b.im[..len],
+        };
         simd::wide!(f(a, b))
     })
 }
 
-/// Buffers a thread keeps in its [`POOL`]: a transform of `2M` reals uses four of `M` f32 and
+/// Buffers a thread keeps in its [`POOL`]: a transform of `2M` reals uses two of `M` f32 and
 /// the coefficient vector of `2M`.
-const POOL_BUFFERS: usize = 5;
+const POOL_BUFFERS: usize = 3;
 
 thread_local! {
     /// The work buffers of the large transforms, kept between calls on the calling thread: a
@@ -145,6 +166,7 @@ impl Stages {
 /// `e^{−2πi·e/period}` for `0 ≤ e < period` (a power of two) as the product of two table entries
 /// of `√period` each, in f64.
 struct Powers {
+    period: usize,
     shift: u32,
     fine: Vec<(f64, f64)>,
     coarse: Vec<(f64, f64)>,
@@ -162,6 +184,7 @@ impl Powers {
                 .collect()
         };
         Self {
+            period,
             shift,
             fine: table(1 << shift, 1),
             coarse: table((period >> shift).max(1), 1 << shift),
@@ -290,18 +313,83 @@ fn two_stages(re: &mut [f32], im: &mut [f32], lanes: usize, h: usize, stages: &S
     }
 }
 
-/// Column `b` of the row-major [`STRIP`] × [`STRIP`] block `src` into row `rows_of[b]` of
-/// `dst` (rows of [`STRIP`] lanes).
+/// `dst[16·b + j] = src[16·j + b]`: the [`STRIP`] × [`STRIP`] block transposed, in registers
+/// with AVX-512 ([`transpose_avx512`]), else lane by lane. Either way values are only moved.
 #[inline(always)]
-fn transpose_into(src: &[f32], rows_of: &[usize], dst: &mut [f32]) {
-    let mut block = [[0f32; STRIP]; STRIP];
+fn transpose(src: &[f32], dst: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    if let (simd::Level::Avx512, Ok(src), Ok(dst)) = (
+        simd::level(),
+        <&[f32; STRIP * STRIP]>::try_from(src),
+        <&mut [f32; STRIP * STRIP]>::try_from(&mut *dst),
+    ) {
+        // SAFETY: `level` returns `Avx512` only when the CPU has AVX-512 F.
+        unsafe { transpose_avx512(src, dst) };
+        return;
+    }
     for (j, row) in src.chunks_exact(STRIP).enumerate() {
         for (b, &v) in row.iter().enumerate() {
-            block[b][j] = v;
+            dst[STRIP * b + j] = v;
         }
     }
-    for (column, &row) in block.iter().zip(rows_of) {
-        copy_lanes(&mut dst[row * STRIP..(row + 1) * STRIP], column);
+}
+
+/// `out[16·b + j] = src[16·j + b]`: the 16 × 16 transpose in four rounds of two-register shuffles
+/// (32-bit and 64-bit interleaves within 128-bit lanes, then two rounds of 128-bit lane
+/// selections), 64 shuffles for 256 values.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+fn transpose_avx512(src: &[f32; STRIP * STRIP], out: &mut [f32; STRIP * STRIP]) {
+    use std::arch::x86_64::*;
+    let r: [__m512; 16] = std::array::from_fn(|j| {
+        // SAFETY: row j of `src` holds 16 f32.
+        unsafe { _mm512_loadu_ps(src.as_ptr().add(STRIP * j)) }
+    });
+    // Rows 2p and 2p + 1 interleaved: in each 128-bit lane, t[2p] holds entries (0, 1) of both
+    // rows and t[2p + 1] entries (2, 3).
+    let t: [__m512; 16] = std::array::from_fn(|i| {
+        let (a, b) = (r[i & !1], r[i | 1]);
+        if i % 2 == 0 {
+            _mm512_unpacklo_ps(a, b)
+        } else {
+            _mm512_unpackhi_ps(a, b)
+        }
+    });
+    // u[4q + c], in lane l: entry 4l + c of rows 4q .. 4q + 4.
+    let u: [__m512; 16] = std::array::from_fn(|i| {
+        let (q, c) = (i / 4, i % 4);
+        let (a, b) = (
+            _mm512_castps_pd(t[4 * q + c / 2]),
+            _mm512_castps_pd(t[4 * q + 2 + c / 2]),
+        );
+        _mm512_castpd_ps(if c % 2 == 0 {
+            _mm512_unpacklo_pd(a, b)
+        } else {
+            _mm512_unpackhi_pd(a, b)
+        })
+    });
+    // v[8h + 4e + c] (h: rows 0..8 or 8..16): lanes (entry 8e' + 4e + c) for e' = 0, 1 of
+    // rows 8h .. 8h + 4, then of rows 8h + 4 .. 8h + 8.
+    let v: [__m512; 16] = std::array::from_fn(|i| {
+        let (h, e, c) = (i / 8, (i / 4) % 2, i % 4);
+        let (a, b) = (u[8 * h + c], u[8 * h + 4 + c]);
+        if e == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, b)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, b)
+        }
+    });
+    // Column 8e' + 4e + c: its entries 0..4, 4..8 from v[4e + c], 8..16 from v[8 + 4e + c].
+    for (b, row) in out.chunks_exact_mut(STRIP).enumerate() {
+        let (high, low) = (b / 8, b % 8);
+        let (a, c) = (v[low], v[8 + low]);
+        let column = if high == 0 {
+            _mm512_shuffle_f32x4::<0x88>(a, c)
+        } else {
+            _mm512_shuffle_f32x4::<0xDD>(a, c)
+        };
+        // SAFETY: `row` holds 16 f32.
+        unsafe { _mm512_storeu_ps(row.as_mut_ptr(), column) };
     }
 }
 
@@ -363,7 +451,7 @@ impl Spectrum {
 
     /// Rows gathered at a time by [`Spectrum::rows`].
     fn block(&self) -> usize {
-        STRIP.min(self.cols)
+        (4 * STRIP).min(self.cols)
     }
 }
 
@@ -372,8 +460,27 @@ trait Source: Sync + Sized {
     /// Writes `z_j, …, z_{j+re.len()−1}` into `re`, `im`.
     fn load(&self, j: usize, re: &mut [f32], im: &mut [f32]);
 
-    /// Called once the input has been read, before the second pass takes its buffers.
-    fn release(self) {}
+    /// Fills a task's block of the four-step transform's first pass: for the `rows × cols`
+    /// matrix `z[n₁·cols + n₂]` (`rows = rev.len()`), columns `first ..` in strips of
+    /// [`STRIP`] (`re`, `im` are `[strip][row][lane]`), row `n₁` at row `rev[n₁]`.
+    #[inline(always)]
+    fn fill(&self, first: usize, cols: usize, rev: &[usize], re: &mut [f32], im: &mut [f32]) {
+        let rows = rev.len();
+        for (n1, &row) in rev.iter().enumerate() {
+            for (g, (tre, tim)) in re
+                .chunks_exact_mut(STRIP * rows)
+                .zip(im.chunks_exact_mut(STRIP * rows))
+                .enumerate()
+            {
+                let lanes = row * STRIP..(row + 1) * STRIP;
+                self.load(
+                    n1 * cols + first + g * STRIP,
+                    &mut tre[lanes.clone()],
+                    &mut tim[lanes],
+                );
+            }
+        }
+    }
 }
 
 /// A real signal read as complex pairs `z_j = x_{2j} + i·x_{2j+1}`, zero past its end.
@@ -410,31 +517,72 @@ impl Source for Pairs<'_> {
     }
 }
 
-/// A complex vector read with its parts swapped (`im + i·re`): the forward transform of the
-/// swapped input, swapped back, is the inverse transform. Its buffers go back to the pool once
-/// read.
-struct Swapped(Split);
+/// A sparse complex vector `Z` read with its parts swapped (`Im Z + i·Re Z`: the forward
+/// transform of the swapped input, swapped back, is the inverse transform), given by its terms:
+/// `Z_k` is the sum of the terms at `k`, in their order. The terms are sorted by the task of
+/// the first four-step pass whose columns hold them, so each task builds its block in cache
+/// and no dense `Z` is ever written.
+struct SwappedTerms {
+    /// `(k, Re, Im)` for each task's columns (one list when the transform is direct).
+    tasks: Vec<Vec<(u32, f32, f32)>>,
+}
 
-impl Source for Swapped {
-    #[inline(always)]
+impl SwappedTerms {
+    /// Sorts `terms` (indices below `len`, the transform's length) into the tasks of [`dft`].
+    fn new(len: usize, terms: impl Iterator<Item = (usize, (f64, f64))>) -> Self {
+        let cols = four_step(len).map(|(_, cols)| cols);
+        let task_of = |k: usize| cols.map_or(0, |cols| k % cols / (GROUP * STRIP));
+        let mut tasks = vec![Vec::new(); cols.map_or(1, |cols| cols.div_ceil(GROUP * STRIP))];
+        for (k, (r, i)) in terms {
+            tasks[task_of(k)].push((k as u32, r as f32, i as f32));
+        }
+        Self { tasks }
+    }
+}
+
+impl Source for SwappedTerms {
     fn load(&self, j: usize, re: &mut [f32], im: &mut [f32]) {
-        let len = re.len();
-        copy_lanes(re, &self.0.im[j..j + len]);
-        copy_lanes(im, &self.0.re[j..j + len]);
+        re.fill(0.0);
+        im.fill(0.0);
+        let span = j..j + re.len();
+        for &(k, r, i) in self.tasks.iter().flatten() {
+            if span.contains(&(k as usize)) {
+                re[k as usize - j] += i;
+                im[k as usize - j] += r;
+            }
+        }
     }
 
-    fn release(self) {
-        self.0.recycle();
+    #[inline(always)]
+    fn fill(&self, first: usize, cols: usize, rev: &[usize], re: &mut [f32], im: &mut [f32]) {
+        re.fill(0.0);
+        im.fill(0.0);
+        let rows = rev.len();
+        for &(k, r, i) in &self.tasks[first / (GROUP * STRIP)] {
+            let (n1, n2) = (k as usize / cols, k as usize % cols - first);
+            let at = n2 / STRIP * STRIP * rows + rev[n1] * STRIP + n2 % STRIP;
+            re[at] += i;
+            im[at] += r;
+        }
     }
+}
+
+/// The `rows × cols` shape of the four-step transform of `len` points (`rows ≤ cols`, both
+/// powers of two), or `None` when it runs in one piece.
+fn four_step(len: usize) -> Option<(usize, usize)> {
+    if len < FOUR_STEP_MIN {
+        return None;
+    }
+    let rows = 1 << (len.trailing_zeros() / 2);
+    Some((rows, len / rows))
 }
 
 /// The unnormalised forward DFT `Z_k = Σ_j z_j·e^{−2πi·jk/M}` of `M = len` points (a power of
 /// two).
 fn dft(len: usize, source: impl Source) -> Spectrum {
-    if len < FOUR_STEP_MIN {
+    let Some((rows, cols)) = four_step(len) else {
         let mut z = Split::zeros(len);
         source.load(0, &mut z.re, &mut z.im);
-        source.release();
         for (i, j) in bit_reversal(len).into_iter().enumerate() {
             if i < j {
                 z.re.swap(i, j);
@@ -447,13 +595,14 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
             rows: len,
             cols: 1,
         };
-    }
-    let rows = 1 << (len.trailing_zeros() / 2);
-    let cols = len / rows;
+    };
     let powers = Powers::new(len);
     // Step 1: the column transforms of the rows × cols matrix z[n₁·cols + n₂], times
-    // e^{−2πi·n₂k₁/M}, in place in t: strip s of input columns (n₂ = 16s + b) fills the
-    // contiguous block t[s][k₁][b].
+    // e^{−2πi·n₂k₁/M}. A task takes GROUP strips of input columns (n₂ = first + 16g + b), so
+    // that each input row is read GROUP·STRIP entries at a time, and transforms them in its
+    // scratch ([g][k₁][b]). It writes them transposed, for the second pass: into
+    // t[k₁ / 16][n₂][k₁ % 16], where the strip of 16 values of k₁ that the second pass
+    // transforms together is contiguous.
     let mut t = Split::pooled(len);
     {
         let (stages, rev) = (Stages::new(rows), bit_reversal(rows));
@@ -466,89 +615,97 @@ fn dft(len: usize, source: impl Source) -> Spectrum {
                 lane_roots.im[k1 * STRIP + b] = s as f32;
             }
         }
-        // A task takes GROUP strips, so that each input row is read GROUP·STRIP entries at a
-        // time (fewer pages touched per row), then transforms them strip by strip.
-        t.re.par_chunks_mut(GROUP * STRIP * rows)
-            .zip(t.im.par_chunks_mut(GROUP * STRIP * rows))
+        let width = (GROUP * STRIP).min(cols);
+        // Each task's columns in every strip of k₁: t[k₁ / 16][first ..][..].
+        let mut tasks: Vec<Vec<(&mut [f32], &mut [f32])>> =
+            (0..cols / width).map(|_| Vec::new()).collect();
+        for (sre, sim) in
+            t.re.chunks_exact_mut(STRIP * cols)
+                .zip(t.im.chunks_exact_mut(STRIP * cols))
+        {
+            for (task, part) in tasks.iter_mut().zip(
+                sre.chunks_exact_mut(width * STRIP)
+                    .zip(sim.chunks_exact_mut(width * STRIP)),
+            ) {
+                task.push(part);
+            }
+        }
+        tasks
+            .into_par_iter()
             .enumerate()
-            .for_each(|(group, (gre, gim))| {
-                simd::wide!({
-                    let first = group * GROUP * STRIP;
-                    for (n1, &row) in rev.iter().enumerate() {
-                        for (g, (tre, tim)) in gre
+            .for_each(|(group, mut out)| {
+                with_scratch(
+                    width * rows,
+                    #[inline(always)]
+                    |work, _| {
+                        let first = group * width;
+                        source.fill(first, cols, &rev, work.re, work.im);
+                        for (g, (tre, tim)) in work
+                            .re
                             .chunks_exact_mut(STRIP * rows)
-                            .zip(gim.chunks_exact_mut(STRIP * rows))
+                            .zip(work.im.chunks_exact_mut(STRIP * rows))
                             .enumerate()
                         {
-                            let lanes = row * STRIP..(row + 1) * STRIP;
-                            source.load(
-                                n1 * cols + first + g * STRIP,
-                                &mut tre[lanes.clone()],
-                                &mut tim[lanes],
-                            );
-                        }
-                    }
-                    for (g, (tre, tim)) in gre
-                        .chunks_exact_mut(STRIP * rows)
-                        .zip(gim.chunks_exact_mut(STRIP * rows))
-                        .enumerate()
-                    {
-                        butterflies(tre, tim, STRIP, &stages);
-                        let first = first + g * STRIP;
-                        // e^{−2πi·(first + b)·k₁/M} = e^{−2πi·first·k₁/M}·e^{−2πi·b·k₁/M}.
-                        for (k1, ((xr, xi), (lr, li))) in tre
-                            .chunks_exact_mut(STRIP)
-                            .zip(tim.chunks_exact_mut(STRIP))
-                            .zip(
-                                lane_roots
-                                    .re
-                                    .chunks_exact(STRIP)
-                                    .zip(lane_roots.im.chunks_exact(STRIP)),
-                            )
-                            .enumerate()
-                        {
-                            let (c, s) = powers.at(first * k1);
-                            let (c, s) = (c as f32, s as f32);
-                            for (((xr, xi), &lr), &li) in
-                                xr.iter_mut().zip(xi.iter_mut()).zip(lr).zip(li)
+                            butterflies(tre, tim, STRIP, &stages);
+                            let first = first + g * STRIP;
+                            // e^{−2πi·(first + b)·k₁/M} = e^{−2πi·first·k₁/M}·e^{−2πi·b·k₁/M}.
+                            for (k1, ((xr, xi), (lr, li))) in tre
+                                .chunks_exact_mut(STRIP)
+                                .zip(tim.chunks_exact_mut(STRIP))
+                                .zip(
+                                    lane_roots
+                                        .re
+                                        .chunks_exact(STRIP)
+                                        .zip(lane_roots.im.chunks_exact(STRIP)),
+                                )
+                                .enumerate()
                             {
-                                let (wr, wi) = (c * lr - s * li, c * li + s * lr);
-                                (*xr, *xi) = (*xr * wr - *xi * wi, *xr * wi + *xi * wr);
+                                let (c, s) = powers.at(first * k1);
+                                let (c, s) = (c as f32, s as f32);
+                                for (((xr, xi), &lr), &li) in
+                                    xr.iter_mut().zip(xi.iter_mut()).zip(lr).zip(li)
+                                {
+                                    let (wr, wi) = (c * lr - s * li, c * li + s * lr);
+                                    (*xr, *xi) = (*xr * wr - *xi * wi, *xr * wi + *xi * wr);
+                                }
+                            }
+                            // Block (k₁ ∈ 16j .., b) transposed into t[j][first + b][..].
+                            let lanes = g * STRIP * STRIP..(g + 1) * STRIP * STRIP;
+                            for ((ore, oim), (bre, bim)) in out.iter_mut().zip(
+                                tre.chunks_exact(STRIP * STRIP)
+                                    .zip(tim.chunks_exact(STRIP * STRIP)),
+                            ) {
+                                transpose(bre, &mut ore[lanes.clone()]);
+                                transpose(bim, &mut oim[lanes.clone()]);
                             }
                         }
-                    }
-                })
+                    },
+                )
             });
     }
-    source.release();
-    // Step 2: the row transforms: for each strip of k₁, the cols-point transforms over n₂, into
-    // strips[strip][k₂][b]. Its input for n₂ = 16s + b is column b of the 16 × 16 block
-    // t[s][16·strip ..][..], read whole (1 KiB) and transposed.
-    let mut strips = Split::pooled(len);
+    // Step 2: the row transforms, in place: for each strip of k₁ (contiguous in t), the
+    // cols-point transforms over n₂ after the bit-reversal permutation of its rows, leaving
+    // t[k₁ / 16][k₂][k₁ % 16].
     {
         let (stages, rev) = (Stages::new(cols), bit_reversal(cols));
-        strips
-            .re
-            .par_chunks_mut(STRIP * cols)
-            .zip(strips.im.par_chunks_mut(STRIP * cols))
-            .enumerate()
-            .for_each(|(strip, (sre, sim))| {
+        t.re.par_chunks_mut(STRIP * cols)
+            .zip(t.im.par_chunks_mut(STRIP * cols))
+            .for_each(|(sre, sim)| {
                 simd::wide!({
-                    let first = strip * STRIP;
-                    for s in 0..cols / STRIP {
-                        let block = s * STRIP * rows + first * STRIP;
-                        let block = block..block + STRIP * STRIP;
-                        let rows_of = &rev[s * STRIP..(s + 1) * STRIP];
-                        transpose_into(&t.re[block.clone()], rows_of, sre);
-                        transpose_into(&t.im[block], rows_of, sim);
+                    for (i, &j) in rev.iter().enumerate() {
+                        if i < j {
+                            for v in [&mut *sre, &mut *sim] {
+                                let (low, high) = v.split_at_mut(j * STRIP);
+                                low[i * STRIP..(i + 1) * STRIP].swap_with_slice(&mut high[..STRIP]);
+                            }
+                        }
                     }
                     butterflies(sre, sim, STRIP, &stages);
                 })
             });
     }
-    t.recycle();
     Spectrum {
-        data: strips,
+        data: t,
         rows,
         cols,
     }
@@ -583,8 +740,8 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> (Vec<f32>, (u32, f64, 
                 #[inline(always)]
                 |here, mirror| {
                     let first = g * block;
-                    z.rows(first, &mut here.re, &mut here.im);
-                    z.rows(cols - first - block, &mut mirror.re, &mut mirror.im);
+                    z.rows(first, here.re, here.im);
+                    z.rows(cols - first - block, mirror.re, mirror.im);
                     for (r, (cos, sin)) in
                         cos.chunks_mut(rows).zip(sin.chunks_mut(rows)).enumerate()
                     {
@@ -592,25 +749,28 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> (Vec<f32>, (u32, f64, 
                         let row = r * rows..(r + 1) * rows;
                         let (ar, ai) = (&here.re[row.clone()], &here.im[row]);
                         let back = (block - 1 - r) * rows;
-                        let start = z.data_at((cols - k2) % cols * rows);
                         let (bc, bs) = powers.at(k2 * rows);
                         let (bc, bs) = (bc as f32, bs as f32);
-                        // Z_{M−k} for k₁ = 1, 2, …: row cols − 1 − k₂ backwards from its end.
+                        // k₁ = 0: Z_{M−k} is the first entry of row cols − k₂.
+                        (cos[0], sin[0]) = atom(
+                            (ar[0], ai[0]),
+                            z.data_at((cols - k2) % cols * rows),
+                            (local.re[0], local.im[0]),
+                            (bc, bs),
+                            mid,
+                        );
+                        // k₁ ≥ 1: row cols − 1 − k₂ backwards from its end.
                         let mirrored = back + 1..back + rows;
                         let (mr, mi) = (&mirror.re[mirrored.clone()], &mirror.im[mirrored]);
-                        let values = ar.iter().zip(ai).zip(&local.re).zip(&local.im);
-                        let images = std::iter::once((start.0, start.1))
-                            .chain(mr.iter().rev().copied().zip(mi.iter().rev().copied()));
-                        for (((cos, sin), (((&ar, &ai), &lr), &li)), (br, bi)) in
-                            cos.iter_mut().zip(sin.iter_mut()).zip(values).zip(images)
+                        for (((((cos, sin), (&ar, &ai)), (&lr, &li)), &br), &bi) in cos[1..]
+                            .iter_mut()
+                            .zip(&mut sin[1..])
+                            .zip(ar[1..].iter().zip(&ai[1..]))
+                            .zip(local.re[1..].iter().zip(&local.im[1..]))
+                            .zip(mr.iter().rev())
+                            .zip(mi.iter().rev())
                         {
-                            let bi = -bi;
-                            let (er, ei) = (0.5 * (ar + br), 0.5 * (ai + bi));
-                            let (dr, di) = (0.5 * (ar - br), 0.5 * (ai - bi));
-                            let (wr, wi) = (bc * lr - bs * li, bc * li + bs * lr);
-                            // −i·w·D = (wi·dr + wr·di) + i·(wi·di − wr·dr)
-                            *cos = mid * (er + wi * dr + wr * di);
-                            *sin = -mid * (ei + wi * di - wr * dr);
+                            (*cos, *sin) = atom((ar, ai), (br, bi), (lr, li), (bc, bs), mid);
                         }
                     }
                     // The norms of what was written, while in cache; entries 0 and M are
@@ -634,6 +794,29 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> (Vec<f32>, (u32, f64, 
     (lambda, sums)
 }
 
+/// The coefficients `√(2/N)·(Re X_k, −Im X_k)` of [`atom_coefficients`] from `a = Z_k` and
+/// `b = Z_{M−k}`: `X_k = E − i·w·D` with `E = (a + conj b)/2`, `D = (a − conj b)/2` and
+/// `w = e^{−2πi·k/N}`, the product of the row's `base` and the entry's `local` root.
+#[inline(always)]
+fn atom(
+    (ar, ai): (f32, f32),
+    (br, bi): (f32, f32),
+    local: (f32, f32),
+    base: (f32, f32),
+    mid: f32,
+) -> (f32, f32) {
+    let ((bc, bs), (lr, li)) = (base, local);
+    let bi = -bi;
+    let (er, ei) = (0.5 * (ar + br), 0.5 * (ai + bi));
+    let (dr, di) = (0.5 * (ar - br), 0.5 * (ai - bi));
+    let (wr, wi) = (bc * lr - bs * li, bc * li + bs * lr);
+    // −i·w·D = (wi·dr + wr·di) + i·(wi·di − wr·dr)
+    (
+        mid * (er + wi * dr + wr * di),
+        -mid * (ei + wi * di - wr * dr),
+    )
+}
+
 /// The inverse of [`atom_coefficients`] for a sparse coefficient vector: `x_j = Σ_a λ_a·φ_a(j)`
 /// for `j < out.len()`, from the `(a, λ_a)` pairs (distinct `a < N`), each `x_j` handed to
 /// `put` once, in parallel chunks.
@@ -654,10 +837,8 @@ pub(crate) fn atom_signal<P>(
     let half = big / 2;
     let edge = (1.0 / big as f64).sqrt();
     let mid = (0.5 / big as f64).sqrt();
-    let mut z = Split::pooled(half);
-    z.re.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-    z.im.par_chunks_mut(1 << 16).for_each(|c| c.fill(0.0));
-    for (a, v) in atoms {
+    let powers = Powers::new(big);
+    let terms = atoms.flat_map(|(a, v)| {
         let v = v as f64;
         let (k, h) = match a {
             0 => (0, (v * edge, 0.0)),
@@ -665,14 +846,11 @@ pub(crate) fn atom_signal<P>(
             a if a < half => (a, (v * mid, 0.0)),
             a => (a - half, (0.0, -v * mid)),
         };
-        for (k, (r, i)) in half_spectrum_terms(k, h, big).into_iter().flatten() {
-            z.re[k] += r as f32;
-            z.im[k] += i as f32;
-        }
-    }
-    // z_m = Σ_k Z_k·e^{+2πi·km/M} = swap(F(swap Z)): the loader hands the parts over swapped,
+        half_spectrum_terms(k, h, &powers).into_iter().flatten()
+    });
+    // z_m = Σ_k Z_k·e^{+2πi·km/M} = swap(F(swap Z)): the source hands the parts over swapped,
     // so s.im holds Re z_m = x_{2m} and s.re holds Im z_m = x_{2m+1}.
-    let s = dft(half, Swapped(z));
+    let s = dft(half, SwappedTerms::new(half, terms));
     let rows = s.rows;
     let block = s.block();
     out.par_chunks_mut(2 * block * rows)
@@ -682,10 +860,10 @@ pub(crate) fn atom_signal<P>(
                 block * rows,
                 #[inline(always)]
                 |z, _| {
-                    s.rows(g * block, &mut z.re, &mut z.im);
+                    s.rows(g * block, z.re, z.im);
                     let last = chunk.len() / 2;
                     let mut pairs = chunk.chunks_exact_mut(2);
-                    for ((slots, &even), &odd) in (&mut pairs).zip(&z.im).zip(&z.re) {
+                    for ((slots, &even), &odd) in (&mut pairs).zip(&*z.im).zip(&*z.re) {
                         put(&mut slots[0], even);
                         put(&mut slots[1], odd);
                     }
@@ -699,9 +877,13 @@ pub(crate) fn atom_signal<P>(
 }
 
 /// The terms a half-spectrum value `H_k` (`0 ≤ k ≤ M`; `H_0`, `H_M` real) adds to the `Z` of
-/// [`atom_signal`]: `(index, term)` pairs, one or two.
-fn half_spectrum_terms(k: usize, h: (f64, f64), big: usize) -> [Option<(usize, (f64, f64))>; 2] {
-    let half = big / 2;
+/// [`atom_signal`]: `(index, term)` pairs, one or two. `powers` are those of the period `N`.
+fn half_spectrum_terms(
+    k: usize,
+    h: (f64, f64),
+    powers: &Powers,
+) -> [Option<(usize, (f64, f64))>; 2] {
+    let half = powers.period / 2;
     let (hr, hi) = h;
     if k == 0 {
         // Z_0 += H_0·(1 + i)
@@ -711,8 +893,9 @@ fn half_spectrum_terms(k: usize, h: (f64, f64), big: usize) -> [Option<(usize, (
         // Z_0 += H_M·(1 − i)
         return [Some((0, (hr, -hr))), None];
     }
-    let t = 2.0 * PI * k as f64 / big as f64;
-    let (c, s) = (t.cos(), t.sin());
+    // e^{iθ} with θ = 2πk/N, the conjugate of the table's e^{−iθ}.
+    let (c, s) = powers.at(k);
+    let s = -s;
     // At index k: H_k·(1 + i·e^{iθ}) = H_k·((1 − sin θ) + i·cos θ).
     let (ur, ui) = (1.0 - s, c);
     // At index M − k: conj(H_k)·(1 − i·e^{i(π − θ)}) = conj(H_k)·((1 + sin θ) + i·cos θ).
@@ -813,6 +996,48 @@ mod tests {
             for (j, (a, b)) in out.iter().zip(&x).enumerate() {
                 assert!((a - b).abs() < 1e-5, "N = {big}, j = {j}: {a} vs {b}");
             }
+        }
+    }
+
+    /// A transform of several first-pass tasks in each direction (2¹⁷ points: 256 × 512, eight
+    /// tasks of 64 columns): coefficients sampled across every task against the definition, and
+    /// the inverse of all of them.
+    #[test]
+    fn multi_task_transforms_match_the_definition() {
+        let (n, big) = (200_000, 1 << 18);
+        let x = signal(n, 17);
+        let norm: f64 = x.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().sqrt();
+        let (lambda, _) = atom_coefficients(&x, big);
+        let (half, edge, mid) = (
+            big / 2,
+            (1.0 / big as f64).sqrt(),
+            (2.0 / big as f64).sqrt(),
+        );
+        for k in (0..half)
+            .step_by(half / 24 + 1)
+            .chain([1, 63, 64, 511, 512, half - 1])
+        {
+            let (r, i) = naive(&x, big, k);
+            let want = if k == 0 {
+                (edge * r, None)
+            } else {
+                (mid * r, Some(-mid * i))
+            };
+            assert!((lambda[k] as f64 - want.0).abs() < 2e-6 * norm, "atom {k}");
+            if let Some(want) = want.1 {
+                let got = lambda[half + k] as f64;
+                assert!((got - want).abs() < 2e-6 * norm, "atom {}", half + k);
+            }
+        }
+        let mut out = vec![f32::NAN; n];
+        atom_signal(
+            lambda.iter().copied().enumerate(),
+            big,
+            &mut out,
+            |slot, v| *slot = v,
+        );
+        for (j, (a, b)) in out.iter().zip(&x).enumerate() {
+            assert!((a - b).abs() < 1e-5, "j = {j}: {a} vs {b}");
         }
     }
 

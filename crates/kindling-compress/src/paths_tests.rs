@@ -274,10 +274,27 @@ fn payloads_are_the_same_for_any_thread_count() {
                     .unwrap()
                     .compress(t, &mut rng),
             ]
-            .map(|p| p.unwrap().into_bytes())
+            .map(|p| p.unwrap())
         })
     };
-    assert_eq!(encode(1), encode(3));
+    let (one, three) = (encode(1), encode(3));
+    // Fourier's inverse transform splits its work the same way: its decode too.
+    let decode = |threads: usize, payload: &Payload| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let codec = Atomo::new(Fourier, Budget::Fraction(0.01)).unwrap();
+            let t: Tensor<1> = codec.decompress(payload, &Device::flex()).unwrap();
+            values(t.reshape([1, g.len()]))
+                .iter()
+                .map(|v| v.to_bits())
+                .collect::<Vec<_>>()
+        })
+    };
+    assert_eq!(decode(1, &one[5]), decode(3, &one[5]));
+    assert_eq!(one.map(Payload::into_bytes), three.map(Payload::into_bytes));
 }
 
 /// Every vector level the CPU has ([`crate::simd`]) writes the same payload bytes and decodes to

@@ -49,7 +49,7 @@ pub(crate) fn detected() -> Level {
 /// The level [`wide!`] runs at: the widest the CPU has, at most the one the environment variable
 /// `KINDLING_SIMD` names (`baseline`, `avx2` or `avx512`; to compare speeds, since the results
 /// are the same).
-fn level() -> Level {
+pub(crate) fn level() -> Level {
     let cap = CAP.load(Ordering::Relaxed);
     let cap = if cap == u8::MAX {
         let asked = match std::env::var("KINDLING_SIMD").as_deref() {

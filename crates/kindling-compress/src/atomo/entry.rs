@@ -60,7 +60,10 @@ impl Compressor for Atomo<EntryWise> {
 
     host_encoder!(self, values, shape, rng => norms_host(values).and_then(|(l1, l2, linf)| {
         let s = self.budget.resolve(values.len(), l1, l2, linf);
-        write(sample_host(values, s, l1, Stream::new(rng)), shape)
+        write(
+            sample_host(values, s, (l1, linf as f32), Stream::new(rng)),
+            shape,
+        )
     }));
 
     fn decompress<const D: usize>(

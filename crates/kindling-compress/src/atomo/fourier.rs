@@ -187,7 +187,7 @@ impl Atomo<Fourier> {
                 sample_host(
                     &lambda,
                     self.budget.resolve(big, l1, l2, linf as f64),
-                    l1,
+                    (l1, linf),
                     stream,
                 )
             });

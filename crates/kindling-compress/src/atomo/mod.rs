@@ -189,8 +189,9 @@ pub(crate) fn sample(lambda: Tensor<1>, s: f64, rng: &mut dyn Rng) -> SparseVec 
 
 /// [`water_level`] over host values, with the same f32 comparisons as the device version
 /// (`c` rounded to f32, `|λ|·c ≥ 1` saturated); one parallel pass per round, whose chunk sums
-/// add up in chunk order (the same for any thread count).
-pub(crate) fn water_level_host(lambda: &[f32], s: f64, total: f64) -> f64 {
+/// add up in chunk order (the same for any thread count). `max` is `max|λ|`: a first round in
+/// which even it does not saturate needs no pass.
+pub(crate) fn water_level_host(lambda: &[f32], s: f64, total: f64, max: f32) -> f64 {
     if total == 0.0 || s <= 0.0 {
         return 0.0;
     }
@@ -198,6 +199,10 @@ pub(crate) fn water_level_host(lambda: &[f32], s: f64, total: f64) -> f64 {
     let mut saturated = 0usize;
     loop {
         let c32 = c as f32;
+        // f32 products are monotone in |v|: no entry saturates when the largest does not.
+        if saturated == 0 && max * c32 < 1.0 {
+            return c;
+        }
         let parts: Vec<(usize, f64)> = lambda
             .par_chunks(CHUNK)
             .map(|chunk| simd::wide!(saturation(chunk, c32)))
@@ -247,9 +252,14 @@ fn saturation(chunk: &[f32], c: f32) -> (usize, f64) {
 
 /// [`sample`] over host values, in one parallel pass: keep entry `a` when `u_a < p_a`
 /// (`p = min(1, c·|λ|)` in f32) and send `λ_a/p_a`, with the counter-based uniforms drawn a
-/// block at a time.
-pub(crate) fn sample_host(lambda: &[f32], s: f64, total: f64, stream: Stream) -> SparseVec {
-    let c = water_level_host(lambda, s, total).min(f32::MAX as f64) as f32;
+/// block at a time. `total` and `max` are `‖λ‖₁` and `max|λ|`.
+pub(crate) fn sample_host(
+    lambda: &[f32],
+    s: f64,
+    (total, max): (f64, f32),
+    stream: Stream,
+) -> SparseVec {
+    let c = water_level_host(lambda, s, total, max).min(f32::MAX as f64) as f32;
     let parts: Vec<Vec<(u32, f32)>> = lambda
         .par_chunks(CHUNK)
         .enumerate()
