@@ -523,20 +523,48 @@ impl Source for Pairs<'_> {
 /// the first four-step pass whose columns hold them, so each task builds its block in cache
 /// and no dense `Z` is ever written.
 struct SwappedTerms {
-    /// `(k, Re, Im)` for each task's columns (one list when the transform is direct).
-    tasks: Vec<Vec<(u32, f32, f32)>>,
+    /// `(k, Re, Im)` for each chunk of [`TERM_CHUNK`] atoms (in order), for each task's
+    /// columns (one list when the transform is direct).
+    chunks: Vec<Vec<Vec<(u32, f32, f32)>>>,
 }
 
+/// Atoms whose terms one task of [`SwappedTerms::new`] sorts.
+const TERM_CHUNK: usize = 1 << 12;
+
 impl SwappedTerms {
-    /// Sorts `terms` (indices below `len`, the transform's length) into the tasks of [`dft`].
-    fn new(len: usize, terms: impl Iterator<Item = (usize, (f64, f64))>) -> Self {
+    /// The terms of the atoms `(positions, values)` (their indices below `len`, the transform's
+    /// length), sorted into the tasks of [`dft`] in parallel chunks of atoms.
+    fn new<T>(
+        len: usize,
+        positions: &[u32],
+        values: &[f32],
+        terms: impl Fn(usize, f32) -> T + Sync,
+    ) -> Self
+    where
+        T: IntoIterator<Item = (usize, (f64, f64))>,
+    {
         let cols = four_step(len).map(|(_, cols)| cols);
         let task_of = |k: usize| cols.map_or(0, |cols| k % cols / (GROUP * STRIP));
-        let mut tasks = vec![Vec::new(); cols.map_or(1, |cols| cols.div_ceil(GROUP * STRIP))];
-        for (k, (r, i)) in terms {
-            tasks[task_of(k)].push((k as u32, r as f32, i as f32));
-        }
-        Self { tasks }
+        let count = cols.map_or(1, |cols| cols.div_ceil(GROUP * STRIP));
+        let chunks = positions
+            .par_chunks(TERM_CHUNK)
+            .zip(values.par_chunks(TERM_CHUNK))
+            .map(|(positions, values)| {
+                let mut tasks = vec![Vec::new(); count];
+                for (&a, &v) in positions.iter().zip(values) {
+                    for (k, (r, i)) in terms(a as usize, v) {
+                        tasks[task_of(k)].push((k as u32, r as f32, i as f32));
+                    }
+                }
+                tasks
+            })
+            .collect();
+        Self { chunks }
+    }
+
+    /// Task `task`'s terms, in order.
+    fn task(&self, task: usize) -> impl Iterator<Item = &(u32, f32, f32)> {
+        self.chunks.iter().flat_map(move |tasks| &tasks[task])
     }
 }
 
@@ -545,7 +573,7 @@ impl Source for SwappedTerms {
         re.fill(0.0);
         im.fill(0.0);
         let span = j..j + re.len();
-        for &(k, r, i) in self.tasks.iter().flatten() {
+        for &(k, r, i) in self.chunks.iter().flatten().flatten() {
             if span.contains(&(k as usize)) {
                 re[k as usize - j] += i;
                 im[k as usize - j] += r;
@@ -558,7 +586,7 @@ impl Source for SwappedTerms {
         re.fill(0.0);
         im.fill(0.0);
         let rows = rev.len();
-        for &(k, r, i) in &self.tasks[first / (GROUP * STRIP)] {
+        for &(k, r, i) in self.task(first / (GROUP * STRIP)) {
             let (n1, n2) = (k as usize / cols, k as usize % cols - first);
             let at = n2 / STRIP * STRIP * rows + rev[n1] * STRIP + n2 % STRIP;
             re[at] += i;
@@ -724,74 +752,135 @@ pub(crate) fn atom_coefficients(x: &[f32], big: usize) -> (Vec<f32>, (u32, f64, 
     // entry of row cols − k₂.
     let edge = (1.0 / big as f64).sqrt() as f32;
     let mid = (2.0 / big as f64).sqrt() as f32;
-    let (rows, cols) = (z.rows, z.cols);
+    let rows = z.rows;
     let local = roots(rows, big);
     let powers = Powers::new(big);
     let mut lambda = take(big);
     let (cos, sin) = lambda.split_at_mut(half);
     let block = z.block();
-    let parts: Vec<(u32, f64, f64)> = cos
-        .par_chunks_mut(block * rows)
-        .zip(sin.par_chunks_mut(block * rows))
+    // Row blocks g and count − 1 − g mirror each other: one task gathers both and writes both.
+    let mut low: Vec<_> = cos
+        .chunks_mut(block * rows)
+        .zip(sin.chunks_mut(block * rows))
+        .collect();
+    let count = low.len();
+    let mut high = low.split_off(count.div_ceil(2));
+    let pairs: Vec<_> = low
+        .into_iter()
         .enumerate()
-        .map(|(g, (cos, sin))| {
+        .map(|(g, out)| (g, out, high.pop()))
+        .collect();
+    let separate = Separation {
+        z: &z,
+        local: &local,
+        powers: &powers,
+        mid,
+        block,
+    };
+    let mut parts: Vec<(usize, (u32, f64, f64))> = pairs
+        .into_par_iter()
+        .flat_map_iter(|(g, (cos, sin), mirrored)| {
             with_scratch(
                 block * rows,
                 #[inline(always)]
                 |here, mirror| {
-                    let first = g * block;
-                    z.rows(first, here.re, here.im);
-                    z.rows(cols - first - block, mirror.re, mirror.im);
-                    for (r, (cos, sin)) in
-                        cos.chunks_mut(rows).zip(sin.chunks_mut(rows)).enumerate()
-                    {
-                        let k2 = first + r;
-                        let row = r * rows..(r + 1) * rows;
-                        let (ar, ai) = (&here.re[row.clone()], &here.im[row]);
-                        let back = (block - 1 - r) * rows;
-                        let (bc, bs) = powers.at(k2 * rows);
-                        let (bc, bs) = (bc as f32, bs as f32);
-                        // k₁ = 0: Z_{M−k} is the first entry of row cols − k₂.
-                        (cos[0], sin[0]) = atom(
-                            (ar[0], ai[0]),
-                            z.data_at((cols - k2) % cols * rows),
-                            (local.re[0], local.im[0]),
-                            (bc, bs),
-                            mid,
-                        );
-                        // k₁ ≥ 1: row cols − 1 − k₂ backwards from its end.
-                        let mirrored = back + 1..back + rows;
-                        let (mr, mi) = (&mirror.re[mirrored.clone()], &mirror.im[mirrored]);
-                        for (((((cos, sin), (&ar, &ai)), (&lr, &li)), &br), &bi) in cos[1..]
-                            .iter_mut()
-                            .zip(&mut sin[1..])
-                            .zip(ar[1..].iter().zip(&ai[1..]))
-                            .zip(local.re[1..].iter().zip(&local.im[1..]))
-                            .zip(mr.iter().rev())
-                            .zip(mi.iter().rev())
-                        {
-                            (*cos, *sin) = atom((ar, ai), (br, bi), (lr, li), (bc, bs), mid);
-                        }
+                    z.rows(g * block, here.re, here.im);
+                    let mut parts = Vec::with_capacity(2);
+                    if let Some((mcos, msin)) = mirrored {
+                        let h = count - 1 - g;
+                        z.rows(h * block, mirror.re, mirror.im);
+                        parts.push((g, separate.block(g, &here, &mirror, cos, sin)));
+                        parts.push((h, separate.block(h, &mirror, &here, mcos, msin)));
+                    } else {
+                        // The middle block is its own mirror.
+                        parts.push((g, separate.block(g, &here, &here, cos, sin)));
                     }
-                    // The norms of what was written, while in cache; entries 0 and M are
-                    // written below.
-                    let skip = (g == 0) as usize;
-                    host::add_norms(
-                        host::chunk_norms(&cos[skip..]),
-                        host::chunk_norms(&sin[skip..]),
-                    )
+                    parts
                 },
             )
         })
         .collect();
+    // Summed in block order, whichever task wrote a block.
+    parts.sort_unstable_by_key(|&(g, _)| g);
     let z0 = z.data_at(0);
     // X_0 = Re Z_0 + Im Z_0 and X_M = Re Z_0 − Im Z_0 are real.
     lambda[0] = edge * (z0.0 + z0.1);
     lambda[half] = edge * (z0.0 - z0.1);
     z.data.recycle();
     let ends = host::chunk_norms(&[lambda[0], lambda[half]]);
-    let sums = parts.into_iter().fold(ends, host::add_norms);
+    let sums = parts
+        .into_iter()
+        .map(|(_, part)| part)
+        .fold(ends, host::add_norms);
     (lambda, sums)
+}
+
+/// The even/odd separation of [`atom_coefficients`], a block of rows at a time.
+struct Separation<'a> {
+    z: &'a Spectrum,
+    /// `e^{−2πi·k₁/N}` for `k₁ < rows`.
+    local: &'a Split,
+    /// Those of the period `N`.
+    powers: &'a Powers,
+    /// `√(2/N)`.
+    mid: f32,
+    /// Rows per block.
+    block: usize,
+}
+
+impl Separation<'_> {
+    /// Row block `g` (rows `k₂ ∈ [g·block, (g + 1)·block)`) of the coefficients into `cos`,
+    /// `sin`, from its rows of `Z` (`here`) and the mirror rows `cols − 1 − k₂` (`mirror`, in
+    /// the same order as [`Spectrum::rows`] gathers them), with the norms of what it wrote.
+    #[inline(always)]
+    fn block(
+        &self,
+        g: usize,
+        here: &SplitMut<'_>,
+        mirror: &SplitMut<'_>,
+        cos: &mut [f32],
+        sin: &mut [f32],
+    ) -> (u32, f64, f64) {
+        let (z, local, mid, block) = (self.z, self.local, self.mid, self.block);
+        let (rows, cols) = (z.rows, z.cols);
+        let first = g * block;
+        for (r, (cos, sin)) in cos.chunks_mut(rows).zip(sin.chunks_mut(rows)).enumerate() {
+            let k2 = first + r;
+            let row = r * rows..(r + 1) * rows;
+            let (ar, ai) = (&here.re[row.clone()], &here.im[row]);
+            let back = (block - 1 - r) * rows;
+            let (bc, bs) = self.powers.at(k2 * rows);
+            let (bc, bs) = (bc as f32, bs as f32);
+            // k₁ = 0: Z_{M−k} is the first entry of row cols − k₂.
+            (cos[0], sin[0]) = atom(
+                (ar[0], ai[0]),
+                z.data_at((cols - k2) % cols * rows),
+                (local.re[0], local.im[0]),
+                (bc, bs),
+                mid,
+            );
+            // k₁ ≥ 1: row cols − 1 − k₂ backwards from its end.
+            let mirrored = back + 1..back + rows;
+            let (mr, mi) = (&mirror.re[mirrored.clone()], &mirror.im[mirrored]);
+            for (((((cos, sin), (&ar, &ai)), (&lr, &li)), &br), &bi) in cos[1..]
+                .iter_mut()
+                .zip(&mut sin[1..])
+                .zip(ar[1..].iter().zip(&ai[1..]))
+                .zip(local.re[1..].iter().zip(&local.im[1..]))
+                .zip(mr.iter().rev())
+                .zip(mi.iter().rev())
+            {
+                (*cos, *sin) = atom((ar, ai), (br, bi), (lr, li), (bc, bs), mid);
+            }
+        }
+        // The norms of what was written, while in cache; entries 0 and M are written by the
+        // caller.
+        let skip = (g == 0) as usize;
+        host::add_norms(
+            host::chunk_norms(&cos[skip..]),
+            host::chunk_norms(&sin[skip..]),
+        )
+    }
 }
 
 /// The coefficients `√(2/N)·(Re X_k, −Im X_k)` of [`atom_coefficients`] from `a = Z_k` and
@@ -818,27 +907,23 @@ fn atom(
 }
 
 /// The inverse of [`atom_coefficients`] for a sparse coefficient vector: `x_j = Σ_a λ_a·φ_a(j)`
-/// for `j < out.len()`, from the `(a, λ_a)` pairs (distinct `a < N`), each `x_j` handed to
-/// `put` once, in parallel chunks.
+/// for `j < out.len()`, from the atoms `a = positions[i]` (distinct, below `N`) and their
+/// `λ_a = values[i]`, each `x_j` handed to `put` once, in parallel chunks.
 ///
 /// With the Hermitian spectrum `H_k` (`H_0 = λ_0/√N`, `H_M = λ_M/√N`,
 /// `H_k = (λ_k − i·λ_{M+k})/√(2N)`), `x_j = Σ_{k<N} H_k·e^{+2πi·jk/N}` is the inverse complex DFT
 /// of `M` points of `Z_k = F_k + i·G_k` with `F_k = H_k + conj H_{M−k}` and
 /// `G_k = (H_k − conj H_{M−k})·e^{2πi·k/N}`: `x_{2m} = Re z_m`, `x_{2m+1} = Im z_m`. Each atom
 /// adds to at most two `Z_k`, so `Z` is built by scattering the pairs.
-pub(crate) fn atom_signal<P>(
-    atoms: impl Iterator<Item = (usize, f32)>,
-    big: usize,
-    out: &mut [f32],
-    put: P,
-) where
+pub(crate) fn atom_signal<P>(positions: &[u32], values: &[f32], big: usize, out: &mut [f32], put: P)
+where
     P: Fn(&mut f32, f32) + Sync,
 {
     let half = big / 2;
     let edge = (1.0 / big as f64).sqrt();
     let mid = (0.5 / big as f64).sqrt();
     let powers = Powers::new(big);
-    let terms = atoms.flat_map(|(a, v)| {
+    let terms = |a: usize, v: f32| {
         let v = v as f64;
         let (k, h) = match a {
             0 => (0, (v * edge, 0.0)),
@@ -847,10 +932,10 @@ pub(crate) fn atom_signal<P>(
             a => (a - half, (0.0, -v * mid)),
         };
         half_spectrum_terms(k, h, &powers).into_iter().flatten()
-    });
+    };
     // z_m = Σ_k Z_k·e^{+2πi·km/M} = swap(F(swap Z)): the source hands the parts over swapped,
     // so s.im holds Re z_m = x_{2m} and s.re holds Im z_m = x_{2m+1}.
-    let s = dft(half, SwappedTerms::new(half, terms));
+    let s = dft(half, SwappedTerms::new(half, positions, values, terms));
     let rows = s.rows;
     let block = s.block();
     out.par_chunks_mut(2 * block * rows)
@@ -925,6 +1010,11 @@ mod tests {
         })
     }
 
+    /// Every atom's position, `0..big`.
+    fn every(big: usize) -> Vec<u32> {
+        (0..big as u32).collect()
+    }
+
     /// `λ` by the definition, in f64.
     fn naive_atoms(x: &[f32], big: usize) -> Vec<f64> {
         let half = big / 2;
@@ -987,12 +1077,7 @@ mod tests {
                 "N = {big}: Σλ² = {energy} vs {want}"
             );
             let mut out = vec![f32::NAN; n];
-            atom_signal(
-                lambda.iter().copied().enumerate(),
-                big,
-                &mut out,
-                |slot, v| *slot = v,
-            );
+            atom_signal(&every(big), &lambda, big, &mut out, |slot, v| *slot = v);
             for (j, (a, b)) in out.iter().zip(&x).enumerate() {
                 assert!((a - b).abs() < 1e-5, "N = {big}, j = {j}: {a} vs {b}");
             }
@@ -1030,12 +1115,7 @@ mod tests {
             }
         }
         let mut out = vec![f32::NAN; n];
-        atom_signal(
-            lambda.iter().copied().enumerate(),
-            big,
-            &mut out,
-            |slot, v| *slot = v,
-        );
+        atom_signal(&every(big), &lambda, big, &mut out, |slot, v| *slot = v);
         for (j, (a, b)) in out.iter().zip(&x).enumerate() {
             assert!((a - b).abs() < 1e-5, "j = {j}: {a} vs {b}");
         }
@@ -1048,7 +1128,7 @@ mod tests {
         let half = big / 2;
         for a in [0, 1, 5, half - 1, half, half + 1, half + 300, big - 1] {
             let mut out = vec![0.0; big];
-            atom_signal([(a, 1.0)].into_iter(), big, &mut out, |slot, v| *slot = v);
+            atom_signal(&[a as u32], &[1.0], big, &mut out, |slot, v| *slot = v);
             for (j, &v) in out.iter().enumerate() {
                 let t = 2.0 * PI * ((a % half) * j % big) as f64 / big as f64;
                 let want = match a {

@@ -233,15 +233,8 @@ fn decode_host<S: Sink>(
     if n == 0 {
         return Ok(());
     }
-    fft::atom_signal(
-        sparse
-            .positions
-            .iter()
-            .zip(&sparse.values)
-            .map(|(&a, &v)| (a as usize, v)),
-        big,
-        out,
-        |slot, v| sink.put(slot, v),
-    );
+    fft::atom_signal(&sparse.positions, &sparse.values, big, out, |slot, v| {
+        sink.put(slot, v)
+    });
     Ok(())
 }
