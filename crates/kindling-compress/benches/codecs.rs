@@ -12,6 +12,9 @@
 //! `KINDLING_BENCH_CODEC=NAME` limits the summary to one codec (for profiling);
 //! `KINDLING_BENCH_CODEC=spectral` runs only the matrix codecs.
 //!
+//! Each row's unit is measured on both sides of it (the faster of the two is used, printed as
+//! `unit ms`): this machine's memory bandwidth drifts by up to 2× within minutes.
+//!
 //! Each encode gets a gradient tensor that owns its buffer, as one fresh from `backward` does, so
 //! reading it costs no copy; decoding builds a new tensor.
 
@@ -210,6 +213,15 @@ fn measure(c: &mut Case, data: &TensorData) -> Row {
     }
 }
 
+/// One host memcpy of the gradient, the fastest of 15.
+fn unit(src: &[f32], dst: &mut [f32]) -> f64 {
+    best(
+        || (),
+        |_| dst.copy_from_slice(std::hint::black_box(src)),
+        15,
+    )
+}
+
 fn main() {
     let only = std::env::var("KINDLING_BENCH_CODEC").ok();
     if only.is_none() {
@@ -218,11 +230,7 @@ fn main() {
     let data = gradient_data(SIDE, SIDE);
     let src = vec![1.0f32; N];
     let mut dst = vec![0.0f32; N];
-    let memcpy = best(
-        || (),
-        |_| dst.copy_from_slice(std::hint::black_box(&src)),
-        15,
-    );
+    let memcpy = unit(&src, &mut dst);
     let g = fresh(&data);
     let pass = best(|| (), |_| sync(&(g.clone() * 1.5)), 9);
     let mut r = ChaCha8Rng::seed_from_u64(0);
@@ -242,12 +250,13 @@ fn main() {
         randomness / memcpy
     );
     println!(
-        "{:<24} {:>8} {:>8} {:>8} {:>9} {:>9} {:>9} {:>9} {:>9} {:>10}",
+        "{:<24} {:>8} {:>8} {:>8} {:>9} {:>8} {:>9} {:>9} {:>9} {:>9} {:>10}",
         "codec",
         "threads",
         "enc ms",
         "dec ms",
         "enc+dec",
+        "unit ms",
         "memcpys",
         "g*c",
         "peak MiB",
@@ -263,13 +272,20 @@ fn main() {
         if only.as_deref().is_some_and(|name| name != c.name) {
             continue;
         }
-        for (label, row) in [
-            ("1", one.install(|| measure(&mut c, &data))),
-            ("all", measure(&mut c, &data)),
-        ] {
+        for label in ["1", "all"] {
+            // The unit again on each side of the row (the fastest of the two): this machine's
+            // memory bandwidth drifts within a run, and a ratio to a unit measured minutes
+            // earlier would carry that drift.
+            let before = unit(&src, &mut dst);
+            let row = if label == "1" {
+                one.install(|| measure(&mut c, &data))
+            } else {
+                measure(&mut c, &data)
+            };
+            let memcpy = before.min(unit(&src, &mut dst));
             let both = row.enc + row.dec;
             println!(
-                "{:<24} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>9.2} {:>9.2} {:>9.1} {:>9.1} {:>10.3}",
+                "{:<24} {:>8} {:>8.2} {:>8.2} {:>9.2} {:>8.2} {:>9.2} {:>9.2} {:>9.1} {:>9.1} {:>10.3}",
                 c.name,
                 if label == "1" {
                     "1".to_string()
@@ -279,6 +295,7 @@ fn main() {
                 row.enc * 1e3,
                 row.dec * 1e3,
                 both * 1e3,
+                memcpy * 1e3,
                 both / memcpy,
                 both / pass,
                 row.peak as f64 / (1 << 20) as f64,

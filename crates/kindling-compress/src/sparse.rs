@@ -17,7 +17,7 @@ use crate::codec::{
 use crate::codec::{host_decoders, host_encoder};
 use crate::host::{self, CHUNK, Sink, abs_bits, is_host_device};
 use crate::payload::{Reader, Writer};
-use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef};
+use crate::{CodecId, CompressError, Compressor, DecodeError, Payload, PayloadRef, simd};
 
 /// Header flag of the sparse format: positions as a bitmap (otherwise u32 indices).
 pub(crate) const BITMAP: u8 = 1;
@@ -371,7 +371,11 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
     } else {
         // One pass gathers the entries above the region and the region's few candidates.
         let (kept, candidates) = split_positions(values, region);
-        merge_sorted(&kept, &largest(values, candidates, need))
+        let candidates = candidates
+            .into_iter()
+            .map(|p| Candidate::new(p, values[p as usize]))
+            .collect();
+        merge_sorted(&kept, &largest(candidates, need).positions)
     };
     let values = positions.iter().map(|&p| values[p as usize]).collect();
     Ok(SparseVec { positions, values })
@@ -406,16 +410,29 @@ fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, Compress
     }
     let (_, &mut bound, _) = sample.select_nth_unstable_by(rank, |a, b| b.cmp(a));
     let taken = std::sync::atomic::AtomicUsize::new(0);
-    let parts: Vec<Option<Vec<u32>>> = values
+    let parts: Vec<Option<Vec<Candidate>>> = values
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
-            let mut found = Vec::new();
-            for (i, &v) in chunk.iter().enumerate() {
-                if abs_bits(v) >= bound {
-                    found.push((c * CHUNK + i) as u32);
+            let found = simd::wide!({
+                let mut found = Vec::new();
+                // Sixteen entries are tested without a branch, then searched in the rare group
+                // that holds one.
+                for (g, group) in chunk.chunks(16).enumerate() {
+                    if !group
+                        .iter()
+                        .fold(false, |hit, &v| hit | (abs_bits(v) >= bound))
+                    {
+                        continue;
+                    }
+                    for (i, &v) in group.iter().enumerate() {
+                        if abs_bits(v) >= bound {
+                            found.push(Candidate::new((c * CHUNK + 16 * g + i) as u32, v));
+                        }
+                    }
                 }
-            }
+                found
+            });
             let total = taken.fetch_add(found.len(), std::sync::atomic::Ordering::Relaxed);
             (total + found.len() <= cap).then_some(found)
         })
@@ -423,35 +440,52 @@ fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, Compress
     let Some(parts) = parts.into_iter().collect::<Option<Vec<_>>>() else {
         return Ok(None);
     };
-    let candidates: Vec<u32> = parts.concat();
+    let candidates: Vec<Candidate> = parts.concat();
     if candidates.len() < k {
         return Ok(None);
     }
     if candidates
         .iter()
-        .any(|&p| abs_bits(values[p as usize]) >= 0x7F80_0000)
+        .any(|c| abs_bits(c.value()) >= 0x7F80_0000)
     {
         return Err(host::non_finite(values));
     }
-    let positions = largest(values, candidates, k);
-    let kept = positions.iter().map(|&p| values[p as usize]).collect();
-    Ok(Some(SparseVec {
-        positions,
-        values: kept,
-    }))
+    Ok(Some(largest(candidates, k)))
 }
 
-/// The `count ≥ 1` positions among `candidates` of largest `|v|` (ties: lower index), by
-/// selection rather than a full sort, in position order.
-fn largest(values: &[f32], mut candidates: Vec<u32>, count: usize) -> Vec<u32> {
-    candidates.select_nth_unstable_by(count - 1, |&a, &b| {
-        abs_bits(values[b as usize])
-            .cmp(&abs_bits(values[a as usize]))
-            .then(a.cmp(&b))
-    });
+/// An entry that may be among the largest, packed in one word that orders by `|v|`, ties to
+/// the lower position: `|v|`'s 31 bits, the complemented position, the sign. The selection
+/// compares words without reaching back into the gradient.
+#[derive(Clone, Copy)]
+struct Candidate(u64);
+
+impl Candidate {
+    #[inline(always)]
+    fn new(position: u32, value: f32) -> Self {
+        Self(
+            (abs_bits(value) as u64) << 33
+                | (!position as u64) << 1
+                | (value.to_bits() >> 31) as u64,
+        )
+    }
+
+    fn position(&self) -> u32 {
+        !((self.0 >> 1) as u32)
+    }
+
+    fn value(&self) -> f32 {
+        f32::from_bits(((self.0 >> 33) as u32) | ((self.0 as u32) << 31))
+    }
+}
+
+/// The `count ≥ 1` of `candidates` of largest `|v|` (ties: lower position), by selection rather
+/// than a full sort, in position order.
+fn largest(mut candidates: Vec<Candidate>, count: usize) -> SparseVec {
+    candidates.select_nth_unstable_by(count - 1, |a, b| b.0.cmp(&a.0));
     candidates.truncate(count);
-    candidates.sort_unstable();
-    candidates
+    candidates.par_sort_unstable_by_key(Candidate::position);
+    let (positions, values) = candidates.iter().map(|c| (c.position(), c.value())).unzip();
+    SparseVec { positions, values }
 }
 
 /// The positions of the entries `classify` puts `Greater` and those it puts `Equal` (the rest
