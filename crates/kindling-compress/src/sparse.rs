@@ -304,15 +304,18 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
     if k > 0 && k < n {
         loop {
             let bins = 1usize << digit;
+            // The digit's position by value: captured by reference, it was reloaded after
+            // every increment (the histogram might have aliased it).
+            let (low, high) = (shift, shift + digit);
             let hist = values
                 .par_chunks(CHUNK)
                 .fold(
                     || vec![0usize; bins],
-                    |mut h, chunk| {
+                    move |mut h, chunk| {
                         for &v in chunk {
                             let b = abs_bits(v);
-                            if b >> (shift + digit) == prefix {
-                                h[((b >> shift) as usize) & (bins - 1)] += 1;
+                            if b >> high == prefix {
+                                h[((b >> low) as usize) & (bins - 1)] += 1;
                             }
                         }
                         h
@@ -344,7 +347,7 @@ pub(crate) fn top_k(values: &[f32], k: usize) -> Result<SparseVec, CompressError
         }
     }
     let need = k.saturating_sub(above).min(bin_count);
-    let region = |v: f32| (abs_bits(v) >> shift).cmp(&prefix);
+    let region = move |v: f32| (abs_bits(v) >> shift).cmp(&prefix);
     // Entries above the threshold region, and of the region the largest `need`: the few
     // candidates sorted, or (when the region is one bit pattern) the first `need` ties.
     let positions: Vec<u32> = if k == 0 {
@@ -498,16 +501,28 @@ fn split_positions(
         .par_chunks(CHUNK)
         .enumerate()
         .map(|(c, chunk)| {
-            let (mut greater, mut equal) = (Vec::new(), Vec::new());
-            for (i, &v) in chunk.iter().enumerate() {
-                let position = (c * CHUNK + i) as u32;
-                match classify(v) {
-                    Ordering::Greater => greater.push(position),
-                    Ordering::Equal => equal.push(position),
-                    Ordering::Less => {}
+            simd::wide!({
+                let (mut greater, mut equal) = (Vec::new(), Vec::new());
+                // Sixteen entries are tested without a branch, then searched in the rare group
+                // that holds one that is kept.
+                for (g, group) in chunk.chunks(16).enumerate() {
+                    if !group
+                        .iter()
+                        .fold(false, |hit, &v| hit | classify(v).is_ge())
+                    {
+                        continue;
+                    }
+                    for (i, &v) in group.iter().enumerate() {
+                        let position = (c * CHUNK + 16 * g + i) as u32;
+                        match classify(v) {
+                            Ordering::Greater => greater.push(position),
+                            Ordering::Equal => equal.push(position),
+                            Ordering::Less => {}
+                        }
+                    }
                 }
-            }
-            (greater, equal)
+                (greater, equal)
+            })
         })
         .collect();
     let (mut greater, mut equal) = (Vec::new(), Vec::new());
