@@ -613,6 +613,10 @@ struct EliasLevels<'a> {
 /// Stream bits per segment of the parallel validation.
 const SEGMENT_BITS: u64 = 1 << 15;
 
+/// Pairs of segments a task of the parallel walks takes at least: about 260 K stream bits, so a
+/// small stream is walked on the calling thread (waking the pool costs more than its walk).
+const PAIRS_PER_TASK: usize = 4;
+
 /// Code boundaries a segment's walk records at its start, to be joined up with the true
 /// boundaries its predecessor ends on.
 const MARKS: usize = 64;
@@ -982,6 +986,7 @@ impl<'a> EliasLevels<'a> {
         // Segment `parts` (when `parts` is odd) is empty and dropped.
         let mut walks = (0..parts.div_ceil(2))
             .into_par_iter()
+            .with_min_len(PAIRS_PER_TASK)
             .map(|p| {
                 let segment = |t: usize| (bound(t.min(parts)), bound((t + 1).min(parts)));
                 walk_pair(bytes, [segment(2 * p), segment(2 * p + 1)])
@@ -1082,40 +1087,45 @@ impl<'a> EliasLevels<'a> {
             parts.push((start, first, vals));
             rest = tail;
         }
-        parts.par_chunks_mut(2).for_each_init(
-            || [Vec::new(), Vec::new()],
-            |buffers: &mut [Vec<i16>; 2], pair| {
-                simd::wide!({
-                    let mut decoders: Vec<SegmentDecoder<'_, '_>> = pair
-                        .iter()
-                        .zip(buffers.iter_mut())
-                        .map(|((start, _, vals), levels)| {
-                            levels.resize(vals.len(), 0);
-                            SegmentDecoder::new(self.bytes, *start, levels)
-                        })
-                        .collect();
-                    if let [a, b] = &mut decoders[..] {
-                        while a.live() && b.live() {
-                            a.group(table);
-                            b.group(table);
-                        }
-                    }
-                    for (decoder, (_, first, vals)) in decoders.iter_mut().zip(pair.iter_mut()) {
-                        while decoder.live() {
-                            decoder.group(table);
-                        }
-                        decoder.finish(table);
-                        let levels = &decoder.levels;
-                        for_bucket_runs(*first, vals.len(), bucket, |b, run| {
-                            let scale = scales[b];
-                            for (slot, &level) in vals[run.clone()].iter_mut().zip(&levels[run]) {
-                                sink.put(slot, level as f32 * scale);
+        parts
+            .par_chunks_mut(2)
+            .with_min_len(PAIRS_PER_TASK)
+            .for_each_init(
+                || [Vec::new(), Vec::new()],
+                |buffers: &mut [Vec<i16>; 2], pair| {
+                    simd::wide!({
+                        let mut decoders: Vec<SegmentDecoder<'_, '_>> = pair
+                            .iter()
+                            .zip(buffers.iter_mut())
+                            .map(|((start, _, vals), levels)| {
+                                levels.resize(vals.len(), 0);
+                                SegmentDecoder::new(self.bytes, *start, levels)
+                            })
+                            .collect();
+                        if let [a, b] = &mut decoders[..] {
+                            while a.live() && b.live() {
+                                a.group(table);
+                                b.group(table);
                             }
-                        });
-                    }
-                })
-            },
-        );
+                        }
+                        for (decoder, (_, first, vals)) in decoders.iter_mut().zip(pair.iter_mut())
+                        {
+                            while decoder.live() {
+                                decoder.group(table);
+                            }
+                            decoder.finish(table);
+                            let levels = &decoder.levels;
+                            for_bucket_runs(*first, vals.len(), bucket, |b, run| {
+                                let scale = scales[b];
+                                for (slot, &level) in vals[run.clone()].iter_mut().zip(&levels[run])
+                                {
+                                    sink.put(slot, level as f32 * scale);
+                                }
+                            });
+                        }
+                    })
+                },
+            );
     }
 }
 

@@ -368,7 +368,12 @@ fn flags_error(flags: u8) -> DecodeError {
 
 /// A 2-bit field of 3 (both bits set) is not a ternary.
 fn check_two_bit(bytes: &[u8]) -> Result<(), DecodeError> {
-    if bytes.par_iter().any(|b| b & (b >> 1) & 0x55 != 0) {
+    // In chunks of [`CHUNK`] entries: a small payload is checked on the calling thread (a
+    // parallel iterator over single bytes would wake the pool for a few microseconds of work).
+    if bytes
+        .par_chunks(CHUNK / 4)
+        .any(|c| c.iter().any(|b| b & (b >> 1) & 0x55 != 0))
+    {
         return Err(DecodeError::FieldOutOfRange {
             field: "ternary",
             value: 3,
@@ -379,7 +384,10 @@ fn check_two_bit(bytes: &[u8]) -> Result<(), DecodeError> {
 }
 
 fn check_base3(bytes: &[u8]) -> Result<(), DecodeError> {
-    if let Some(&b) = bytes.par_iter().find_any(|&&b| b > 242) {
+    if let Some(b) = bytes
+        .par_chunks(CHUNK / 5)
+        .find_map_first(|c| c.iter().copied().find(|&b| b > 242))
+    {
         return Err(DecodeError::FieldOutOfRange {
             field: "base-3 byte",
             value: b as u64,
