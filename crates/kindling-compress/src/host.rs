@@ -193,7 +193,7 @@ pub(crate) fn non_finite(values: &[f32]) -> CompressError {
 /// `max|v|`, or [`CompressError::NonFinite`]: one parallel pass.
 pub(crate) fn max_abs(values: &[f32]) -> Result<f32, CompressError> {
     let bits = if values.len() <= CHUNK {
-        max_abs_bits(values)
+        simd::wide!(max_abs_bits(values))
     } else {
         values
             .par_chunks(CHUNK)
