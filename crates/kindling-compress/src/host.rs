@@ -150,6 +150,28 @@ pub(crate) fn abs_bits(v: f32) -> u32 {
     v.to_bits() & 0x7FFF_FFFF
 }
 
+/// Calls `each(i, v)` for every entry `v = chunk[i]` that `hit` accepts, in order: for scans
+/// that keep few entries. Sixteen entries are tested at a time without a branch (the test
+/// vectorises) and only a group that holds a hit is searched. Inline it into a [`simd::wide!`]
+/// body, with `#[inline(always)]` closures.
+#[inline(always)]
+pub(crate) fn for_each_hit(
+    chunk: &[f32],
+    hit: impl Fn(f32) -> bool,
+    mut each: impl FnMut(usize, f32),
+) {
+    for (g, group) in chunk.chunks(16).enumerate() {
+        if !group.iter().fold(false, |any, &v| any | hit(v)) {
+            continue;
+        }
+        for (i, &v) in group.iter().enumerate() {
+            if hit(v) {
+                each(16 * g + i, v);
+            }
+        }
+    }
+}
+
 /// Largest `abs_bits` of a chunk (eight lanes, so it vectorises).
 #[inline(always)]
 fn max_abs_bits(chunk: &[f32]) -> u32 {

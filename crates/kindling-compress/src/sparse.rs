@@ -419,21 +419,13 @@ fn sampled_top_k(values: &[f32], k: usize) -> Result<Option<SparseVec>, Compress
         .map(|(c, chunk)| {
             let found = simd::wide!({
                 let mut found = Vec::new();
-                // Sixteen entries are tested without a branch, then searched in the rare group
-                // that holds one.
-                for (g, group) in chunk.chunks(16).enumerate() {
-                    if !group
-                        .iter()
-                        .fold(false, |hit, &v| hit | (abs_bits(v) >= bound))
-                    {
-                        continue;
-                    }
-                    for (i, &v) in group.iter().enumerate() {
-                        if abs_bits(v) >= bound {
-                            found.push(Candidate::new((c * CHUNK + 16 * g + i) as u32, v));
-                        }
-                    }
-                }
+                host::for_each_hit(
+                    chunk,
+                    #[inline(always)]
+                    |v| abs_bits(v) >= bound,
+                    #[inline(always)]
+                    |i, v| found.push(Candidate::new((c * CHUNK + i) as u32, v)),
+                );
                 found
             });
             let total = taken.fetch_add(found.len(), std::sync::atomic::Ordering::Relaxed);
@@ -503,24 +495,19 @@ fn split_positions(
         .map(|(c, chunk)| {
             simd::wide!({
                 let (mut greater, mut equal) = (Vec::new(), Vec::new());
-                // Sixteen entries are tested without a branch, then searched in the rare group
-                // that holds one that is kept.
-                for (g, group) in chunk.chunks(16).enumerate() {
-                    if !group
-                        .iter()
-                        .fold(false, |hit, &v| hit | classify(v).is_ge())
-                    {
-                        continue;
-                    }
-                    for (i, &v) in group.iter().enumerate() {
-                        let position = (c * CHUNK + 16 * g + i) as u32;
+                host::for_each_hit(
+                    chunk,
+                    #[inline(always)]
+                    |v| classify(v).is_ge(),
+                    #[inline(always)]
+                    |i, v| {
+                        let position = (c * CHUNK + i) as u32;
                         match classify(v) {
                             Ordering::Greater => greater.push(position),
-                            Ordering::Equal => equal.push(position),
-                            Ordering::Less => {}
+                            _ => equal.push(position),
                         }
-                    }
-                }
+                    },
+                );
                 (greater, equal)
             })
         })
