@@ -371,7 +371,7 @@ fn check_two_bit(bytes: &[u8]) -> Result<(), DecodeError> {
     // In chunks of [`CHUNK`] entries: a small payload is checked on the calling thread (a
     // parallel iterator over single bytes would wake the pool for a few microseconds of work).
     if bytes
-        .par_chunks(CHUNK / 4)
+        .par_chunks(host::chunk_bytes(2))
         .any(|c| c.iter().any(|b| b & (b >> 1) & 0x55 != 0))
     {
         return Err(DecodeError::FieldOutOfRange {

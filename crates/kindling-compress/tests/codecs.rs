@@ -253,6 +253,46 @@ fn terngrad_is_unbiased_in_both_packings() {
     }
 }
 
+/// A 2-bit field of 3 and a base-3 byte above 242 are not ternaries: the decoder refuses them
+/// wherever they sit in a payload of several chunks, and names the first bad base-3 byte.
+#[test]
+fn terngrad_refuses_fields_that_are_not_ternaries() {
+    let device = device();
+    let g = tensor(gaussian(150_000, 12), [150_000], &device);
+    let decode = |codec: &TernGrad, bytes: Vec<u8>| {
+        codec.decompress::<1>(&Payload::from_bytes(bytes).unwrap(), &device)
+    };
+    let two_bit = TernGrad::new();
+    let mut bytes = two_bit
+        .clone()
+        .compress(g.clone(), &mut rng(1))
+        .unwrap()
+        .into_bytes();
+    let last = bytes.len() - 1;
+    bytes[last - 20] = 0b1100_0000; // entry 4 of its byte: both bits set
+    assert!(matches!(
+        decode(&two_bit, bytes),
+        Err(DecodeError::FieldOutOfRange {
+            field: "ternary",
+            value: 3,
+            ..
+        })
+    ));
+    let base3 = TernGrad::new().with_packing(TritPacking::Base3);
+    let mut bytes = base3.clone().compress(g, &mut rng(1)).unwrap().into_bytes();
+    let last = bytes.len() - 1;
+    // Two in one chunk of the check, one in a later chunk: the first is named.
+    (bytes[last - 20_010], bytes[last - 20_000], bytes[last]) = (251, 252, 250);
+    assert!(matches!(
+        decode(&base3, bytes),
+        Err(DecodeError::FieldOutOfRange {
+            field: "base-3 byte",
+            value: 251,
+            ..
+        })
+    ));
+}
+
 #[test]
 fn terngrad_shared_scale_and_clipping() {
     let device = device();
