@@ -151,9 +151,8 @@ pub(crate) fn abs_bits(v: f32) -> u32 {
 }
 
 /// Calls `each(i, v)` for every entry `v = chunk[i]` that `hit` accepts, in order: for scans
-/// that keep few entries. Sixteen entries are tested at a time without a branch (the test
-/// vectorises) and only a group that holds a hit is searched. Inline it into a [`simd::wide!`]
-/// body, with `#[inline(always)]` closures.
+/// that keep few entries, sixteen at a time through [`hit_mask`] and [`each_bit`]. Inline it
+/// into a [`simd::wide!`] body, with `#[inline(always)]` closures.
 #[inline(always)]
 pub(crate) fn for_each_hit(
     chunk: &[f32],
@@ -161,14 +160,27 @@ pub(crate) fn for_each_hit(
     mut each: impl FnMut(usize, f32),
 ) {
     for (g, group) in chunk.chunks(16).enumerate() {
-        if !group.iter().fold(false, |any, &v| any | hit(v)) {
-            continue;
-        }
-        for (i, &v) in group.iter().enumerate() {
-            if hit(v) {
-                each(16 * g + i, v);
-            }
-        }
+        each_bit(hit_mask(group.iter().copied(), &hit), |i| {
+            each(16 * g + i, group[i])
+        });
+    }
+}
+
+/// Bit `i` set for each item `i` of `group` (at most 32) that `hit` accepts: tested without a
+/// branch, so that a group of sixteen f32 is one vector comparison.
+#[inline(always)]
+pub(crate) fn hit_mask<T>(group: impl Iterator<Item = T>, hit: impl Fn(T) -> bool) -> u32 {
+    group
+        .enumerate()
+        .fold(0, |mask, (i, x)| mask | (hit(x) as u32) << i)
+}
+
+/// Calls `each(i)` for every bit `i` set in `mask`, lowest first.
+#[inline(always)]
+pub(crate) fn each_bit(mut mask: u32, mut each: impl FnMut(usize)) {
+    while mask != 0 {
+        each(mask.trailing_zeros() as usize);
+        mask &= mask - 1;
     }
 }
 

@@ -271,22 +271,12 @@ pub(crate) fn sample_host(
                     let start = ci * CHUNK + b * BLOCK;
                     let u = &mut u[..block.len()];
                     stream.fill(start, u);
-                    // Sixteen entries are tested without a branch, then searched in the rare
-                    // group that keeps one.
                     let p = |v: f32| (v.abs() * c).min(1.0);
                     for (g, (vs, us)) in block.chunks(16).zip(u.chunks(16)).enumerate() {
-                        if !vs
-                            .iter()
-                            .zip(us)
-                            .fold(false, |hit, (&v, &u)| hit | (u < p(v)))
-                        {
-                            continue;
-                        }
-                        for (i, (&v, &u)) in vs.iter().zip(us).enumerate() {
-                            if u < p(v) {
-                                kept.push(((start + 16 * g + i) as u32, v / p(v)));
-                            }
-                        }
+                        let hits = host::hit_mask(vs.iter().zip(us), |(&v, &u)| u < p(v));
+                        host::each_bit(hits, |i| {
+                            kept.push(((start + 16 * g + i) as u32, vs[i] / p(vs[i])))
+                        });
                     }
                 }
                 kept
