@@ -136,6 +136,16 @@ pub trait Compressor {
     /// FFT buffer of the padded length.
     fn decode_into(&self, payload: &PayloadRef<'_>, out: &mut [f32]) -> Result<(), DecodeError>;
 
+    /// Decodes into a new host vector (row-major entries), on the host, in parallel: each value
+    /// is written once, with no zero fill before (what [`decompress`](Self::decompress) does on
+    /// a host device). The default decodes into a zeroed vector with
+    /// [`decode_into`](Self::decode_into).
+    fn decode_to_vec(&self, payload: &PayloadRef<'_>) -> Result<Vec<f32>, DecodeError> {
+        let mut out = vec![0.0; payload.header().numel()];
+        self.decode_into(payload, &mut out)?;
+        Ok(out)
+    }
+
     /// Adds `weight · decode(payload)` to `out` (one slot per entry), on the host: the mean of
     /// `W` workers' payloads is `W` calls with `weight = 1/W` into one buffer. As with
     /// [`decode_into`](Self::decode_into), a refused payload leaves `out` untouched.
@@ -173,8 +183,9 @@ pub trait Compressor {
 }
 // ANCHOR_END: compressor
 
-/// Implements [`Compressor::decode_into`] and [`Compressor::decode_add`] from one host decoder
-/// generic over its [`Sink`](crate::host::Sink):
+/// Implements [`Compressor::decode_into`], [`Compressor::decode_to_vec`] and
+/// [`Compressor::decode_add`] from one host decoder generic over its
+/// [`Sink`](crate::host::Sink):
 /// `host_decoders!(payload, out, sink => decode(payload, out, sink));`.
 macro_rules! host_decoders {
     ($payload:ident, $out:ident, $sink:ident => $body:expr) => {
@@ -184,7 +195,18 @@ macro_rules! host_decoders {
             $out: &mut [f32],
         ) -> Result<(), $crate::DecodeError> {
             let $sink = $crate::host::Set;
+            // SAFETY: the decoder writes through `Set`, which writes only values.
+            let $out = unsafe { $crate::host::slots($out) };
             $body
+        }
+
+        fn decode_to_vec(
+            &self,
+            $payload: &$crate::PayloadRef<'_>,
+        ) -> Result<Vec<f32>, $crate::DecodeError> {
+            let $sink = $crate::host::Set;
+            // SAFETY: a host decoder that returns `Ok` has written every entry.
+            unsafe { $crate::host::decoded($payload.header().numel(), |$out| $body) }
         }
 
         fn decode_add(
@@ -239,8 +261,7 @@ pub(crate) fn decompress_on_host<C: Compressor + ?Sized, const D: usize>(
     device: &Device,
 ) -> Result<Tensor<D>, DecodeError> {
     let shape: [usize; D] = payload.dims()?;
-    let mut out = vec![0.0f32; payload.header().numel()];
-    codec.decode_into(&payload.borrow(), &mut out)?;
+    let out = codec.decode_to_vec(&payload.borrow())?;
     Ok(crate::host::tensor(out, shape, device))
 }
 

@@ -30,7 +30,7 @@ fn encode_words<const W: usize>(
 fn decode_words<const W: usize, S: Sink>(
     what: &'static str,
     bytes: &[u8],
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
     value: impl Fn([u8; W]) -> f32 + Sync,
 ) -> Result<(), DecodeError> {
@@ -96,7 +96,7 @@ fn identity_payload(values: &[f32], shape: &[usize]) -> Result<Payload, Compress
 
 fn decode_identity<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (_, mut r) = payload.open_into(CodecId::Identity, out)?;
@@ -205,7 +205,7 @@ fn f16_table() -> &'static [f32] {
 
 fn decode_half<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, mut r) = payload.open_into(CodecId::Half, out)?;

@@ -172,6 +172,10 @@ impl<C: Compressor> Compressor for ErrorFeedback<C> {
         self.inner.decode_into(payload, out)
     }
 
+    fn decode_to_vec(&self, payload: &PayloadRef<'_>) -> Result<Vec<f32>, DecodeError> {
+        self.inner.decode_to_vec(payload)
+    }
+
     fn decode_add(
         &self,
         payload: &PayloadRef<'_>,

@@ -925,9 +925,14 @@ fn atom(
 /// of `M` points of `Z_k = F_k + i·G_k` with `F_k = H_k + conj H_{M−k}` and
 /// `G_k = (H_k − conj H_{M−k})·e^{2πi·k/N}`: `x_{2m} = Re z_m`, `x_{2m+1} = Im z_m`. Each atom
 /// adds to at most two `Z_k`, so `Z` is built by scattering the pairs.
-pub(crate) fn atom_signal<P>(positions: &[u32], values: &[f32], big: usize, out: &mut [f32], put: P)
-where
-    P: Fn(&mut f32, f32) + Sync,
+pub(crate) fn atom_signal<T: Send, P>(
+    positions: &[u32],
+    values: &[f32],
+    big: usize,
+    out: &mut [T],
+    put: P,
+) where
+    P: Fn(&mut T, f32) + Sync,
 {
     let half = big / 2;
     let edge = (1.0 / big as f64).sqrt();

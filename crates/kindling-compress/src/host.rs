@@ -13,6 +13,8 @@
 //! [`decode_add`](crate::Compressor::decode_add) are the host decoders on their own: from a
 //! borrowed [`PayloadRef`](crate::PayloadRef) into a caller's buffer.
 
+use std::mem::MaybeUninit;
+
 use burn::tensor::{DType, Device, Tensor, TensorData};
 use rayon::prelude::*;
 
@@ -97,15 +99,18 @@ pub(crate) fn tensor<const D: usize>(
     Tensor::from_data(TensorData::new(values, shape), device)
 }
 
-/// How a decoder writes each value: overwrite, or add a weighted value.
+/// How a decoder writes each value: store it, or add a weighted value.
 pub(crate) trait Sink: Copy + Send + Sync {
+    /// An output slot: `MaybeUninit<f32>` for a sink that only stores (so a new buffer needs no
+    /// zero fill first), `f32` for one that reads the value already there.
+    type Slot: Send;
     /// Stores `v` into `slot`.
-    fn put(self, slot: &mut f32, v: f32);
+    fn put(self, slot: &mut Self::Slot, v: f32);
     /// Prepares a buffer for a sparse decoder that only visits some entries.
-    fn clear(self, out: &mut [f32]);
+    fn clear(self, out: &mut [Self::Slot]);
 }
 
-/// `out[i] = v`.
+/// `out[i] = v`, into slots that need not hold a value yet; it writes only values.
 #[derive(Clone, Copy)]
 pub(crate) struct Set;
 
@@ -114,16 +119,19 @@ pub(crate) struct Set;
 pub(crate) struct AddScaled(pub(crate) f32);
 
 impl Sink for Set {
+    type Slot = MaybeUninit<f32>;
     #[inline(always)]
-    fn put(self, slot: &mut f32, v: f32) {
-        *slot = v;
+    fn put(self, slot: &mut MaybeUninit<f32>, v: f32) {
+        slot.write(v);
     }
-    fn clear(self, out: &mut [f32]) {
-        out.par_chunks_mut(CHUNK).for_each(|c| c.fill(0.0));
+    fn clear(self, out: &mut [MaybeUninit<f32>]) {
+        out.par_chunks_mut(CHUNK)
+            .for_each(|c| c.fill(MaybeUninit::new(0.0)));
     }
 }
 
 impl Sink for AddScaled {
+    type Slot = f32;
     #[inline(always)]
     fn put(self, slot: &mut f32, v: f32) {
         *slot += self.0 * v;
@@ -131,8 +139,36 @@ impl Sink for AddScaled {
     fn clear(self, _out: &mut [f32]) {}
 }
 
+/// `out` as slots for [`Set`].
+///
+/// # Safety
+/// Only values may be written through the result (as [`Set`] does), so that `out` stays
+/// initialised.
+pub(crate) unsafe fn slots(out: &mut [f32]) -> &mut [MaybeUninit<f32>] {
+    // SAFETY: `MaybeUninit<f32>` has the layout of `f32`, and the caller writes only values.
+    unsafe { &mut *(out as *mut [f32] as *mut [MaybeUninit<f32>]) }
+}
+
+/// A new vector of `n` values that `decode` writes through [`Set`]'s slots, with no zero fill
+/// before: each value is written once.
+///
+/// # Safety
+/// `decode` has written all `n` slots when it returns `Ok`. Every host decoder does: it checks
+/// the whole body before it writes, then covers its output (the paths tests decode into
+/// NaN-filled buffers and compare with the device path).
+pub(crate) unsafe fn decoded<E>(
+    n: usize,
+    decode: impl FnOnce(&mut [MaybeUninit<f32>]) -> Result<(), E>,
+) -> Result<Vec<f32>, E> {
+    let mut out = Vec::with_capacity(n);
+    decode(&mut out.spare_capacity_mut()[..n])?;
+    // SAFETY: `decode` wrote all `n` slots (the caller's promise).
+    unsafe { out.set_len(n) };
+    Ok(out)
+}
+
 /// Checks a caller's output buffer against the payload's entry count.
-pub(crate) fn check_output(out: &[f32], n: usize) -> Result<(), DecodeError> {
+pub(crate) fn check_output<T>(out: &[T], n: usize) -> Result<(), DecodeError> {
     if out.len() == n {
         Ok(())
     } else {
@@ -353,7 +389,7 @@ where
 /// parallel. `out.len()` is the field count.
 pub(crate) fn unpack_small<const W: u32, S: Sink>(
     bytes: &[u8],
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
     table: &[f32],
 ) {
@@ -626,9 +662,9 @@ pub(crate) fn chunk_field_blocks<T>(
 
 /// Runs `f(start, fields, out)` on every block of [`BLOCK`] entries of a packed stream of
 /// `width`-bit fields in parallel, with the block's fields unpacked and its slice of `out`.
-pub(crate) fn par_field_blocks<F>(bytes: &[u8], width: u32, out: &mut [f32], f: F)
+pub(crate) fn par_field_blocks<T: Send, F>(bytes: &[u8], width: u32, out: &mut [T], f: F)
 where
-    F: Fn(usize, &[u32], &mut [f32]) + Sync,
+    F: Fn(usize, &[u32], &mut [T]) + Sync,
 {
     out.par_chunks_mut(CHUNK)
         .zip(bytes.par_chunks(chunk_bytes(width)))
@@ -804,11 +840,13 @@ mod tests {
             assert_eq!(fields, expected, "width {width}");
             let table: Vec<f32> = (0..1 << width).map(|f| f as f32 * 2.0).collect();
             let mut out = vec![1.0f32; n];
+            // SAFETY: `Set` writes only values.
+            let slots = unsafe { slots(&mut out) };
             match width {
-                1 => unpack_small::<1, _>(&bytes, &mut out, Set, &table),
-                2 => unpack_small::<2, _>(&bytes, &mut out, Set, &table),
-                4 => unpack_small::<4, _>(&bytes, &mut out, Set, &table),
-                _ => unpack_small::<8, _>(&bytes, &mut out, Set, &table),
+                1 => unpack_small::<1, _>(&bytes, slots, Set, &table),
+                2 => unpack_small::<2, _>(&bytes, slots, Set, &table),
+                4 => unpack_small::<4, _>(&bytes, slots, Set, &table),
+                _ => unpack_small::<8, _>(&bytes, slots, Set, &table),
             }
             assert!(
                 out.iter()

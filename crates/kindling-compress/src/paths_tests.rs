@@ -72,6 +72,32 @@ fn check<C: Compressor + Clone>(name: &str, codec: C, shape: [usize; 2], same_by
         codec.decode_add(&payload.borrow(), 0.5, &mut sum).unwrap();
         close(&sum, &on_host, &format!("{name}: {which} decode_add"));
     }
+    covers(name, codec, [331, 373]);
+}
+
+/// The host decoder writes every entry, across several tasks and a partial last one:
+/// `decode_into` leaves no entry of a NaN-filled buffer, and `decode_to_vec` (which writes into
+/// fresh memory, with no zero fill) gives the same bits.
+fn covers<C: Compressor + Clone>(name: &str, codec: C, shape: [usize; 2]) {
+    assert!(shape[0] * shape[1] > 2 * crate::host::CHUNK);
+    let g = gaussian(shape[0] * shape[1], 12);
+    let flex = Device::flex();
+    let payload = codec
+        .clone()
+        .compress(
+            Tensor::<2>::from_data(TensorData::new(g.clone(), shape), &flex),
+            &mut ChaCha8Rng::seed_from_u64(6),
+        )
+        .unwrap();
+    let mut into = vec![f32::NAN; g.len()];
+    codec.decode_into(&payload.borrow(), &mut into).unwrap();
+    assert!(
+        into.iter().all(|v| v.is_finite()),
+        "{name}: decode_into left an entry unwritten"
+    );
+    let fresh = codec.decode_to_vec(&payload.borrow()).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&fresh), bits(&into), "{name}: decode_to_vec");
 }
 
 #[test]

@@ -314,10 +314,10 @@ impl<'a> PayloadRef<'a> {
 
     /// Checks the payload belongs to `codec` and that `out` holds one slot per entry; returns
     /// the header and a reader over the body.
-    pub(crate) fn open_into(
+    pub(crate) fn open_into<T>(
         &self,
         codec: CodecId,
-        out: &[f32],
+        out: &[T],
     ) -> Result<(&Header, Reader<'a>), DecodeError> {
         if self.header.codec != codec {
             return Err(DecodeError::WrongCodec {

@@ -457,7 +457,8 @@ impl Compressor for Qsgd {
             }
             Levels::Elias { reader, .. } => {
                 let mut levels = vec![0.0f32; n];
-                reader.decode(&mut levels, &[1.0], n.max(1), Set);
+                // SAFETY: `Set` writes only values.
+                reader.decode(unsafe { host::slots(&mut levels) }, &[1.0], n.max(1), Set);
                 Tensor::from_data(TensorData::new(levels, [n]), device)
             }
         };
@@ -573,7 +574,7 @@ fn level_error(level: u32) -> DecodeError {
 /// The host decoder: validated first, then each value `±level·‖v‖/s` written once.
 fn decode_host<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, r) = payload.open_into(CodecId::Qsgd, out)?;
@@ -1077,7 +1078,7 @@ impl<'a> EliasLevels<'a> {
     /// task: each segment's levels are decoded into a buffer, the two segments' windowed loops
     /// in one (independent chains of lookups), several codes per lookup of [`decode_steps`];
     /// then the levels are scaled bucket by bucket.
-    fn decode<S: Sink>(&self, out: &mut [f32], scales: &[f32], bucket: usize, sink: S) {
+    fn decode<S: Sink>(&self, out: &mut [S::Slot], scales: &[f32], bucket: usize, sink: S) {
         let table = decode_steps();
         let mut parts = Vec::with_capacity(self.segments.len());
         let mut rest = &mut out[..self.n];
@@ -1829,9 +1830,11 @@ mod tests {
             let bucket = 333;
             let scales: Vec<f32> = (0..n.div_ceil(bucket)).map(|b| 1.0 + b as f32).collect();
             let mut out = vec![f32::NAN; n];
+            // SAFETY: `Set` writes only values.
+            let slots = unsafe { host::slots(&mut out) };
             EliasLevels::validate(&got.bytes, got.bits, n, s)
                 .unwrap()
-                .decode(&mut out, &scales, bucket, Set);
+                .decode(slots, &scales, bucket, Set);
             for (i, (o, l)) in out.iter().zip(&levels).enumerate() {
                 assert_eq!(*o, *l as f32 * scales[i / bucket], "s = {s}, entry {i}");
             }
@@ -1890,7 +1893,8 @@ mod tests {
             let want: Vec<f32> = levels.iter().map(|&l| l as f32).collect();
             for reader in [joined, serial] {
                 let mut out = vec![f32::NAN; n];
-                reader.decode(&mut out, &[1.0], n, Set);
+                // SAFETY: `Set` writes only values.
+                reader.decode(unsafe { host::slots(&mut out) }, &[1.0], n, Set);
                 assert!(out == want, "s = {s}");
             }
             // A level above s deep inside, a count off by one, a stream cut short: the same
@@ -1930,7 +1934,8 @@ mod tests {
             let ok =
                 EliasLevels::validate(&st.bytes, st.bits, levels.len(), s_needed.max(1)).unwrap();
             let mut out = vec![0.0; levels.len()];
-            ok.decode(&mut out, &[1.0], levels.len(), Set);
+            // SAFETY: `Set` writes only values.
+            ok.decode(unsafe { host::slots(&mut out) }, &[1.0], levels.len(), Set);
             assert_eq!(out, levels.iter().map(|&l| l as f32).collect::<Vec<_>>());
             if s_needed > 1 {
                 let err = EliasLevels::validate(&st.bytes, st.bits, levels.len(), s_needed - 1);

@@ -145,7 +145,7 @@ fn sign_flags_error(flags: u8) -> DecodeError {
 
 fn decode_sign<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, mut r) = payload.open_into(CodecId::Sign, out)?;
@@ -209,7 +209,7 @@ impl Compressor for ScaledSign {
 
 fn decode_scaled_sign<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (_, mut r) = payload.open_into(CodecId::ScaledSign, out)?;
@@ -303,6 +303,8 @@ pub fn majority_vote_into(payloads: &[PayloadRef<'_>], out: &mut [f32]) -> Resul
         let task = |(c, mask): (usize, &mut [u8])| vote_mask(&voters, needed, c * VOTE_BYTES, mask);
         mask.par_chunks_mut(VOTE_BYTES).enumerate().for_each(task);
     }
+    // SAFETY: `Set` writes only values.
+    let out = unsafe { host::slots(out) };
     unpack_small::<1, _>(&mask, out, host::Set, &[1.0, -1.0]);
     Ok(())
 }

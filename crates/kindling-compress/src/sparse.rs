@@ -157,7 +157,7 @@ impl SparseVec {
     }
 
     /// Writes the dense vector into `out` through `sink` (untouched entries: zero, or kept).
-    pub(crate) fn write_into<S: Sink>(&self, out: &mut [f32], sink: S) {
+    pub(crate) fn write_into<S: Sink>(&self, out: &mut [S::Slot], sink: S) {
         sink.clear(out);
         for (&p, &v) in self.positions.iter().zip(&self.values) {
             sink.put(&mut out[p as usize], v);
@@ -542,7 +542,7 @@ fn merge_sorted(a: &[u32], b: &[u32]) -> Vec<u32> {
 pub(crate) fn decode_sparse_into<S: Sink>(
     payload: &PayloadRef<'_>,
     codec: CodecId,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, mut r) = payload.open_into(codec, out)?;
@@ -744,7 +744,7 @@ fn read_random_k(mut r: Reader<'_>, n: usize) -> Result<SparseVec, DecodeError> 
 
 fn decode_random_k<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (_, r) = payload.open_into(CodecId::RandomK, out)?;

@@ -400,7 +400,7 @@ fn check_base3(bytes: &[u8]) -> Result<(), DecodeError> {
 /// The host decoder: validated, then each value written once through `sink`, in parallel.
 fn decode_host<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, mut r) = payload.open_into(CodecId::TernGrad, out)?;

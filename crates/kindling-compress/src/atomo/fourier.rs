@@ -223,7 +223,7 @@ fn read_coefficients(mut r: Reader<'_>, flags: u8, big: usize) -> Result<SparseV
 /// The host decoder: [`fft::atom_signal`] of the sent coefficients.
 fn decode_host<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, r) = payload.open_into(CodecId::AtomoFourier, out)?;

@@ -688,7 +688,7 @@ fn read_atoms(mut r: Reader<'_>, rows: usize, cols: usize) -> Result<Vec<f32>, D
 /// The host decoder: `Σ_k c_k·u_k v_kᵀ`, row by row in parallel.
 fn decode_host<S: Sink>(
     payload: &PayloadRef<'_>,
-    out: &mut [f32],
+    out: &mut [S::Slot],
     sink: S,
 ) -> Result<(), DecodeError> {
     let (header, r) = payload.open_into(CodecId::AtomoSpectral, out)?;
