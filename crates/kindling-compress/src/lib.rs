@@ -26,7 +26,8 @@
 //! numbers, so either decodes the other's payloads. [`Compressor::decode_into`] and
 //! [`Compressor::decode_add`] decode a borrowed [`PayloadRef`] (a receive buffer) straight into a
 //! buffer of yours, so the mean of several workers' payloads accumulates in one buffer with no
-//! copy. Each codec also has a burn-style config ([`QsgdConfig`], [`TernGradConfig`],
+//! copy; [`Compressor::decode_to_vec`] decodes into a new vector, each value written once. Each
+//! codec also has a burn-style config ([`QsgdConfig`], [`TernGradConfig`],
 //! [`SparsifyConfig`], [`AtomoConfig`], [`HalfConfig`]).
 //!
 //! **Randomness** comes from the caller's seeded RNG (one per worker): each encoding draws one
