@@ -250,9 +250,7 @@ fn butterflies<const W: usize>(re: &mut [f32], im: &mut [f32], stages: &Stages) 
             for (((((ar, ai), br), bi), &c), &s) in
                 ar.iter_mut().zip(ai).zip(br).zip(bi).zip(wr).zip(wi)
             {
-                for j in 0..W {
-                    butterfly(&mut ar[j], &mut ai[j], &mut br[j], &mut bi[j], c, s);
-                }
+                row_butterflies(ar, ai, br, bi, c, s);
             }
         }
     }
@@ -289,15 +287,28 @@ fn two_stages<const W: usize>(re: &mut [[f32; W]], im: &mut [[f32; W]], h: usize
             // The rows as values: vectors in registers, stored once.
             let (mut a_r, mut a_i, mut b_r, mut b_i) = (ar[k], ai[k], br[k], bi[k]);
             let (mut c_r, mut c_i, mut d_r, mut d_i) = (cr[k], ci[k], dr[k], di[k]);
-            for j in 0..W {
-                butterfly(&mut a_r[j], &mut a_i[j], &mut b_r[j], &mut b_i[j], c1, s1);
-                butterfly(&mut c_r[j], &mut c_i[j], &mut d_r[j], &mut d_i[j], c1, s1);
-                butterfly(&mut a_r[j], &mut a_i[j], &mut c_r[j], &mut c_i[j], c2, s2);
-                butterfly(&mut b_r[j], &mut b_i[j], &mut d_r[j], &mut d_i[j], c3, s3);
-            }
+            row_butterflies(&mut a_r, &mut a_i, &mut b_r, &mut b_i, c1, s1);
+            row_butterflies(&mut c_r, &mut c_i, &mut d_r, &mut d_i, c1, s1);
+            row_butterflies(&mut a_r, &mut a_i, &mut c_r, &mut c_i, c2, s2);
+            row_butterflies(&mut b_r, &mut b_i, &mut d_r, &mut d_i, c3, s3);
             (ar[k], ai[k], br[k], bi[k]) = (a_r, a_i, b_r, b_i);
             (cr[k], ci[k], dr[k], di[k]) = (c_r, c_i, d_r, d_i);
         }
+    }
+}
+
+/// [`butterfly`] on each of the `W` lanes of rows `a` and `b`, with the twiddle `c + i·s`.
+#[inline(always)]
+fn row_butterflies<const W: usize>(
+    ar: &mut [f32; W],
+    ai: &mut [f32; W],
+    br: &mut [f32; W],
+    bi: &mut [f32; W],
+    c: f32,
+    s: f32,
+) {
+    for j in 0..W {
+        butterfly(&mut ar[j], &mut ai[j], &mut br[j], &mut bi[j], c, s);
     }
 }
 
@@ -413,7 +424,6 @@ struct Spectrum {
 }
 
 impl Spectrum {
-    /// The natural-order row `Z[rows·k₂ .. rows·(k₂ + 1)]` into `re`, `im`.
     /// `Z_k` for `k = rows·k₂` (the first entry of row `k₂`).
     fn data_at(&self, k: usize) -> (f32, f32) {
         let from = k / self.rows * STRIP;
