@@ -1,16 +1,19 @@
 //! MPI all-gather throughput: `Mpi::all_gather_borrowed` (what the gathered protocols call: a
 //! header exchange that checks the call and carries the lengths, one variable-count all-gather
 //! polled by the watchdog, payloads borrowed from the receive buffer) against the raw rsmpi call
-//! `all_gather_varcount_into` with the counts known in advance and the buffer preallocated.
+//! `all_gather_varcount_into` with the counts known in advance and the buffer preallocated; and
+//! the float all-reduce, `Mpi::all_reduce_sum` (the header exchange, then a reduce-scatter and an
+//! all-gather of the blocks, so that every rank gets the same bits) against the raw
+//! `all_reduce_into` (`MPI_Allreduce`, which promises no such thing).
 //!
 //! Harness-free, to run under `mpirun -np W` (every rank runs the same fixed schedule). For each
-//! payload size: 5 rounds of a fixed number of calls; rank 0 prints the median time per call and
-//! the throughput, bytes received per rank per second.
+//! payload size: 5 rounds of a fixed number of calls; rank 0 prints the median time per call and,
+//! for the all-gather, the throughput, bytes received per rank per second.
 
 use std::time::Instant;
 
 use kindling_dist::{Communicator, Mpi};
-use mpi::collective::CommunicatorCollectives;
+use mpi::collective::{CommunicatorCollectives, SystemOperation};
 use mpi::datatype::PartitionMut;
 
 const SIZES: [usize; 6] = [1 << 10, 16 << 10, 128 << 10, 1 << 20, 4 << 20, 16 << 20];
@@ -30,40 +33,25 @@ fn main() {
         );
     }
     let sizes: &[usize] = if quick { &SIZES[..2] } else { &SIZES };
-    for &size in sizes {
-        let payload = vec![rank as u8; size];
-        let calls = if quick {
+    let calls = |size: usize| {
+        if quick {
             2
         } else {
-            (256 << 20) / (size * w).max(1)
+            ((256 << 20) / (size * w).max(1)).clamp(2, 500)
         }
-        .clamp(2, 500);
+    };
+    for &size in sizes {
+        let payload = vec![rank as u8; size];
+        let calls = calls(size);
 
-        let time = |call: &mut dyn FnMut()| -> f64 {
-            let mut rounds: Vec<f64> = (0..ROUNDS)
-                .map(|_| {
-                    call();
-                    world.barrier();
-                    let start = Instant::now();
-                    for _ in 0..calls {
-                        call();
-                    }
-                    world.barrier();
-                    start.elapsed().as_secs_f64() / calls as f64
-                })
-                .collect();
-            rounds.sort_by(f64::total_cmp);
-            rounds[ROUNDS / 2]
-        };
-
-        let ours = time(&mut || {
+        let ours = time(&world, calls, &mut || {
             let all = comm.all_gather_borrowed(&payload).expect("all-gather");
             assert_eq!(all.get(w - 1)[0], (w - 1) as u8);
         });
         let counts = vec![size as i32; w];
         let displs: Vec<i32> = (0..w as i32).map(|r| r * size as i32).collect();
         let mut flat = vec![0u8; size * w];
-        let raw = time(&mut || {
+        let raw = time(&world, calls, &mut || {
             let mut partition = PartitionMut::new(&mut flat[..], &counts[..], &displs[..]);
             world.all_gather_varcount_into(&payload[..], &mut partition);
         });
@@ -83,4 +71,51 @@ fn main() {
             );
         }
     }
+    if rank == 0 {
+        println!("MPI all-reduce of f32, {w} ranks: median per call over {ROUNDS} rounds");
+        println!(
+            "{:>10} {:>8} {:>14} {:>14} {:>7}",
+            "buffer", "calls", "kindling µs", "raw rsmpi µs", "ratio"
+        );
+    }
+    for &size in sizes {
+        let calls = calls(size);
+        let mut values = vec![rank as f32; size / 4];
+        let ours = time(&world, calls, &mut || {
+            comm.all_reduce_sum(&mut values).expect("all-reduce");
+        });
+        let mut sum = vec![0.0f32; size / 4];
+        let raw = time(&world, calls, &mut || {
+            world.all_reduce_into(&values[..], &mut sum[..], SystemOperation::sum());
+        });
+        if rank == 0 {
+            println!(
+                "{:>10} {:>8} {:>14.1} {:>14.1} {:>6.2}×",
+                format!("{} KiB", size >> 10),
+                calls,
+                ours * 1e6,
+                raw * 1e6,
+                ours / raw
+            );
+        }
+    }
+}
+
+/// The median over [`ROUNDS`] rounds of the time per call of `call`, run `calls` times a round
+/// between barriers.
+fn time(world: &impl CommunicatorCollectives, calls: usize, call: &mut dyn FnMut()) -> f64 {
+    let mut rounds: Vec<f64> = (0..ROUNDS)
+        .map(|_| {
+            call();
+            world.barrier();
+            let start = Instant::now();
+            for _ in 0..calls {
+                call();
+            }
+            world.barrier();
+            start.elapsed().as_secs_f64() / calls as f64
+        })
+        .collect();
+    rounds.sort_by(f64::total_cmp);
+    rounds[ROUNDS / 2]
 }

@@ -365,6 +365,27 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
     assert_eq!(after.collectives - before.collectives, 1);
     // One round of headers, W − 1 messages: an all-gather's, not a ring's 2·(W − 1).
     assert_eq!(after.rounds - before.rounds, hops);
+    // Buffers too large to ride inline sum to the same bits on every rank, each entry its sum:
+    // one of W whole blocks (reduced in place) and one that is not (1001 floats, the last block
+    // zero-padded).
+    let term = |i: usize, r: usize| ((i * 7 + r * 13) % 17) as f32 / 3.0 + r as f32 * 1e-3;
+    for len in [250 * w, 1001] {
+        let mut v: Vec<f32> = (0..len).map(|i| term(i, rank)).collect();
+        mpi.all_reduce_sum(&mut v).unwrap();
+        for (i, &x) in v.iter().enumerate() {
+            let exact: f64 = (0..w).map(|r| term(i, r) as f64).sum();
+            assert!(
+                (x as f64 - exact).abs() < 1e-4,
+                "{len}: entry {i}: {x} ≠ {exact}"
+            );
+        }
+        let bits: Vec<u8> = v.iter().flat_map(|x| x.to_le_bytes()).collect();
+        let all = mpi.all_gather(bits.clone()).unwrap();
+        assert!(
+            all.iter().all(|b| *b == bits),
+            "{len}: the sums differ between ranks"
+        );
+    }
 }
 
 fn every_protocol_keeps_replicas_bit_identical(mpi: &mut Mpi) {
