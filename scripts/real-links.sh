@@ -2,20 +2,26 @@
 # Time-to-accuracy over a real rate-limited network: the digits MLP on 4 MPI ranks whose every
 # byte crosses a token-bucket-limited link, measured beside NetworkModel's prediction.
 #
-# Inside a network namespace of its own (`unshare -n`, or `unshare -rn` with a user namespace
-# when not root), the script brings up loopback with a 1500-byte MTU, limits it with
-# `tc qdisc … tbf rate RATE` (netem is not needed), and runs `data-parallel --mpi --compare`
-# under `mpirun` with Open MPI's TCP transport only (no shared memory), so all MPI traffic of
-# the 4 ranks shares one RATE link. The host's own network is untouched.
+# Two networks (--links), each inside a network namespace of its own (`unshare -n`), so the
+# host's own network is untouched; Open MPI uses its TCP transport only (no shared memory):
 #
-# It runs once without a limit (the compute time: TCP on an unlimited loopback) and once per
-# rate, and prints, per rate and protocol, the measured training seconds to the epoch where the
-# protocol first reaches the dense run's final accuracy, and the prediction: that epoch's
-# unlimited time plus NetworkModel's communication time. The 4 ranks share one link, which the
-# model sees as 4 links of RATE/4 each (the same total bytes per second).
+# shared    (default) loopback with a 1500-byte MTU, limited by `tc qdisc … tbf rate RATE`
+#           (netem is not needed): all traffic of the 4 ranks shares one RATE link, which the
+#           model sees as 4 links of RATE/4 each (the same total bytes per second). Works as
+#           root or, with a user namespace (`unshare -rn`), without.
+# switched  one link per rank, as on a switched cluster: each rank runs in a network namespace
+#           of its own with one end of a veth pair whose other end is on a bridge, and each
+#           rank's outgoing traffic is limited to RATE (`tbf` on its end; every byte a rank
+#           receives left another rank through its limit). The model sees 4 links of RATE.
+#           Needs root (`ip netns`).
 #
-#   scripts/real-links.sh [--rates "100mbit 1gbit"] [--epochs 8] [--hidden 256] [--out DIR]
-#                         [--exe PATH] [--smoke]
+# It runs once without a limit (the compute time: TCP with no limit) and once per rate, and
+# prints, per rate and protocol, the measured training seconds to the epoch where the protocol
+# first reaches the dense run's final accuracy, and the prediction: that epoch's unlimited time
+# plus NetworkModel's communication time.
+#
+#   scripts/real-links.sh [--links shared|switched] [--rates "100mbit 1gbit"] [--epochs 8]
+#                         [--hidden 256] [--out DIR] [--exe PATH] [--smoke]
 #
 # --exe   the data-parallel binary built with `--features mpi`
 #         (default: cargo build --release -p data-parallel --features mpi)
@@ -26,19 +32,27 @@
 # seconds); and summary.txt, the time-to-accuracy table.
 set -euo pipefail
 
-rates="100mbit 1gbit" epochs=8 hidden=256 out=target/real-links exe="" smoke=0
+links=shared rates="100mbit 1gbit" epochs=8 hidden=256 out=target/real-links exe="" smoke=0
 while [ $# -gt 0 ]; do
   case "$1" in
+    --links) links=$2; shift 2 ;;
     --rates) rates=$2; shift 2 ;;
     --epochs) epochs=$2; shift 2 ;;
     --hidden) hidden=$2; shift 2 ;;
     --out) out=$2; shift 2 ;;
     --exe) exe=$2; shift 2 ;;
     --smoke) smoke=1; epochs=1; rates=100mbit; shift ;;
-    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,31p' "$0"; exit 0 ;;
     *) echo "unknown argument $1" >&2; exit 2 ;;
   esac
 done
+case "$links" in
+  shared) per_rank=4 ;;
+  switched)
+    per_rank=1
+    [ "$(id -u)" -eq 0 ] || { echo "real-links: --links switched needs root (ip netns)" >&2; exit 1; } ;;
+  *) echo "real-links: --links is shared or switched, not $links" >&2; exit 2 ;;
+esac
 
 for tool in mpirun tc ip unshare awk; do
   command -v "$tool" >/dev/null || { echo "real-links: needs $tool" >&2; exit 1; }
@@ -65,36 +79,77 @@ run() {
   local rate=$1 model=$2 dir="$out/$1"
   mkdir -p "$dir"
   if [ "$(id -u)" -eq 0 ]; then local ns=(unshare -n); else local ns=(unshare -rn); fi
-  "${ns[@]}" bash -s "$rate" "$model" "$epochs" "$hidden" "$dir" "$exe" <<'INNER' > "$dir/run.txt"
+  "${ns[@]}" bash -s "$links" "$rate" "$model" "$epochs" "$hidden" "$dir" "$exe" <<'INNER' > "$dir/run.txt"
 set -euo pipefail
-rate=$1 model=$2 epochs=$3 hidden=$4 dir=$5 exe=$6
-ip link set lo up mtu 1500
+links=$1 rate=$2 model=$3 epochs=$4 hidden=$5 dir=$6 exe=$7
+args=(--mpi --compare --epochs "$epochs" --hidden "$hidden" --bandwidth "$model" --out-dir "$dir")
 # A bucket of 4 KiB (more than one full packet, as tbf needs) and a 100 ms queue. A real link
 # cannot bank its idle time: with a larger bucket (32 KiB) the tokens saved while the ranks
 # compute let each step's small payloads cross at loopback speed, and the codecs measured 30-60%
 # faster than any link of that rate could carry them.
-[ "$rate" = none ] || tc qdisc add dev lo root tbf rate "$rate" burst 4kb latency 100ms
+limit=(tbf rate "$rate" burst 4kb latency 100ms)
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-echo "4 MPI ranks over TCP on loopback, limit: $rate; $epochs epochs, hidden $hidden"
-mpirun --oversubscribe -np 4 --mca btl tcp,self --mca btl_tcp_if_include lo \
-  --mca oob_tcp_if_include lo \
-  "$exe" --mpi --compare --epochs "$epochs" --hidden "$hidden" --bandwidth "$model" \
-  --out-dir "$dir" </dev/null
+if [ "$links" = shared ]; then
+  ip link set lo up mtu 1500
+  [ "$rate" = none ] || tc qdisc add dev lo root "${limit[@]}"
+  net=(--mca btl_tcp_if_include lo --mca oob_tcp_if_include lo)
+  launch=(-np 4 "$exe" "${args[@]}")
+  echo "4 MPI ranks over TCP on loopback, limit: $rate shared; $epochs epochs, hidden $hidden"
+else
+  # The bridge and the host ends live in this namespace (gone with it); the ranks' namespaces
+  # are named, so removed on the way out.
+  tag=kl$$
+  ranks=()
+  trap 'for n in "${ranks[@]}"; do ip netns del "$n" 2>/dev/null || true; done' EXIT
+  ip link set lo up
+  ip link add "$tag"br type bridge
+  ip addr add 10.77.0.254/24 dev "$tag"br
+  ip link set "$tag"br up
+  launch=()
+  for k in 0 1 2 3; do
+    n="$tag"r$k
+    ip netns add "$n"
+    ranks+=("$n")
+    ip link add "$tag"h$k type veth peer name "$tag"p$k
+    ip link set "$tag"p$k netns "$n"
+    ip link set "$tag"h$k master "$tag"br up
+    ip netns exec "$n" ip link set lo up
+    ip netns exec "$n" ip link set "$tag"p$k name eth0
+    ip netns exec "$n" ip addr add 10.77.0.$((k + 1))/24 dev eth0
+    ip netns exec "$n" ip link set eth0 up mtu 1500
+    [ "$rate" = none ] || ip netns exec "$n" tc qdisc add dev eth0 root "${limit[@]}"
+    [ $k -eq 0 ] || launch+=(:)
+    launch+=(-np 1 ip netns exec "$n" "$exe" "${args[@]}")
+  done
+  # The ranks reach mpirun's PMIx server across the bridge, not on its loopback.
+  export PMIX_MCA_ptl_tcp_remote_connections=1 PMIX_MCA_ptl_tcp_if_include=10.77.0.0/24
+  net=(--mca btl_tcp_if_include 10.77.0.0/24)
+  echo "4 MPI ranks over TCP, one link per rank, each rank's sending limited to: $rate; $epochs epochs, hidden $hidden"
+fi
+mpirun --oversubscribe --mca btl tcp,self "${net[@]}" "${launch[@]}" </dev/null
 echo "link counters:"
-tc -s qdisc show dev lo
+if [ "$links" = shared ]; then
+  tc -s qdisc show dev lo
+else
+  for n in "${ranks[@]}"; do ip netns exec "$n" tc -s qdisc show dev eth0; done
+fi
 INNER
   echo "real-links: $rate done ($dir/run.txt)"
 }
 
 run none 1000
 for rate in $rates; do
-  run "$rate" "$(awk -v g="$(gbps "$rate")" 'BEGIN { print g / 4 }')"
+  run "$rate" "$(awk -v g="$(gbps "$rate")" -v k="$per_rank" 'BEGIN { print g / k }')"
 done
 
 # Time to the dense run's final accuracy, measured and predicted.
 {
   for rate in $rates; do
-    echo "== $rate shared by 4 ranks (modelled as 4 links of $rate/4, 50 µs latency)"
+    if [ "$links" = shared ]; then
+      echo "== $rate shared by 4 ranks (modelled as 4 links of $rate/4, 50 µs latency)"
+    else
+      echo "== $rate per rank, switched (modelled as 4 links of $rate, 50 µs latency)"
+    fi
     awk -F, -v rate="$rate" '
       FNR == 1 { file++; next }
       file == 1 { base[$1 "," $2] = $6; next }

@@ -3,8 +3,8 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use mpi::collective::{CommunicatorCollectives, Root, SystemOperation};
-use mpi::datatype::PartitionMut;
+use mpi::collective::{CommunicatorCollectives, Root};
+use mpi::datatype::{Partition, PartitionMut};
 use mpi::environment::Universe;
 use mpi::request::{Request, Scope};
 use mpi::topology::{Communicator as _, SimpleCommunicator};
@@ -41,13 +41,14 @@ const MAX_INLINE: usize = 4096;
 /// hands the result to [`DataParallel`](crate::DataParallel) like a [`LocalGroup`](crate::LocalGroup)
 /// handle.
 ///
-/// * **Sums are identical on every rank.** `all_reduce_sum` is a reduce-scatter (each rank sums
-///   one block of the buffer) followed by an all-gather of the blocks, so every replica receives
-///   the same bits whatever order the MPI library adds in (an `MPI_Allreduce` may add in a
-///   different order on different ranks), and each rank's link carries the ring all-reduce's
-///   `2·(W−1)/W` of the buffer, not a root's copies for every peer.
-///   Replicas therefore stay bit-identical for every protocol, as with `LocalGroup`; the sums
-///   themselves may differ in the last bits from `LocalGroup`'s rank-order sums.
+/// * **Sums are identical on every rank, and to [`LocalGroup`](crate::LocalGroup)'s.**
+///   `all_reduce_sum` is an all-to-all that hands each rank one share of every rank's buffer,
+///   which it sums in rank order, followed by an all-gather of the sums. Every entry is summed
+///   once, in rank order, so every replica receives the same bits (an `MPI_Allreduce` may add in
+///   a different order on different ranks), the bits a `LocalGroup` computes; each rank's link
+///   carries the ring all-reduce's `2·(W−1)/W` of the buffer, not a root's copies for every
+///   peer.
+///   Replicas therefore stay bit-identical for every protocol, as with `LocalGroup`.
 /// * **Tagged collectives.** Every collective starts with an all-gather of a 32-byte header —
 ///   its sequence number, kind, broadcast root or all-reduce length, and payload length — which
 ///   every rank checks before any data moves. Ranks that call different collectives get a
@@ -63,9 +64,8 @@ const MAX_INLINE: usize = 4096;
 ///   handle's lifetime.
 /// * **Byte counters** count every byte this rank sends and receives, headers included: headers
 ///   and payloads of an all-gather as sent to each peer, a broadcast's payload once per peer
-///   from the root, and the float all-reduce as `2·(W−1)/W` of the buffer (its reduce-scatter's
-///   and its all-gather's `(W−1)/W` each: what a ring sends, and a recursive halving and
-///   doubling; the MPI library picks the algorithm); a small all-reduce that rides inline
+///   from the root, and the float all-reduce as `2·(W−1)/W` of the buffer (its all-to-all's and
+///   its all-gather's `(W−1)/W` each, what a ring sends); a small all-reduce that rides inline
 ///   counts its headers as sent.
 ///   [`Traffic::rounds`] counts `W − 1` message rounds per header exchange, all-gather or
 ///   broadcast and `2·(W − 1)` per ring all-reduce, so that
@@ -125,9 +125,9 @@ pub struct Mpi {
     /// This rank's header, reused.
     mine: Vec<u8>,
     gather_buffer: Vec<u8>,
-    /// The all-reduce's zero-padded buffer (for a length that is not a multiple of W), reused.
+    /// The all-reduce's pieces of this rank's share, one from each rank, reused.
     reduce_buffer: Vec<f32>,
-    /// This rank's block of the all-reduce, reused.
+    /// This rank's share of the all-reduce's sum, reused.
     reduce_block: Vec<f32>,
     ends: Vec<usize>,
 }
@@ -520,7 +520,7 @@ impl Communicator for Mpi {
         if bytes <= slot {
             // Small enough to ride in the header exchange: every rank sums the ranks' values in
             // rank order, the same f32 additions everywhere, so the result is bit-identical on
-            // every rank after one collective instead of three (header, reduce-scatter, all-gather).
+            // every rank after one collective instead of three (header, all-to-all, all-gather).
             let mut mine = Vec::with_capacity(bytes);
             for v in values.iter() {
                 mine.extend_from_slice(&v.to_le_bytes());
@@ -540,49 +540,51 @@ impl Communicator for Mpi {
         }
         self.agree(Kind::AllReduce { len: n }, bytes, None)?;
         self.remember(bytes);
-        // Reduce-scatter, then all-gather: each rank sums one block of the (zero-padded)
-        // buffer and the blocks are gathered, so every rank receives the same bits (each block
-        // is summed once, on its owner) and each rank's link carries about 2·(W−1)/W of the
-        // buffer, as a ring all-reduce; a reduction to rank 0 and its broadcast put 3–4 buffers
-        // on rank 0's link per step with 4 ranks, 2.5× slower on a switched network.
-        let block = values.len().div_ceil(self.world);
-        count(block * self.world, "an all-reduce")?;
-        let mut own = std::mem::take(&mut self.reduce_block);
-        own.resize(block, 0.0);
-        // A buffer of W whole blocks is reduced and gathered in place; any other is copied into
-        // one, zero-padded.
-        let mut padded = std::mem::take(&mut self.reduce_buffer);
-        let whole = values.len() == block * self.world;
-        if !whole {
-            padded.clear();
-            padded.extend_from_slice(values);
-            padded.resize(block * self.world, 0.0);
-        }
-        let buffer: &mut [f32] = if whole { values } else { &mut padded };
-        let world = self.universe.world();
+        // Reduce-scatter by hand, then all-gather: an all-to-all hands rank r the r-th share
+        // (entries r·n/W to (r+1)·n/W, LocalGroup's shares) of every rank's buffer, rank r sums
+        // its share in rank order (from 0.0, as `LocalGroup` and the inline path add), and the
+        // sums are gathered into `values` on every rank. Every entry is summed once, so every
+        // rank holds the same bits, the same as `LocalGroup`'s; each rank's link carries
+        // 2·(W−1)/W of the buffer, as a ring all-reduce. A reduction to rank 0 and its broadcast
+        // put 3–4 buffers a step on rank 0's link with 4 ranks (2.2× slower on a switched
+        // network), and the library's reduce-scatter was 2× slower than this in memory.
+        let (len, world) = (values.len(), self.world);
+        let share = |r: usize| r * len / world..(r + 1) * len / world;
+        let counts: Vec<Count> = (0..world).map(|r| share(r).len() as Count).collect();
+        let displs: Vec<Count> = (0..world).map(|r| share(r).start as Count).collect();
+        let mine = share(self.rank).len();
+        let mut pieces = std::mem::take(&mut self.reduce_buffer);
+        pieces.resize(world * mine, 0.0);
+        let piece_counts = vec![mine as Count; world];
+        let piece_displs: Vec<Count> = (0..world).map(|r| (r * mine) as Count).collect();
+        let world_comm = self.universe.world();
         let what = || {
             format!(
                 "the all-reduce of {n} floats (collective #{})",
                 self.sequence - 1
             )
         };
+        let send = Partition::new(&values[..], &counts[..], &displs[..]);
+        let mut receive = PartitionMut::new(&mut pieces[..], &piece_counts[..], &piece_displs[..]);
         mpi::request::scope(|scope| {
-            let request = world.immediate_reduce_scatter_block_into(
-                scope,
-                &buffer[..],
-                &mut own[..],
-                SystemOperation::sum(),
-            );
+            let request = world_comm.immediate_all_to_all_varcount_into(scope, &send, &mut receive);
             self.complete(request, what);
         });
-        mpi::request::scope(|scope| {
-            let request = world.immediate_all_gather_into(scope, &own[..], &mut buffer[..]);
-            self.complete(request, what);
-        });
-        if !whole {
-            values.copy_from_slice(&padded[..values.len()]);
+        let mut own = std::mem::take(&mut self.reduce_block);
+        own.clear();
+        own.resize(mine, 0.0);
+        for piece in pieces.chunks_exact(mine.max(1)) {
+            for (sum, v) in own.iter_mut().zip(piece) {
+                *sum += v;
+            }
         }
-        self.reduce_buffer = padded;
+        let mut gathered = PartitionMut::new(&mut values[..], &counts[..], &displs[..]);
+        mpi::request::scope(|scope| {
+            let request =
+                world_comm.immediate_all_gather_varcount_into(scope, &own[..], &mut gathered);
+            self.complete(request, what);
+        });
+        self.reduce_buffer = pieces;
         self.reduce_block = own;
         let bytes = ring_all_reduce_bytes(values.len(), self.world);
         self.traffic.rounds += rounds(Kind::AllReduce { len: n }, self.world);
