@@ -366,8 +366,7 @@ fn collectives_and_byte_counts(mpi: &mut Mpi) {
     // One round of headers, W − 1 messages: an all-gather's, not a ring's 2·(W − 1).
     assert_eq!(after.rounds - before.rounds, hops);
     // Buffers too large to ride inline sum to the same bits on every rank, each entry its sum:
-    // one of W whole blocks (reduced in place) and one that is not (1001 floats, the last block
-    // zero-padded).
+    // one that splits into W equal shares and one that does not (1001 floats).
     let term = |i: usize, r: usize| ((i * 7 + r * 13) % 17) as f32 / 3.0 + r as f32 * 1e-3;
     for len in [250 * w, 1001] {
         let mut v: Vec<f32> = (0..len).map(|i| term(i, rank)).collect();
