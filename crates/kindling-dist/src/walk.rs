@@ -3,6 +3,7 @@
 
 use std::collections::VecDeque;
 use std::sync::{Arc, mpsc};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 use burn::module::{Module, ModuleVisitor, Param};
@@ -210,8 +211,8 @@ pub(crate) fn assemble<M: Module>(module: &M, decoded: Vec<Option<Tensor<1>>>) -
 }
 
 /// Runs `op` over every float parameter's gradient with the parts packed, in module order, into
-/// buckets of about `bucket_bytes` of gradient, exchanged by a communication thread while the
-/// next parts are encoded (see [`pipeline`]). Returns the agreed gradients and the time spent
+/// buckets of about `bucket_bytes` of gradient, exchanged while the next parts are encoded (see
+/// [`pipeline`]). Returns the agreed gradients and the time spent
 /// exchanging.
 pub(crate) fn walk_bucketed<M: Module, O: Encode + Decode>(
     module: &M,
@@ -252,20 +253,20 @@ type DecodedShare = Result<Vec<Tensor<1>>, DistError>;
 /// PyTorch DDP's first bucket: the wire starts while most of the model is still being encoded.
 pub(crate) const FIRST_BUCKET_BYTES: usize = 1 << 20;
 
-/// Packs entries into buckets and sends each full one to the communication thread. A bucket
-/// closes once its tensors hold `bucket_bytes` of gradient (f32, whatever their parts weigh on
-/// the wire: encoding time follows the gradient's size, so buckets of equal gradient pipeline
-/// evenly for every codec); the first one at [`FIRST_BUCKET_BYTES`].
-struct Packer {
+/// Packs entries into buckets and sends each full one to the [`Link`]. A bucket closes once its
+/// tensors hold `bucket_bytes` of gradient (f32, whatever their parts weigh on the wire:
+/// encoding time follows the gradient's size, so buckets of equal gradient pipeline evenly for
+/// every codec); the first one at [`FIRST_BUCKET_BYTES`].
+struct Packer<'scope, 'c> {
     bucket_bytes: usize,
     open: Vec<Entry>,
     open_bytes: usize,
     sent: usize,
     in_flight: VecDeque<Vec<Meta>>,
-    jobs: mpsc::Sender<Outgoing>,
+    link: Link<'scope, 'c>,
 }
 
-impl Packer {
+impl Packer<'_, '_> {
     fn push(&mut self, entry: Entry) -> Result<(), DistError> {
         self.open_bytes += 4 * entry.meta.dims.iter().product::<usize>();
         self.open.push(entry);
@@ -274,6 +275,8 @@ impl Packer {
             _ => self.bucket_bytes,
         };
         if self.open_bytes >= limit {
+            // More entries may follow: the exchange of this bucket can overlap their encoding.
+            self.link.overlap()?;
             self.flush()?;
         }
         Ok(())
@@ -320,9 +323,118 @@ impl Packer {
         let metas = self.open.drain(..).map(|e| e.meta).collect();
         self.open_bytes = 0;
         self.sent += 1;
-        self.jobs.send(outgoing).map_err(|_| thread_ended())?;
+        self.link.send(outgoing)?;
         self.in_flight.push_back(metas);
         Ok(())
+    }
+}
+
+/// Where a step's collectives run. On the calling thread, each when it is sent, until a bucket
+/// closes while entries may still follow ([`Link::overlap`]): from then on on a communication
+/// thread, which runs them in order while the caller goes on encoding. A step whose gradient
+/// fits its first bucket (under 1 MiB, [`FIRST_BUCKET_BYTES`]) has nothing to overlap and
+/// starts no thread: a thread's start and the hand-offs to it cost more than such a step's
+/// exchange on a loaded machine.
+struct Link<'scope, 'c> {
+    scope: &'scope Scope<'scope, 'c>,
+    /// The communicator, until a thread takes it.
+    comm: Option<&'c mut dyn Communicator>,
+    /// Results of the collectives run on the calling thread, in order.
+    ready: VecDeque<Result<Incoming, DistError>>,
+    /// Time spent in the collectives run on the calling thread.
+    spent: Duration,
+    thread: Option<Server<'scope>>,
+}
+
+/// The communication thread and its two channels.
+struct Server<'scope> {
+    /// `None` once closed: the thread ends after the jobs sent.
+    jobs: Option<mpsc::Sender<Outgoing>>,
+    results: mpsc::Receiver<Result<Incoming, DistError>>,
+    handle: ScopedJoinHandle<'scope, Duration>,
+}
+
+impl<'scope, 'c> Link<'scope, 'c> {
+    fn new(scope: &'scope Scope<'scope, 'c>, comm: &'c mut dyn Communicator) -> Self {
+        Self {
+            scope,
+            comm: Some(comm),
+            ready: VecDeque::new(),
+            spent: Duration::ZERO,
+            thread: None,
+        }
+    }
+
+    /// Moves the collectives to a communication thread (once; before any collective ran here).
+    fn overlap(&mut self) -> Result<(), DistError> {
+        let Some(comm) = self.comm.take() else {
+            return Ok(());
+        };
+        debug_assert!(self.ready.is_empty(), "no collective ran before the thread");
+        let (jobs, queue) = mpsc::channel::<Outgoing>();
+        let (done, results) = mpsc::channel::<Result<Incoming, DistError>>();
+        let handle = std::thread::Builder::new()
+            .name("kindling-exchange".into())
+            .spawn_scoped(self.scope, move || serve(comm, queue, done))
+            .map_err(|e| {
+                DistError::InvalidConfig(format!("cannot start the exchange thread: {e}"))
+            })?;
+        self.thread = Some(Server {
+            jobs: Some(jobs),
+            results,
+            handle,
+        });
+        Ok(())
+    }
+
+    /// Runs `job`'s collective, here or on the thread.
+    fn send(&mut self, job: Outgoing) -> Result<(), DistError> {
+        match (&mut self.comm, &self.thread) {
+            (Some(comm), _) => {
+                let start = Instant::now();
+                let result = run(&mut **comm, job);
+                self.spent += start.elapsed();
+                self.ready.push_back(result);
+                Ok(())
+            }
+            (None, Some(Server { jobs: Some(jobs), .. })) => {
+                jobs.send(job).map_err(|_| thread_ended())
+            }
+            (None, _) => Err(thread_ended()),
+        }
+    }
+
+    /// The next collective's result, in the order sent.
+    fn receive(&mut self) -> Result<Incoming, DistError> {
+        match &self.thread {
+            None => self.ready.pop_front().ok_or_else(thread_ended)?,
+            Some(server) => server.results.recv().map_err(|_| thread_ended())?,
+        }
+    }
+
+    /// No more jobs: the thread ends after the ones sent.
+    fn close(&mut self) {
+        if let Some(server) = &mut self.thread {
+            server.jobs = None;
+        }
+    }
+
+    /// Waits for the thread (its panic goes on unwinding here); the time spent in collectives.
+    fn finish(self) -> Duration {
+        match self.thread {
+            None => self.spent,
+            Some(Server {
+                jobs,
+                results,
+                handle,
+            }) => {
+                drop((jobs, results));
+                match handle.join() {
+                    Ok(spent) => spent,
+                    Err(panic) => std::panic::resume_unwind(panic),
+                }
+            }
+        }
     }
 }
 
@@ -336,10 +448,11 @@ fn part_bytes(part: &Part) -> usize {
 
 /// The bucketed, overlapped exchange. `produce` hands the parts to a sink in module order; they
 /// are packed into buckets of about `bucket_bytes` of gradient (see [`Packer`]; a larger tensor
-/// is a bucket of its own), one collective per bucket. A communication thread runs the
-/// collectives in order while `produce` goes on encoding, so the encoding of
-/// bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i the exchange of
-/// the later ones. Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
+/// is a bucket of its own), one collective per bucket. Once a bucket closes with more entries to
+/// come, a communication thread runs the collectives in order while `produce` goes on encoding,
+/// so the encoding of bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i
+/// the exchange of the later ones; a step of one bucket runs its collective on the calling
+/// thread ([`Link`]). Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
 /// the time the communication thread spent in collectives.
 ///
 /// A bucket of payloads travels as one all-gather message per rank; every rank's message is
@@ -366,58 +479,45 @@ pub(crate) fn pipeline<O: Decode>(
     let (rank, world) = (comm.rank(), comm.world_size());
     let shares = O::PARALLEL && world > 1 && comm.shares_memory();
     std::thread::scope(|scope| {
-        let (jobs, queue) = mpsc::channel::<Outgoing>();
-        let (done, results) = mpsc::channel::<Result<Incoming, DistError>>();
-        let server = std::thread::Builder::new()
-            .name("kindling-exchange".into())
-            .spawn_scoped(scope, move || serve(comm, queue, done))
-            .map_err(|e| {
-                DistError::InvalidConfig(format!("cannot start the exchange thread: {e}"))
-            })?;
         let mut packer = Packer {
             bucket_bytes,
             open: Vec::new(),
             open_bytes: 0,
             sent: 0,
             in_flight: VecDeque::new(),
-            jobs,
+            link: Link::new(scope, comm),
         };
         let produced = produce(op, &mut |entry| packer.push(entry)).and_then(|()| packer.flush());
         let Packer {
-            in_flight, jobs, ..
+            in_flight,
+            mut link,
+            ..
         } = packer;
         let mut decoded: Vec<Option<Tensor<1>>> = Vec::new();
-        let receive = || results.recv().map_err(|_| thread_ended())?;
         let outcome = produced.and_then(|()| {
             let mut sharing = VecDeque::new();
             for metas in in_flight {
-                match receive()? {
+                match link.receive()? {
                     Incoming::Gathered { bytes, ends } if shares && on_host(&metas) => {
                         let owners = owners(&metas, world);
                         let mine: DecodedShare =
                             decode_share(&metas, &owners, rank, bytes, &ends, op);
-                        jobs.send(Outgoing::Share(Arc::new(mine)))
-                            .map_err(|_| thread_ended())?;
+                        link.send(Outgoing::Share(Arc::new(mine)))?;
                         sharing.push_back((metas, owners));
                     }
                     incoming => decode_bucket(&metas, incoming, op, &mut decoded)?,
                 }
             }
-            // No more jobs: the thread ends after the ones in flight.
-            drop(jobs);
+            link.close();
             for (metas, owners) in sharing {
-                let Incoming::Shares(all) = receive()? else {
+                let Incoming::Shares(all) = link.receive()? else {
                     unreachable!("shares come back after the step's buckets")
                 };
                 place_shares(&metas, &owners, &all, &mut decoded)?;
             }
             Ok(())
         });
-        drop(results);
-        match server.join() {
-            Ok(spent) => *exchange += spent,
-            Err(panic) => std::panic::resume_unwind(panic),
-        }
+        *exchange += link.finish();
         outcome.map(|()| decoded)
     })
 }
@@ -432,18 +532,7 @@ fn serve(
     let mut spent = Duration::ZERO;
     for job in queue {
         let start = Instant::now();
-        let result = match job {
-            Outgoing::Floats(mut values) => comm
-                .all_reduce_mean(&mut values)
-                .map(|()| Incoming::Mean(values)),
-            // The receive buffer is the transport's, until its next collective: the bucket
-            // leaves with its own copy of the peers' bytes.
-            Outgoing::Bytes(message) => comm.all_gather_borrowed(&message).map(|all| {
-                let (bytes, ends) = all.to_parts();
-                Incoming::Gathered { bytes, ends }
-            }),
-            Outgoing::Share(mine) => comm.share(mine).map(Incoming::Shares),
-        };
+        let result = run(comm, job);
         spent += start.elapsed();
         let failed = result.is_err();
         if done.send(result).is_err() || failed {
@@ -451,6 +540,22 @@ fn serve(
         }
     }
     spent
+}
+
+/// One bucket's (or share's) collective.
+fn run(comm: &mut dyn Communicator, job: Outgoing) -> Result<Incoming, DistError> {
+    match job {
+        Outgoing::Floats(mut values) => comm
+            .all_reduce_mean(&mut values)
+            .map(|()| Incoming::Mean(values)),
+        // The receive buffer is the transport's, until its next collective: the bucket
+        // leaves with its own copy of the peers' bytes.
+        Outgoing::Bytes(message) => comm.all_gather_borrowed(&message).map(|all| {
+            let (bytes, ends) = all.to_parts();
+            Incoming::Gathered { bytes, ends }
+        }),
+        Outgoing::Share(mine) => comm.share(mine).map(Incoming::Shares),
+    }
 }
 
 /// Whether every parameter of a bucket lives on a host device.
