@@ -397,9 +397,12 @@ impl<'scope, 'c> Link<'scope, 'c> {
                 self.ready.push_back(result);
                 Ok(())
             }
-            (None, Some(Server { jobs: Some(jobs), .. })) => {
-                jobs.send(job).map_err(|_| thread_ended())
-            }
+            (
+                None,
+                Some(Server {
+                    jobs: Some(jobs), ..
+                }),
+            ) => jobs.send(job).map_err(|_| thread_ended()),
             (None, _) => Err(thread_ended()),
         }
     }
