@@ -2,9 +2,10 @@
 //! header exchange that checks the call and carries the lengths, one variable-count all-gather
 //! polled by the watchdog, payloads borrowed from the receive buffer) against the raw rsmpi call
 //! `all_gather_varcount_into` with the counts known in advance and the buffer preallocated; and
-//! the float all-reduce, `Mpi::all_reduce_sum` (the header exchange, then a reduce-scatter and an
-//! all-gather of the blocks, so that every rank gets the same bits) against the raw
-//! `all_reduce_into` (`MPI_Allreduce`, which promises no such thing).
+//! the float all-reduce, `Mpi::all_reduce_sum` (the header exchange, an all-to-all of the shares,
+//! each rank's sum of its share in rank order and an all-gather of the sums, so that every rank
+//! gets the same bits) against the raw `all_reduce_into` (`MPI_Allreduce`, which promises no such
+//! thing).
 //!
 //! Harness-free, to run under `mpirun -np W` (every rank runs the same fixed schedule). For each
 //! payload size: 5 rounds of a fixed number of calls; rank 0 prints the median time per call and,

@@ -233,6 +233,28 @@ pub(crate) fn ring_all_reduce_bytes(len: usize, world: usize) -> u64 {
     4 * len as u64 * 2 * (w - 1) / w.max(1)
 }
 
+/// Rank `r`'s share of an all-reduce of `len` floats over `world` ranks: the entries it sums
+/// (the same on every transport).
+pub(crate) fn share(r: usize, len: usize, world: usize) -> std::ops::Range<usize> {
+    r * len / world..(r + 1) * len / world
+}
+
+/// `sum` (cleared to `len` zeros) plus each of `parts` in turn, in rank order: every transport's
+/// all-reduce adds the ranks' values in this order, from 0.0, so they all give the same bits.
+pub(crate) fn sum_in_rank_order<'a>(
+    parts: impl IntoIterator<Item = &'a [f32]>,
+    len: usize,
+    sum: &mut Vec<f32>,
+) {
+    sum.clear();
+    sum.resize(len, 0.0);
+    for part in parts {
+        for (s, v) in sum.iter_mut().zip(part) {
+            *s += v;
+        }
+    }
+}
+
 /// Latency rounds of one collective of `kind` among `world` ranks ([`Traffic::rounds`]); an
 /// all-reduce's second round is inside its first's count.
 pub(crate) fn rounds(kind: Kind, world: usize) -> u64 {
@@ -631,14 +653,13 @@ impl Communicator for LocalGroup {
         let (all, joined) = self.exchange(kind, Deposit::Floats(values.to_vec()), |round| {
             round.floats.clone()
         })?;
-        let share = |r: usize| r * n / world..(r + 1) * n / world;
-        let mine = share(self.rank);
-        let mut sum = vec![0.0f32; mine.len()];
-        for contribution in all.iter().flatten() {
-            for (s, v) in sum.iter_mut().zip(&contribution[mine.clone()]) {
-                *s += v;
-            }
-        }
+        let mine = share(self.rank, n, world);
+        let mut sum = Vec::new();
+        sum_in_rank_order(
+            all.iter().flatten().map(|c| &c[mine.clone()]),
+            mine.len(),
+            &mut sum,
+        );
         drop(all);
         let shares_kind = Kind::AllReduceShares { len: n as u64 };
         let (shares, _) = self.exchange(shares_kind, Deposit::Floats(sum), |round| {
@@ -646,7 +667,7 @@ impl Communicator for LocalGroup {
         })?;
         for (r, part) in shares.iter().enumerate() {
             if let Some(part) = part {
-                values[share(r)].copy_from_slice(part);
+                values[share(r, n, world)].copy_from_slice(part);
             }
         }
         let ring = ring_all_reduce_bytes(values.len(), self.shared.world);

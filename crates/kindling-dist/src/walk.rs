@@ -456,7 +456,7 @@ fn part_bytes(part: &Part) -> usize {
 /// so the encoding of bucket i+1 overlaps the exchange of bucket i, and the decoding of bucket i
 /// the exchange of the later ones; a step of one bucket runs its collective on the calling
 /// thread ([`Link`]). Returns the decoded gradients, flat, indexed by parameter; `exchange` gains
-/// the time the communication thread spent in collectives.
+/// the time spent in collectives, on either thread.
 ///
 /// A bucket of payloads travels as one all-gather message per rank; every rank's message is
 /// split back with bounds checked, and a message that does not hold exactly the bucket's
