@@ -400,9 +400,19 @@ impl<'scope, 'c> Link<'scope, 'c> {
             (
                 None,
                 Some(Server {
-                    jobs: Some(jobs), ..
+                    jobs: Some(jobs),
+                    results,
+                    ..
                 }),
-            ) => jobs.send(job).map_err(|_| thread_ended()),
+            ) => jobs.send(job).map_err(|_| {
+                // The thread stopped at a failed collective, whose error it sent last: that is
+                // the step's error, not the thread's end (a slow encoder sends its next bucket
+                // after the failure).
+                results
+                    .try_iter()
+                    .find_map(Result::err)
+                    .unwrap_or_else(thread_ended)
+            }),
             (None, _) => Err(thread_ended()),
         }
     }
@@ -738,4 +748,58 @@ fn split_message<'a>(
         });
     }
     Ok(parts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Traffic;
+
+    /// A transport whose every collective fails.
+    struct Failing;
+
+    impl Communicator for Failing {
+        fn rank(&self) -> usize {
+            0
+        }
+        fn world_size(&self) -> usize {
+            2
+        }
+        fn all_reduce_sum(&mut self, _: &mut [f32]) -> Result<(), DistError> {
+            Err(DistError::Protocol("the peer left".into()))
+        }
+        fn all_gather_borrowed(&mut self, _: &[u8]) -> Result<Received<'_>, DistError> {
+            Err(DistError::Protocol("the peer left".into()))
+        }
+        fn broadcast(&mut self, _: Vec<u8>, _: usize) -> Result<Vec<u8>, DistError> {
+            Err(DistError::Protocol("the peer left".into()))
+        }
+        fn barrier(&mut self) -> Result<(), DistError> {
+            Err(DistError::Protocol("the peer left".into()))
+        }
+        fn traffic(&self) -> Traffic {
+            Traffic::default()
+        }
+    }
+
+    /// A bucket sent after the communication thread stopped at a failed collective gets that
+    /// collective's error, not "the thread ended" (an encoder slower than the failure, as on
+    /// wgpu, sends its next bucket then).
+    #[test]
+    fn a_bucket_sent_after_a_failure_gets_the_failure() {
+        let mut comm = Failing;
+        std::thread::scope(|scope| {
+            let mut link = Link::new(scope, &mut comm);
+            link.overlap().unwrap();
+            link.send(Outgoing::Floats(vec![1.0])).unwrap();
+            while !link.thread.as_ref().unwrap().handle.is_finished() {
+                std::thread::yield_now();
+            }
+            match link.send(Outgoing::Floats(vec![2.0])) {
+                Err(DistError::Protocol(m)) => assert_eq!(m, "the peer left"),
+                other => panic!("{other:?}"),
+            }
+            link.finish();
+        });
+    }
 }

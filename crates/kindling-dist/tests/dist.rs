@@ -266,9 +266,6 @@ fn frozen_parameters_are_left_out_on_every_rank() {
     each_protocol(&mut Check);
 }
 
-/// Ranks that call different collectives — an all-gather against an all-reduce, broadcasts from
-/// different roots, all-reduces of different lengths, or one rank a collective ahead — get an
-/// error naming both calls on every rank, within the timeout, and never mixed data.
 /// A collective that fails inside a step's exchange is that step's error from `reduce`, on every
 /// rank, with its own message: here the ranks' models differ (hidden 16 against 17), so their
 /// first all-reduces disagree on the length. Both ways a step's collectives run are covered: one
@@ -277,29 +274,19 @@ fn frozen_parameters_are_left_out_on_every_rank() {
 fn a_failed_collective_is_the_steps_own_error() {
     // The whole gradient (64·h + h + 10·h + 10 floats), or the first layer's weights (64·h).
     for (bucket_bytes, lengths) in [(DEFAULT_BUCKET_BYTES, (1210, 1285)), (1, (1024, 1088))] {
-        let outcomes: Vec<DistError> = LocalGroup::new(2, TIMEOUT)
-            .unwrap()
-            .into_iter()
-            .map(|mut g| {
-                std::thread::spawn(move || {
-                    let device = kindling_testing::autodiff_device();
-                    let rank = g.rank();
-                    let model = Mlp::new(16 + rank, 0, &device);
-                    let (data, _) = shards(2);
-                    let grads =
-                        GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
-                    let mut reducer = Dense::new().with_bucket_bytes(bucket_bytes).unwrap();
-                    let mut rng = ChaCha8Rng::seed_from_u64(0);
-                    match reducer.reduce(&model, grads, &mut g, &mut rng) {
-                        Ok(_) => panic!("rank {rank}: the step went through"),
-                        Err(e) => e,
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let outcomes = each_rank(2, move |mut g| {
+            let device = kindling_testing::autodiff_device();
+            let rank = g.rank();
+            let model = Mlp::new(16 + rank, 0, &device);
+            let (data, _) = shards(2);
+            let grads = GradientsParams::from_grads(model.loss(&data[rank]).backward(), &model);
+            let mut reducer = Dense::new().with_bucket_bytes(bucket_bytes).unwrap();
+            let mut rng = ChaCha8Rng::seed_from_u64(0);
+            match reducer.reduce(&model, grads, &mut g, &mut rng) {
+                Ok(_) => panic!("rank {rank}: the step went through"),
+                Err(e) => e,
+            }
+        });
         for (rank, e) in outcomes.iter().enumerate() {
             match e {
                 DistError::Protocol(m) => assert!(
@@ -313,6 +300,29 @@ fn a_failed_collective_is_the_steps_own_error() {
     }
 }
 
+/// `work` on a thread of its own for each rank of a new group of `world`; the ranks' outcomes in
+/// rank order.
+fn each_rank<T: Send + 'static>(
+    world: usize,
+    work: impl Fn(LocalGroup) -> T + Send + Sync + 'static,
+) -> Vec<T> {
+    let work = Arc::new(work);
+    LocalGroup::new(world, TIMEOUT)
+        .unwrap()
+        .into_iter()
+        .map(|g| {
+            let work = Arc::clone(&work);
+            std::thread::spawn(move || work(g))
+        })
+        .collect::<Vec<_>>()
+        .into_iter()
+        .map(|h| h.join().unwrap())
+        .collect()
+}
+
+/// Ranks that call different collectives — an all-gather against an all-reduce, broadcasts from
+/// different roots, all-reduces of different lengths, or one rank a collective ahead — get an
+/// error naming both calls on every rank, within the timeout, and never mixed data.
 #[test]
 fn mismatched_collectives_are_errors_on_every_rank() {
     type Call = fn(&mut LocalGroup) -> Result<(), DistError>;
@@ -355,22 +365,13 @@ fn mismatched_collectives_are_errors_on_every_rank() {
     ];
     for (name, rank0, others, says0, says_other) in cases {
         let start = Instant::now();
-        let outcomes: Vec<Result<(), DistError>> = LocalGroup::new(3, TIMEOUT)
-            .unwrap()
-            .into_iter()
-            .map(|mut g| {
-                std::thread::spawn(move || {
-                    if g.rank() == 0 {
-                        rank0(&mut g)
-                    } else {
-                        others(&mut g)
-                    }
-                })
-            })
-            .collect::<Vec<_>>()
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .collect();
+        let outcomes = each_rank(3, move |mut g| {
+            if g.rank() == 0 {
+                rank0(&mut g)
+            } else {
+                others(&mut g)
+            }
+        });
         for (rank, outcome) in outcomes.iter().enumerate() {
             match outcome {
                 Err(DistError::Protocol(m)) => assert!(
