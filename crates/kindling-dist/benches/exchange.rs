@@ -6,7 +6,8 @@
 //! first samples, as after a training run's first step. A sample is one step on every worker,
 //! started and awaited through channels (`barrier` is that overhead alone, the floor to
 //! subtract). The `…_per_tensor` rows run the bucketed protocols with one collective per tensor
-//! (buckets of 1 byte) instead of one per 25 MiB bucket.
+//! (buckets of 1 byte) instead of one per 25 MiB bucket. `KINDLING_EXCHANGE_WORKERS=2` runs
+//! groups of 2 instead, one worker per core on a 2-core machine.
 //!
 //! Every row runs at three links: `memory` (the plain group: collectives cost their copies, and
 //! each payload is decoded by one rank and shared, see `Communicator::shares_memory`), and
@@ -33,7 +34,15 @@ use kindling_dist::*;
 use rand::SeedableRng;
 use rand::rngs::ChaCha8Rng;
 
-const WORKERS: usize = 4;
+/// The workers of every group: 4, or `KINDLING_EXCHANGE_WORKERS` (to run one per core on a
+/// machine with fewer than 4 cores; the figures are for 4).
+fn workers() -> usize {
+    std::env::var("KINDLING_EXCHANGE_WORKERS")
+        .ok()
+        .and_then(|w| w.parse().ok())
+        .filter(|&w| w > 0)
+        .unwrap_or(4)
+}
 const TENSORS: usize = 20;
 const ROWS: usize = 50;
 const COLS: usize = 1000;
@@ -50,16 +59,16 @@ fn link(name: &str) -> Option<NetworkModel> {
         "1gbit" => 1e9,
         other => panic!("no link {other}"),
     };
-    Some(NetworkModel::new(WORKERS, bits, 50e-6, Topology::AllGather).expect("a valid link"))
+    Some(NetworkModel::new(workers(), bits, 50e-6, Topology::AllGather).expect("a valid link"))
 }
 
-/// `work` on a fresh group of [`WORKERS`], on `link`.
+/// `work` on a fresh group of [`workers`], on `link`.
 fn run<T: Send + 'static>(
     link: Option<NetworkModel>,
     work: impl Fn(LocalGroup) -> Result<T, DistError> + Send + Sync + 'static,
 ) -> Vec<T> {
     match link {
-        None => run_workers(WORKERS, TIMEOUT, work),
+        None => run_workers(workers(), TIMEOUT, work),
         Some(link) => run_workers_emulating(link, TIMEOUT, work),
     }
     .expect("exchange")
@@ -110,7 +119,7 @@ struct Step {
     wire_ms: f64,
 }
 
-/// [`WORKERS`] threads on a link, each holding its reducer across steps; [`Group::step`] runs
+/// [`workers`] threads on a link, each holding its reducer across steps; [`Group::step`] runs
 /// one exchange on every worker.
 struct Group {
     go: Vec<Sender<bool>>,
@@ -125,7 +134,7 @@ impl Group {
     ) -> Self {
         let model = link(link_name);
         let (layers, grads) = setup();
-        let (go, receivers): (Vec<_>, Vec<_>) = (0..WORKERS).map(|_| channel()).unzip();
+        let (go, receivers): (Vec<_>, Vec<_>) = (0..workers()).map(|_| channel()).unzip();
         let receivers = Arc::new(Mutex::new(
             receivers.into_iter().map(Some).collect::<Vec<_>>(),
         ));
@@ -253,7 +262,7 @@ fn setup() -> (Vec<Linear>, Vec<Vec<Tensor<2>>>) {
             bias: None,
         })
         .collect();
-    let grads = (0..WORKERS)
+    let grads = (0..workers())
         .map(|_| {
             (0..TENSORS)
                 .map(|_| Tensor::random([ROWS, COLS], Distribution::Normal(0.0, 1.0), &device))
