@@ -136,7 +136,7 @@ fn time_pair(
         world.barrier();
         start.elapsed().as_secs_f64() / calls as f64
     };
-    let mut rounds: Vec<(f64, f64)> = (0..ROUNDS)
+    let rounds: Vec<(f64, f64)> = (0..ROUNDS)
         .map(|round| {
             if round % 2 == 0 {
                 let a = per_call(&mut *ours);
@@ -147,12 +147,10 @@ fn time_pair(
             }
         })
         .collect();
-    let mut ratios: Vec<f64> = rounds.iter().map(|(a, b)| a / b).collect();
-    let median = |v: &mut Vec<f64>| {
+    let median = |of: &dyn Fn(&(f64, f64)) -> f64| {
+        let mut v: Vec<f64> = rounds.iter().map(of).collect();
         v.sort_by(f64::total_cmp);
         v[v.len() / 2]
     };
-    let mut a: Vec<f64> = rounds.iter().map(|r| r.0).collect();
-    let mut b: Vec<f64> = rounds.drain(..).map(|r| r.1).collect();
-    (median(&mut a), median(&mut b), median(&mut ratios))
+    (median(&|r| r.0), median(&|r| r.1), median(&|(a, b)| a / b))
 }

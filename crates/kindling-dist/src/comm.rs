@@ -239,15 +239,14 @@ pub(crate) fn share(r: usize, len: usize, world: usize) -> std::ops::Range<usize
     r * len / world..(r + 1) * len / world
 }
 
-/// `sum` (cleared to `len` zeros) plus each of `parts` in turn, in rank order: every transport's
-/// all-reduce adds the ranks' values in this order, from 0.0, so they all give the same bits.
-pub(crate) fn sum_in_rank_order<'a>(
-    parts: impl IntoIterator<Item = &'a [f32]>,
-    len: usize,
-    sum: &mut Vec<f32>,
+/// `sum` set to zeros, plus each of `parts` (one rank's values each) in turn, in rank order: every
+/// transport's all-reduce adds the ranks' values in this order, from 0.0, so they all give the
+/// same bits.
+pub(crate) fn sum_in_rank_order<P: IntoIterator<Item = f32>>(
+    parts: impl IntoIterator<Item = P>,
+    sum: &mut [f32],
 ) {
-    sum.clear();
-    sum.resize(len, 0.0);
+    sum.fill(0.0);
     for part in parts {
         for (s, v) in sum.iter_mut().zip(part) {
             *s += v;
@@ -654,10 +653,11 @@ impl Communicator for LocalGroup {
             round.floats.clone()
         })?;
         let mine = share(self.rank, n, world);
-        let mut sum = Vec::new();
+        let mut sum = vec![0.0; mine.len()];
         sum_in_rank_order(
-            all.iter().flatten().map(|c| &c[mine.clone()]),
-            mine.len(),
+            all.iter()
+                .flatten()
+                .map(|c| c[mine.clone()].iter().copied()),
             &mut sum,
         );
         drop(all);

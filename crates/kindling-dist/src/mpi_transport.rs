@@ -305,8 +305,8 @@ impl Board {
 enum Phase {
     /// The header exchange that starts every collective.
     Header(Tag),
-    /// An all-reduce's all-to-all and all-gather of `n` floats.
-    AllReduce { n: u64 },
+    /// An all-reduce's all-to-all and all-gather of `len` floats.
+    AllReduce { len: u64 },
     /// An all-gather's data, `total` bytes.
     AllGather { total: usize },
     /// A broadcast's `len` bytes from `root`.
@@ -321,7 +321,7 @@ impl Phase {
         let n = waiting.unwrap_or_default();
         match self {
             Phase::Header(tag) => tag.to_string(),
-            Phase::AllReduce { n: len } => {
+            Phase::AllReduce { len } => {
                 format!("the all-reduce of {len} floats (collective #{n})")
             }
             Phase::AllGather { total } => {
@@ -647,14 +647,16 @@ impl Communicator for Mpi {
             self.agree(Kind::AllReduce { len: n }, bytes, Some(&mine))?;
             self.remember(bytes);
             let stride = HEADER_BYTES + slot;
-            values.fill(0.0);
-            for r in 0..self.world {
-                let at = r * stride + HEADER_BYTES;
-                let theirs = self.headers[at..at + bytes].chunks_exact(4);
-                for (v, x) in values.iter_mut().zip(theirs) {
-                    *v += f32::from_le_bytes(x.try_into().expect("4 bytes"));
-                }
-            }
+            let headers = &self.headers;
+            sum_in_rank_order(
+                (0..self.world).map(|r| {
+                    let at = r * stride + HEADER_BYTES;
+                    headers[at..at + bytes]
+                        .chunks_exact(4)
+                        .map(|x| f32::from_le_bytes(x.try_into().expect("4 bytes")))
+                }),
+                values,
+            );
             return Ok(());
         }
         self.agree(Kind::AllReduce { len: n }, bytes, None)?;
@@ -674,14 +676,18 @@ impl Communicator for Mpi {
         let piece_counts = vec![mine as Count; world];
         let piece_displs: Vec<Count> = (0..world).map(|r| (r * mine) as Count).collect();
         let world_comm = self.universe.world();
-        let phase = Phase::AllReduce { n };
+        let phase = Phase::AllReduce { len: n };
         let send = Partition::new(&values[..], &counts[..], &displs[..]);
         let mut receive = PartitionMut::new(&mut pieces[..], &piece_counts[..], &piece_displs[..]);
         self.watch.blocking(phase, self.waiting, || {
             world_comm.all_to_all_varcount_into(&send, &mut receive)
         });
         let mut own = std::mem::take(&mut self.reduce_block);
-        sum_in_rank_order(pieces.chunks_exact(mine.max(1)), mine, &mut own);
+        own.resize(mine, 0.0);
+        sum_in_rank_order(
+            pieces.chunks_exact(mine.max(1)).map(|p| p.iter().copied()),
+            &mut own,
+        );
         let mut gathered = PartitionMut::new(&mut values[..], &counts[..], &displs[..]);
         self.watch.blocking(phase, self.waiting, || {
             world_comm.all_gather_varcount_into(&own[..], &mut gathered)
@@ -699,8 +705,7 @@ impl Communicator for Mpi {
         count(payload.len(), "an all-gather payload")?;
         let slot = self.inline;
         self.agree(Kind::AllGather, payload.len(), Some(payload))?;
-        let lengths = std::mem::take(&mut self.lengths);
-        let largest = lengths.iter().copied().max().unwrap_or(0);
+        let largest = self.lengths.iter().copied().max().unwrap_or(0);
         self.remember(largest);
         if largest <= slot {
             // Every payload came inline: one collective, the headers' bytes are the traffic,
@@ -708,26 +713,24 @@ impl Communicator for Mpi {
             let stride = HEADER_BYTES + slot;
             self.starts.clear();
             self.ends.clear();
-            for (r, &len) in lengths.iter().enumerate() {
+            for (r, &len) in self.lengths.iter().enumerate() {
                 self.starts.push(r * stride + HEADER_BYTES);
                 self.ends.push(r * stride + HEADER_BYTES + len);
             }
-            self.lengths = lengths;
             return Ok(Received::spaced(&self.headers, &self.starts, &self.ends));
         }
-        let counts = lengths
+        let counts = self
+            .lengths
             .iter()
             .map(|&l| count(l, "an all-gather payload"))
-            .collect::<Result<Vec<Count>, _>>();
-        let total: usize = lengths.iter().sum();
+            .collect::<Result<Vec<Count>, _>>()?;
+        let total: usize = self.lengths.iter().sum();
+        count(total, "an all-gather")?;
         self.ends.clear();
-        self.ends.extend(lengths.iter().scan(0, |at, &l| {
+        self.ends.extend(self.lengths.iter().scan(0, |at, &l| {
             *at += l;
             Some(*at)
         }));
-        self.lengths = lengths;
-        let counts = counts?;
-        count(total, "an all-gather")?;
         let displs: Vec<Count> = self
             .ends
             .iter()
